@@ -1,0 +1,38 @@
+# Every command of the README is a target here: `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-slow tensorboard sample clean
+
+help: ## Show this list
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv (if missing) and install the project with its dev tools
+
+train: $(STAMP) ## Train the demo experiment on the committed Fashion-MNIST sample
+	$(BIN)/python -m src.train experiment=demo
+
+test: $(STAMP) ## Run the test suite (CI runs this)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP) ## Run the slow tests too
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+tensorboard: $(STAMP) ## Open TensorBoard on every run under outputs/
+	$(BIN)/tensorboard --logdir outputs
+
+sample: $(STAMP) ## Rebuild data/fashion-mnist-sample from Debian's dataset-fashion-mnist
+	rm -rf data/fashion-mnist-sample
+	$(BIN)/python scripts/make_fashion_mnist_folder.py data/fashion-mnist-sample --per-class 300
+
+clean: ## Remove runs under outputs/ (keeps the venv)
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,43 @@
+"""Log a labelled grid of augmented training images to TensorBoard when training starts."""
+
+from __future__ import annotations
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from src.visualize.show_batch import show_batch_figure
+
+
+class ShowBatch(L.Callback):
+    """fastai's ``data.show_batch()``: what the model really sees, augmentation included.
+
+    Draws ``count`` random training images (seeded, so runs are comparable) through the training
+    transform, so each picture is one possible augmentation of that image.
+    """
+
+    def __init__(self, count: int = 16, seed: int = 0) -> None:
+        self.count = count
+        self.seed = seed
+
+    @override
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        datamodule = trainer.datamodule
+        if not loggers or datamodule is None:
+            return
+        dataset = datamodule.datasets["train"]
+        generator = torch.Generator().manual_seed(self.seed)
+        picks = torch.randperm(len(dataset), generator=generator)[: self.count].tolist()
+        images, labels = zip(*(dataset[i] for i in picks))
+        figure = show_batch_figure(
+            torch.stack(images), labels, datamodule.classes, datamodule.mean, datamodule.std,
+            title="augmented training images",
+        )
+        for logger in loggers:
+            logger.experiment.add_figure("train/augmented_batch", figure, global_step=trainer.global_step)
+        plt.close(figure)

@@ -1,0 +1,184 @@
+"""The DataModule: an image folder, its split, augmentation, normalisation and loaders.
+
+Two layouts of ``root`` are understood:
+- class folders (fastai's ``train="."``): ``root/<class>/*.jpg``, split at random per class with
+  ``valid_pct`` and ``seed``;
+- split folders: ``root/train/<class>/``, ``root/valid/<class>/`` (or ``val/``) and an optional
+  ``root/test/<class>/`` for ``trainer.test``.
+The class list comes from the (training) folders and is what the model's class count is built from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader
+
+from src.data.dataset import ImageDataset
+from src.data.image_files import Sample, scan_class_folders
+from src.data.split import stratified_split, write_split_csv
+from src.data.transforms import EvalTransform, TrainTransform
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VALID_FOLDER_NAMES = ("valid", "val")
+
+
+@dataclass
+class FolderIndex:
+    """What a scan of ``root`` found: the classes and the samples of each subset."""
+
+    layout: str  # "class_folders" or "split_folders"
+    classes: list[str]
+    train: list[Sample]
+    valid: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+
+
+def _scan_subset(folder: Path, classes: list[str], subset: str) -> list[Sample]:
+    """Samples of a valid/test folder, labelled with the training classes."""
+    found, samples = scan_class_folders(folder) if any(folder.iterdir()) else ([], [])
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{folder} has class folders that train/ does not: {', '.join(unknown)}. "
+            f"Every {subset} class needs training images; add them to train/ or remove these folders."
+        )
+    return [Sample(s.path, classes.index(found[s.label])) for s in samples]
+
+
+def index_folder(root: Path, valid_pct: float, seed: int) -> FolderIndex:
+    """Scan ``root`` in either layout (see the module docstring) and split it."""
+    root = Path(root)
+    train_dir = root / "train"
+    valid_dir = next((root / n for n in VALID_FOLDER_NAMES if (root / n).is_dir()), None)
+    if train_dir.is_dir() and valid_dir is not None:
+        classes, train = scan_class_folders(train_dir)
+        valid = _scan_subset(valid_dir, classes, "validation")
+        test = _scan_subset(root / "test", classes, "test") if (root / "test").is_dir() else []
+        return FolderIndex("split_folders", classes, train, valid, test)
+    classes, samples = scan_class_folders(root)
+    train, valid = stratified_split(samples, valid_pct, seed)
+    return FolderIndex("class_folders", classes, train, valid)
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Loads ``root`` as fastai's ``ImageDataBunch.from_folder`` did, with torchvision v2 transforms.
+
+    Args:
+        root: folder of class folders, or of train/valid[/test] folders.
+        valid_pct: fraction of each class held out for validation (class-folder layout only).
+        seed: seed of the split (the same seed always gives the same split).
+        size: side of the square images fed to the model.
+        resize_method: ``crop`` (shorter side to size, then crop), ``squish`` or ``pad``.
+        interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
+        mean, std: per-channel normalisation (ImageNet's by default, what pretrained bodies expect).
+        augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting).
+        batch_size, num_workers, pin_memory: DataLoader settings.
+        split_csv: where to record the split (``path,label,subset``); None to skip.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        valid_pct: float = 0.2,
+        seed: int = 42,
+        size: int = 224,
+        resize_method: str = "crop",
+        interpolation: str = "bilinear",
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        augment: dict | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        split_csv: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.root = Path(root).expanduser()
+        self.valid_pct = valid_pct
+        self.seed = seed
+        self.size = size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.split_csv = Path(split_csv) if split_csv else None
+        self.train_transform = TrainTransform(
+            size, self.mean, self.std, resize_method, interpolation, **(augment or {})
+        )
+        self.eval_transform = EvalTransform(size, self.mean, self.std, resize_method, interpolation)
+        self.datasets: dict[str, ImageDataset] = {}
+
+    @cached_property
+    def index(self) -> FolderIndex:
+        return index_folder(self.root, self.valid_pct, self.seed)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.index.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        index = self.index
+        self.datasets = {
+            "train": ImageDataset(index.train, self.train_transform),
+            "valid": ImageDataset(index.valid, self.eval_transform),
+            "test": ImageDataset(index.test, self.eval_transform),
+        }
+        log.info(
+            "%s: %d classes, %d training and %d validation images (%s layout)",
+            self.root, self.num_classes, len(index.train), len(index.valid), index.layout,
+        )
+        if not index.valid:
+            raise ValueError(
+                f"no validation images under {self.root}: every class has a single image; add images or use "
+                "a train/ and valid/ layout"
+            )
+        self._write_split_csv()
+
+    @rank_zero_only
+    def _write_split_csv(self) -> None:
+        if self.split_csv is not None:
+            subsets = {"train": self.index.train, "valid": self.index.valid, "test": self.index.test}
+            write_split_csv(self.split_csv, self.root, self.classes, subsets)
+
+    def _loader(self, subset: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[subset],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            # fastai drops the last partial batch in training: a batch of one breaks BatchNorm.
+            drop_last=shuffle and len(self.datasets[subset]) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.datasets["test"]:
+            raise ValueError(f"no test images: add {self.root}/test/<class>/ folders to use trainer.test")
+        return self._loader("test", shuffle=False)

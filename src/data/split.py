@@ -1,0 +1,50 @@
+"""Reproducible, stratified train/validation split, and the ``split.csv`` that records it."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from src.data.image_files import Sample
+
+
+def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split each class on its own: ``round(valid_pct * n)`` images to validation, at least one.
+
+    Every class with at least two images is in validation and keeps one for training. The result
+    depends only on the sorted samples and ``seed``, not on the order the file system lists files.
+    """
+    if not 0.0 < valid_pct < 1.0:
+        raise ValueError(f"data.valid_pct must be between 0 and 1 (exclusive), got {valid_pct}")
+    by_label: dict[int, list[Sample]] = defaultdict(list)
+    for sample in sorted(samples, key=lambda s: (s.label, str(s.path))):
+        by_label[sample.label].append(sample)
+    rng = random.Random(seed)
+    train, valid = [], []
+    for label in sorted(by_label):
+        items = by_label[label]
+        rng.shuffle(items)
+        n_valid = 0 if len(items) < 2 else min(len(items) - 1, max(1, round(valid_pct * len(items))))
+        valid += items[:n_valid]
+        train += items[n_valid:]
+    return train, valid
+
+
+def write_split_csv(path: Path, root: Path, classes: Sequence[str], subsets: dict[str, Sequence[Sample]]) -> None:
+    """Write ``path,label,subset`` rows; paths relative to ``root`` where they lie below it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "subset"])
+        for subset, samples in subsets.items():
+            for sample in samples:
+                try:
+                    shown = sample.path.relative_to(root)
+                except ValueError:
+                    shown = sample.path
+                writer.writerow([shown.as_posix(), classes[sample.label], subset])
+    tmp.replace(path)

@@ -1,0 +1,91 @@
+"""Train and eval presets in the spirit of fastai v1's ``get_transforms``, with torchvision v2.
+
+fastai v1 applies to training images: a random crop, a horizontal flip (p=0.5), and with
+probability ``p_affine`` each of a rotation (up to ``max_rotate`` degrees), a zoom (1 to
+``max_zoom``) and a perspective warp (``max_warp``), then with probability ``p_lighting`` each of
+a brightness and a contrast change (``max_lighting``). Validation images are only resized and
+centre-cropped. Differences: torchvision fills uncovered corners with black where fastai
+reflects, and the brightness/contrast factors are multiplicative in [1-m, 1+m].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+RESIZE_METHODS = ("crop", "squish", "pad")
+INTERPOLATIONS = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+
+def _resize(size: int, method: str, interpolation: str) -> list[v2.Transform]:
+    """Resize so that a ``size`` x ``size`` crop (or the whole image, for squish and pad) fits."""
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"data.resize_method={method!r}; choose one of {', '.join(RESIZE_METHODS)}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"data.interpolation={interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+    mode = INTERPOLATIONS[interpolation]
+    if method == "crop":  # shorter side to size; the crop follows
+        return [v2.Resize(size, interpolation=mode, antialias=True)]
+    if method == "squish":  # both sides to size, aspect ratio not kept
+        return [v2.Resize((size, size), interpolation=mode, antialias=True)]
+    # pad: longer side to size, then CenterCrop pads the short side with zeros
+    return [v2.Resize(size=None, max_size=size, interpolation=mode, antialias=True)]
+
+
+def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+
+
+class TrainTransform(v2.Compose):
+    """Augmentation for training images (see the module docstring for the fastai mapping)."""
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        resize_method: str = "crop",
+        interpolation: str = "bilinear",
+        do_flip: bool = True,
+        max_rotate: float = 10.0,
+        max_zoom: float = 1.1,
+        max_warp: float = 0.2,
+        max_lighting: float = 0.2,
+        p_affine: float = 0.75,
+        p_lighting: float = 0.75,
+    ) -> None:
+        if max_zoom < 1.0:
+            raise ValueError(f"data.augment.max_zoom must be >= 1.0 (1.0 = no zoom), got {max_zoom}")
+        steps: list[v2.Transform] = [*_resize(size, resize_method, interpolation), v2.RandomCrop(size, pad_if_needed=True)]
+        if do_flip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        if max_rotate > 0:
+            steps.append(v2.RandomApply([v2.RandomRotation(max_rotate)], p=p_affine))
+        if max_zoom > 1.0:
+            steps.append(v2.RandomApply([v2.RandomAffine(degrees=0.0, scale=(1.0, max_zoom))], p=p_affine))
+        if max_warp > 0:
+            steps.append(v2.RandomApply([v2.RandomPerspective(distortion_scale=max_warp, p=1.0)], p=p_affine))
+        if max_lighting > 0:
+            steps.append(v2.RandomApply([v2.ColorJitter(brightness=max_lighting)], p=p_lighting))
+            steps.append(v2.RandomApply([v2.ColorJitter(contrast=max_lighting)], p=p_lighting))
+        super().__init__([*steps, *_to_normalized_tensor(mean, std)])
+
+
+class EvalTransform(v2.Compose):
+    """Validation, test and prediction images: resize and centre-crop, then normalise."""
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        resize_method: str = "crop",
+        interpolation: str = "bilinear",
+    ) -> None:
+        super().__init__([*_resize(size, resize_method, interpolation), v2.CenterCrop(size), *_to_normalized_tensor(mean, std)])

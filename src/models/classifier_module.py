@@ -1,0 +1,123 @@
+"""The LightningModule: loss, metrics, optimizer groups and the staged one-cycle schedule.
+
+It knows nothing of files, batch sizes or workers (the DataModule's) and nothing of freezing
+(the :class:`~src.callbacks.staged_finetuning.StagedFineTuning` callback's).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, MinMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from src.models.components.classifier import ImageClassifier
+from src.optim.one_cycle import StagedOneCycleLR
+from src.optim.param_groups import layer_group_param_groups
+from src.optim.stages import StageSchedule, layer_group_lrs
+
+
+class ImageClassifierModule(L.LightningModule):
+    """Single-label image classification with fastai's training recipe.
+
+    Args:
+        backbone: the body (``num_features`` and ``layer_groups()``), e.g. a ``ResNetBody``.
+        head: keyword arguments of :func:`~src.models.components.head.create_head` (hidden
+            widths, dropout, concat_pool); the class count comes from ``classes``.
+        optimizer: a partial optimizer taking ``params`` (AdamW with fastai's betas by default).
+        schedule: the training stages and one-cycle settings.
+        classes: class names in label order, stored in checkpoints.
+        bn_weight_decay: apply weight decay to BatchNorm and bias parameters too (fastai's ``bn_wd``).
+        run_config: the resolved run configuration as YAML text, stored in checkpoints so the
+            model can be rebuilt without the data folder or the original overrides.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: dict[str, Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        schedule: StageSchedule,
+        classes: Sequence[str],
+        bn_weight_decay: bool = True,
+        run_config: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "schedule"], logger=False)
+        self.net = ImageClassifier(backbone, num_classes=len(classes), **head)
+        self.optimizer_factory = optimizer
+        self.schedule = schedule
+        self.criterion = nn.CrossEntropyLoss()
+        num_classes = len(classes)
+        # fastai's error_rate is 1 - accuracy over all images (micro average).
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_error_rate_best = MinMetric()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.hparams.classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def on_train_start(self) -> None:
+        # The sanity check's validation batches must not count towards the best error rate.
+        self.val_loss.reset()
+        self.val_accuracy.reset()
+        self.val_error_rate_best.reset()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = self.criterion(self(images), labels)
+        self.train_loss(loss)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.val_loss(self.criterion(logits, labels), weight=labels.numel())
+        self.val_accuracy(logits, labels)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        self.log("val/accuracy", self.val_accuracy, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        error_rate = 1.0 - self.val_accuracy.compute()
+        self.log("val/error_rate", error_rate, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self.val_error_rate_best(error_rate)
+            self.log("val/error_rate_best", self.val_error_rate_best.compute())
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log("test/loss", self.criterion(logits, labels), on_epoch=True)
+        self.log("test/error_rate", (logits.argmax(1) != labels).float().mean(), on_epoch=True)
+
+    def steps_per_epoch(self) -> int:
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # makes Lightning set up the training loader first
+        return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        layer_groups = self.net.layer_groups()
+        self.schedule.check_freeze_targets(len(layer_groups))
+        optimizer = self.optimizer_factory(params=layer_group_param_groups(layer_groups, self.hparams.bn_weight_decay))
+        steps = self.steps_per_epoch()
+        scheduler = StagedOneCycleLR(
+            optimizer,
+            stage_steps=[stage.epochs * steps for stage in self.schedule.stages],
+            stage_lrs=[layer_group_lrs(stage.lr, len(layer_groups)) for stage in self.schedule.stages],
+            div_factor=self.schedule.div_factor,
+            final_div_factor=self.schedule.final_div_factor,
+            pct_start=self.schedule.pct_start,
+            moms=self.schedule.moms,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,91 @@
+"""torchvision ResNet bodies cut before pooling (fastai's ``cut=-2``), with explicit weight loading.
+
+``weights`` is ``"imagenet"`` (torchvision's pretrained weights and cache), ``None`` (random
+initialisation) or a path to a state_dict file. Nothing falls back silently: if ImageNet weights
+cannot be fetched, the error says which overrides work offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# Number of leading body children in fastai's first layer group for a ResNet:
+# conv1, bn1, relu, maxpool, layer1, layer2 | layer3, layer4.
+RESNET_GROUP_SPLIT = 6
+
+
+def _offline_hint(name: str) -> str:
+    return (
+        f"Offline? Use model.backbone.weights=null to train {name} from random weights, or "
+        f"model.backbone.weights=/path/to/{name}.pth with a torchvision state_dict saved on a "
+        "machine that has internet (torch.save(torchvision.models."
+        f"{name}(weights='DEFAULT').state_dict(), '{name}.pth'))."
+    )
+
+
+def _load_state_dict_file(model: nn.Module, path: Path, name: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.backbone.weights={str(path)!r} is not a file. Expected 'imagenet', null, or the path "
+            f"of a {name} state_dict saved with torch.save(model.state_dict(), path)."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:  # a Lightning/trainer checkpoint
+        state = state["state_dict"]
+    # The classifier layer is dropped by the cut, so it may be absent or of any class count.
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not hold {name} weights: missing keys {missing[:5]}, unexpected keys "
+            f"{unexpected[:5]}. Save it from torchvision.models.{name}()."
+        )
+    log.info("loaded %s weights from %s", name, path)
+
+
+def build_resnet(name: str, weights: str | Path | None) -> nn.Module:
+    """A full torchvision ResNet ``name`` with ``weights`` applied ('imagenet', None or a file)."""
+    if name not in RESNETS:
+        raise ValueError(f"unknown model.backbone.name={name!r}; choose one of {', '.join(RESNETS)}")
+    if weights is None:
+        return torchvision.models.get_model(name, weights=None)
+    if str(weights).lower() == "imagenet":
+        # DEFAULT is torchvision's best ImageNet weights for this architecture.
+        try:
+            return torchvision.models.get_model(name, weights="DEFAULT")
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; hash/partial downloads raise RuntimeError
+            raise RuntimeError(
+                f"could not fetch torchvision's ImageNet weights for {name} ({error}). " + _offline_hint(name)
+            ) from error
+    model = torchvision.models.get_model(name, weights=None)
+    _load_state_dict_file(model, Path(weights).expanduser(), name)
+    return model
+
+
+class ResNetBody(nn.Sequential):
+    """A ResNet without its average pool and fc layer: images -> (N, C, H/32, W/32) feature maps.
+
+    ``num_features`` (the output channel count: 512 for resnet18/34, 2048 for resnet50+) is read
+    from the last stage's BatchNorm, never typed.
+    """
+
+    def __init__(self, name: str = "resnet50", weights: str | Path | None = None) -> None:
+        resnet = build_resnet(name, weights)
+        super().__init__(*list(resnet.children())[:-2])
+        self.name = name
+        last_bn = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)][-1]
+        self.num_features = last_bn.num_features
+
+    def layer_groups(self) -> list[nn.Module]:
+        """fastai's split of a ResNet body: the stem to layer2, then layer3 and layer4."""
+        children = list(self.children())
+        return [nn.Sequential(*children[:RESNET_GROUP_SPLIT]), nn.Sequential(*children[RESNET_GROUP_SPLIT:])]

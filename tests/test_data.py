@@ -1,0 +1,158 @@
+import csv
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from src.data.datamodule import ImageFolderDataModule, index_folder
+from src.data.image_files import Sample, list_images, load_rgb, scan_class_folders
+from src.data.split import stratified_split
+from tests.conftest import copy_sample
+
+
+def _samples(counts: dict[int, int]) -> list[Sample]:
+    return [Sample(Path(f"c{label}/{i:03d}.png"), label) for label, n in counts.items() for i in range(n)]
+
+
+def test_split_is_reproducible_and_depends_on_the_seed():
+    samples = _samples({0: 50, 1: 50})
+    first = stratified_split(samples, 0.2, seed=1)
+    assert first == stratified_split(list(reversed(samples)), 0.2, seed=1)  # listing order does not matter
+    assert first[1] != stratified_split(samples, 0.2, seed=2)[1]
+
+
+def test_split_is_stratified_and_keeps_every_class_with_two_images_in_validation():
+    samples = _samples({0: 100, 1: 10, 2: 2, 3: 1})
+    train, valid = stratified_split(samples, 0.2, seed=0)
+    valid_counts = {label: sum(s.label == label for s in valid) for label in range(4)}
+    assert valid_counts == {0: 20, 1: 2, 2: 1, 3: 0}
+    assert len(train) + len(valid) == len(samples)
+    assert not set(train) & set(valid)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5])
+def test_valid_pct_outside_zero_one_is_refused(bad):
+    with pytest.raises(ValueError, match="data.valid_pct"):
+        stratified_split(_samples({0: 5}), bad, seed=0)
+
+
+def test_listing_skips_hidden_and_unknown_files_and_accepts_any_case(tmp_path):
+    folder = tmp_path / "cls"
+    folder.mkdir()
+    for name in ["a.JPG", "b.png", "c.TiFF", ".hidden.jpg", "notes.txt", "Thumbs.db", "d.webp"]:
+        (folder / name).write_bytes(b"x")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "e.jpg").write_bytes(b"x")
+    assert [p.name for p in list_images(folder)] == ["a.JPG", "b.png", "c.TiFF", "d.webp"]
+
+
+def test_empty_class_folder_is_left_out_with_a_warning(image_root, caplog):
+    (image_root / "zz-empty").mkdir()
+    with caplog.at_level(logging.WARNING):
+        classes, _ = scan_class_folders(image_root)
+    assert "zz-empty" not in classes and len(classes) == 3
+    assert "zz-empty" in caplog.text
+
+
+def test_missing_root_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        scan_class_folders(tmp_path / "does-not-exist")
+
+
+def test_root_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        scan_class_folders(tmp_path / "photo.jpg")
+
+
+def test_root_without_class_folders_is_refused(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
+    with pytest.raises(ValueError, match="no class folders"):
+        scan_class_folders(tmp_path)
+
+
+def test_root_with_one_class_is_refused(tmp_path):
+    copy_sample(tmp_path / "images", classes=1)
+    with pytest.raises(ValueError, match="only one class"):
+        scan_class_folders(tmp_path / "images")
+
+
+def test_root_with_no_images_is_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "readme.txt").write_text("hi")
+    with pytest.raises(ValueError, match="no images"):
+        scan_class_folders(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "LA", "I;16"])
+def test_every_image_mode_becomes_rgb(tmp_path, mode):
+    suffix = ".jpg" if mode == "CMYK" else ".png"
+    path = tmp_path / f"image{suffix}"
+    Image.new(mode, (10, 6)).save(path)
+    image = load_rgb(path)
+    assert image.mode == "RGB" and image.size == (10, 6)
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    path = tmp_path / "cutout.png"
+    Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(path)
+    assert load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.new("RGB", (40, 20)).save(path, exif=exif)
+    assert load_rgb(path).size == (20, 40)
+
+
+def test_split_folders_layout_with_val_and_test(tmp_path):
+    for subset in ["train", "val", "test"]:
+        copy_sample(tmp_path / subset, classes=2, per_class=4)
+    index = index_folder(tmp_path, valid_pct=0.2, seed=0)
+    assert index.layout == "split_folders"
+    assert (len(index.train), len(index.valid), len(index.test)) == (8, 8, 8)
+    assert index.classes == sorted(p.name for p in (tmp_path / "train").iterdir())
+
+
+def test_validation_class_unknown_to_training_is_named(tmp_path):
+    copy_sample(tmp_path / "train", classes=2, per_class=3)
+    copy_sample(tmp_path / "valid", classes=3, per_class=3)
+    with pytest.raises(ValueError, match="class folders that train/ does not"):
+        index_folder(tmp_path, valid_pct=0.2, seed=0)
+
+
+def test_datamodule_batches_split_csv_and_classes(image_root, tmp_path):
+    dm = ImageFolderDataModule(image_root, size=32, batch_size=4, split_csv=tmp_path / "split.csv")
+    assert dm.num_classes == 3
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64
+    # normalised with ImageNet statistics: values go below 0
+    assert images.min() < 0
+    with (tmp_path / "split.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36
+    assert {r["subset"] for r in rows} == {"train", "valid"}
+    assert sum(r["subset"] == "valid" for r in rows) == 3 * round(0.2 * 12)
+    assert {r["label"] for r in rows} == set(dm.classes)
+    assert all(not Path(r["path"]).is_absolute() for r in rows)
+
+
+@pytest.mark.parametrize("method", ["crop", "squish", "pad"])
+def test_eval_images_have_the_configured_size(tmp_path, image_root, method):
+    wide = image_root / sorted(p.name for p in image_root.iterdir())[0] / "wide.png"
+    Image.new("RGB", (90, 30), (200, 10, 10)).save(wide)
+    dm = ImageFolderDataModule(image_root, size=48, resize_method=method)
+    assert dm.eval_transform(load_rgb(wide)).shape == (3, 48, 48)
+    assert dm.train_transform(load_rgb(wide)).shape == (3, 48, 48)
+
+
+def test_unknown_resize_method_is_named(image_root):
+    with pytest.raises(ValueError, match="data.resize_method='stretch'"):
+        ImageFolderDataModule(image_root, resize_method="stretch")

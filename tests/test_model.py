@@ -1,0 +1,80 @@
+import pytest
+import torch
+import torchvision
+
+from src.callbacks.staged_finetuning import StagedFineTuning, count_parameters
+from src.models.components.backbones import ResNetBody
+from src.models.components.classifier import ImageClassifier
+
+
+@pytest.fixture(scope="module")
+def resnet50_44():
+    return ImageClassifier(ResNetBody("resnet50", weights=None), num_classes=44)
+
+
+def test_resnet50_with_44_classes_has_the_seed_parameter_counts(resnet50_44):
+    assert count_parameters(resnet50_44) == 25_637_484
+    groups = resnet50_44.layer_groups()
+    StagedFineTuning.freeze(groups[:-1], train_bn=True)  # learner.freeze()
+    try:
+        assert count_parameters(resnet50_44, trainable_only=True) == 2_182_572
+    finally:
+        StagedFineTuning.make_trainable(groups)
+
+
+def test_layer_groups_are_fastai_split(resnet50_44):
+    first, second, head = resnet50_44.layer_groups()
+    body = list(resnet50_44.backbone.children())
+    assert list(first.children()) == body[:6]
+    assert list(second.children()) == body[6:]
+    assert head is resnet50_44.head
+    assert resnet50_44.backbone.num_features == 2048
+
+
+def test_forward_stages_and_shapes():
+    net = ImageClassifier(ResNetBody("resnet18", weights=None), num_classes=3).eval()
+    images = torch.randn(2, 3, 64, 64)
+    features = net.forward_features(images)
+    assert features.shape == (2, 512, 2, 2)
+    assert torch.allclose(net.forward_head(features), net(images))
+
+
+def test_unknown_backbone_lists_the_choices():
+    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, resnet101, resnet152"):
+        ResNetBody("resnet49")
+
+
+def test_weights_from_a_state_dict_file(tmp_path):
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    body = ResNetBody("resnet18", weights=str(path))
+    assert torch.equal(body[0].weight, reference.conv1.weight)
+    assert torch.equal(body[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+
+
+def test_weights_file_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    with pytest.raises((ValueError, RuntimeError), match="resnet18"):
+        ResNetBody("resnet18", weights=str(path))
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        ResNetBody("resnet18", weights=str(tmp_path / "nowhere.pth"))
+
+
+def test_imagenet_weights_offline_names_the_offline_overrides(monkeypatch, tmp_path):
+    from urllib.error import URLError
+
+    def no_network(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(RuntimeError) as error:
+        ResNetBody("resnet18", weights="imagenet")
+    message = str(error.value)
+    assert "model.backbone.weights=null" in message
+    assert "model.backbone.weights=/path/to/resnet18.pth" in message

@@ -1,0 +1,170 @@
+"""Integration: the real config, real images on disk, real checkpoints, a few batches."""
+
+import copy
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from src.train import train
+from tests.conftest import CONFIG_DIR, compose_config
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", "model.backbone.weights=null"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    from hydra.utils import instantiate
+
+    schedule = instantiate(cfg.schedule)
+    datamodule = instantiate(cfg.data)
+    assert schedule.total_epochs >= 1
+    assert datamodule.size == cfg.data.size
+
+
+def test_resnet50_experiment_is_the_seed_recipe():
+    cfg = compose_config(["experiment=resnet50"])
+    assert cfg.model.backbone.name == "resnet50" and cfg.model.backbone.weights == "imagenet"
+    assert (cfg.data.size, cfg.data.batch_size, cfg.data.valid_pct) == (300, 64, 0.2)
+    assert (cfg.data.augment.max_zoom, cfg.data.augment.max_rotate) == (1.2, 10.0)
+    stages = OmegaConf.to_container(cfg.schedule.stages)
+    assert [(s["epochs"], s["lr"], s["freeze_to"]) for s in stages] == [(4, [3e-3], -1), (2, [1e-6, 1e-4], 0)]
+
+
+def test_a_typo_in_a_key_fails():
+    with pytest.raises(Exception, match="batchsize"):
+        compose_config(["data.batchsize=8"])
+
+
+def test_short_training_run_writes_the_run_directory(tiny_cfg):
+    metrics = train(tiny_cfg)
+    run = Path(tiny_cfg.paths.output_dir)
+    for name in ["config.yaml", "split.csv", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"]:
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert 0.0 <= metrics["val/error_rate"] <= 1.0
+    assert metrics["val/error_rate"] == pytest.approx(1 - metrics["val/accuracy"])
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["final"]["val/error_rate"] == pytest.approx(metrics["val/error_rate"])
+    assert summary["best"]["val/error_rate"] <= summary["final"]["val/error_rate"] + 1e-9
+    assert summary["epochs"] == 2
+
+    checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["classes"] == summary["classes"] and len(hparams["classes"]) == 3
+    run_config = OmegaConf.create(hparams["run_config"])
+    assert run_config.model.backbone.name == "resnet18"
+    assert list(run_config.model.classes) == hparams["classes"]
+    assert checkpoint["state_dict"]["net.head.8.weight"].shape == (3, 512)
+
+
+def test_tensorboard_has_group_learning_rates_and_the_augmented_batch(tiny_cfg):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_cfg)
+    events = EventAccumulator(str(Path(tiny_cfg.paths.output_dir) / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"val/error_rate", "val/loss", "val/accuracy", "train/loss_step", "val/error_rate_best"} <= scalars
+    assert {f"lr-AdamW/group{i}" for i in range(3)} <= scalars
+    assert "train/augmented_batch" in events.Tags()["images"]
+    head_lrs = [e.value for e in events.Scalars("lr-AdamW/group2")]
+    body_lrs = [e.value for e in events.Scalars("lr-AdamW/group0")]
+    assert head_lrs[0] == pytest.approx(3e-3 / 25, rel=1e-4)  # stage 1 starts at max_lr / div
+    assert body_lrs[0] == pytest.approx(3e-4 / 25, rel=1e-4)  # slice(3e-3): the body gets a tenth
+
+
+class StageProbe(L.Callback):
+    """Records, at each epoch start (after StagedFineTuning), what the resumed run is doing."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        conv = pl_module.net.backbone[0].weight
+        self.seen.append({
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "body_frozen": not conv.requires_grad,
+            "bn_trains": pl_module.net.backbone[1].weight.requires_grad,
+            "head_lr": optimizer.param_groups[4]["lr"],
+            "head_state": bool(optimizer.state.get(pl_module.net.head[4].weight)),
+            "scheduler_step": trainer.lr_scheduler_configs[0].scheduler.last_epoch,
+        })
+
+
+def test_resume_mid_stage_restores_stage_frozen_set_optimizer_and_schedule(tiny_cfg, tmp_path):
+    with open_dict(tiny_cfg):
+        tiny_cfg.schedule.stages = [
+            {"name": "head", "epochs": 2, "lr": [3e-3], "freeze_to": -1},
+            {"name": "all", "epochs": 1, "lr": [1e-6, 1e-4], "freeze_to": 0},
+        ]
+        tiny_cfg.callbacks.every_epoch = {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "dirpath": "${paths.output_dir}/epochs",
+            "filename": "epoch{epoch}",
+            "save_top_k": -1,
+            "auto_insert_metric_name": False,
+        }
+    train(tiny_cfg)
+    first_epoch = Path(tiny_cfg.paths.output_dir) / "epochs" / "epoch0.ckpt"
+    assert first_epoch.is_file()
+
+    probe = StageProbe()
+    with open_dict(tiny_cfg):
+        tiny_cfg.paths.output_dir = str(tmp_path / "resumed")
+        tiny_cfg.ckpt_path = str(first_epoch)
+        tiny_cfg.callbacks.probe = {"_target_": "tests.test_train.StageProbe"}
+    import src.train as train_module
+
+    original = train_module.instantiate
+
+    def instantiate_with_probe(config, *args, **kwargs):
+        if OmegaConf.is_config(config) and config.get("_target_") == "tests.test_train.StageProbe":
+            return probe
+        return original(config, *args, **kwargs)
+
+    train_module.instantiate = instantiate_with_probe
+    try:
+        metrics = train(tiny_cfg)
+    finally:
+        train_module.instantiate = original
+    steps_per_epoch = 3
+    resumed, last = probe.seen
+    assert resumed["epoch"] == 1 and resumed["step"] == steps_per_epoch
+    assert resumed["body_frozen"] and resumed["bn_trains"]  # stage 1 still: body frozen, BN training
+    assert resumed["head_state"]  # Adam moments came back from the checkpoint
+    assert resumed["scheduler_step"] == steps_per_epoch
+    # the one-cycle position continues: not the start value of a fresh cycle
+    assert resumed["head_lr"] != pytest.approx(3e-3 / 25)
+    assert last["epoch"] == 2 and not last["body_frozen"]
+    assert last["head_lr"] == pytest.approx(1e-4 / 25)  # stage 2's cycle starts fresh
+    assert not last["head_state"]  # a new stage starts with fresh moments, as fastai's new optimizer
+    assert 0.0 <= metrics["val/error_rate"] <= 1.0
+
+
+def test_bad_inputs_fail_before_training_with_the_key_named(tiny_cfg, tmp_path):
+    cases = {
+        "data.root": (str(tmp_path / "missing"), FileNotFoundError, "missing"),
+        "model.backbone.name": ("resnet49", ValueError, "resnet18, resnet34"),
+    }
+    for key, (value, error, text) in cases.items():
+        cfg = copy.deepcopy(tiny_cfg)
+        OmegaConf.update(cfg, key, value)
+        with pytest.raises(error, match=text):
+            train(cfg)
+    for stages, text in [
+        ([], "schedule.stages is empty"),
+        ([{"epochs": 1, "lr": [1e-4, 1e-6]}], "wrong order"),
+        ([{"epochs": 1, "lr": 1e-3, "freeze_to": 3}], "freeze_to=3"),
+    ]:
+        cfg = copy.deepcopy(tiny_cfg)
+        with open_dict(cfg):
+            cfg.schedule.stages = stages
+        with pytest.raises(Exception, match=text):
+            train(cfg)
