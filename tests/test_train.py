@@ -168,3 +168,17 @@ def test_bad_inputs_fail_before_training_with_the_key_named(tiny_cfg, tmp_path):
             cfg.schedule.stages = stages
         with pytest.raises(Exception, match=text):
             train(cfg)
+
+
+def test_checkpoint_rebuilds_the_trained_network_without_the_data(tiny_cfg):
+    from src.models.loading import load_classifier
+
+    train(tiny_cfg)
+    run = Path(tiny_cfg.paths.output_dir)
+    loaded = load_classifier(run / "checkpoints" / "last.ckpt")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert loaded.classes == checkpoint["hyper_parameters"]["classes"]
+    assert torch.equal(loaded.net.head[8].weight, checkpoint["state_dict"]["net.head.8.weight"])
+    assert not loaded.net.training
+    image = loaded.transform(torch.zeros(3, 50, 40, dtype=torch.uint8))
+    assert image.shape == (3, 32, 32)

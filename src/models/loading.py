@@ -1,0 +1,63 @@
+"""Rebuild a trained classifier from a checkpoint alone: no data folder, no training overrides.
+
+A checkpoint written by ``src.train`` holds the class names and the run's resolved config as
+YAML (``hyper_parameters.classes`` / ``run_config``); the weights are rebuilt on a randomly
+initialised body, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.transforms import EvalTransform
+from src.models.components.classifier import ImageClassifier
+
+NET_PREFIX = "net."
+
+
+@dataclass
+class LoadedClassifier:
+    """A trained network in eval mode, its class names, the run's config and its eval transform."""
+
+    net: ImageClassifier
+    classes: list[str]
+    config: DictConfig
+    transform: EvalTransform
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file safely (tensors and plain Python values only, no pickled code)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(path)!r} is not a file; expected RUN/checkpoints/best.ckpt or last.ckpt")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "classes" not in hparams or not hparams.get("run_config"):
+        raise ValueError(
+            f"{path} was not written by src.train (no classes/run_config in its hyper_parameters); "
+            "train with `python -m src.train` to get a checkpoint that can be rebuilt"
+        )
+    return checkpoint
+
+
+def eval_transform_for(config: DictConfig) -> EvalTransform:
+    data = config.data
+    return EvalTransform(data.size, list(data.mean), list(data.std), data.resize_method, data.interpolation)
+
+
+def load_classifier(path: str | Path) -> LoadedClassifier:
+    """The network of checkpoint ``path`` with its trained weights, on the CPU, in eval mode."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    config = OmegaConf.create(hparams["run_config"])
+    classes = list(hparams["classes"])
+    backbone = instantiate(config.model.backbone, weights=None)  # the checkpoint brings the weights
+    net = ImageClassifier(backbone, num_classes=len(classes), **hparams["head"])
+    state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
+    net.load_state_dict(state)
+    return LoadedClassifier(net.eval(), classes, config, eval_transform_for(config))
