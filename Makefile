@@ -32,7 +32,7 @@ tensorboard: $(STAMP) ## Open TensorBoard on every run under outputs/
 
 sample: $(STAMP) ## Rebuild data/fashion-mnist-sample from Debian's dataset-fashion-mnist
 	rm -rf data/fashion-mnist-sample
-	$(BIN)/python scripts/make_fashion_mnist_folder.py data/fashion-mnist-sample --per-class 300
+	$(BIN)/python scripts/make_fashion_mnist_folder.py data/fashion-mnist-sample --per-class 500
 
 clean: ## Remove runs under outputs/ (keeps the venv)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

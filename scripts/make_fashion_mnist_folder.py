@@ -4,7 +4,7 @@ The source is Debian's ``dataset-fashion-mnist`` package (Zalando Research, MIT 
 puts the original idx files in /usr/share/datasets/fashion-mnist:
 
     apt-get install -y dataset-fashion-mnist
-    python scripts/make_fashion_mnist_folder.py data/fashion-mnist-sample --per-class 200
+    python scripts/make_fashion_mnist_folder.py data/fashion-mnist-sample --per-class 500
     python scripts/make_fashion_mnist_folder.py /tmp/fashion-mnist            # all 60,000
 
 The committed demo sample ``data/fashion-mnist-sample`` is made by the second line. Images are

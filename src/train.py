@@ -23,12 +23,9 @@ from src.run_files import write_json, write_resolved_config
 log = logging.getLogger(__name__)
 
 
-def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics["val/error_rate_best"] = float(checkpoint.best_model_score)
-    return metrics
+def _monitoring_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The checkpoint callback that keeps the best model (the one with a monitored metric)."""
+    return next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -64,8 +61,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    metrics = _final_metrics(trainer)
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    checkpoint = _monitoring_checkpoint(trainer)
+    if checkpoint is not None and checkpoint.best_model_score is not None:  # restored on resume too
+        metrics["val/error_rate_best"] = float(checkpoint.best_model_score)
     summary = {
         "final": {k: v for k, v in metrics.items() if not k.endswith("_best")},
         "best": {"val/error_rate": metrics.get("val/error_rate_best", math.nan)},

@@ -59,6 +59,7 @@ class ImageClassifierModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_error_rate_best = MinMetric()
+        self.val_error_rate_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
 
     @property
     def classes(self) -> list[str]:

@@ -42,13 +42,18 @@ def _load_state_dict_file(model: nn.Module, path: Path, name: str) -> None:
         state = state["state_dict"]
     # The classifier layer is dropped by the cut, so it may be absent or of any class count.
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
+    if missing or unexpected or mismatched:
         raise ValueError(
-            f"{path} does not hold {name} weights: missing keys {missing[:5]}, unexpected keys "
-            f"{unexpected[:5]}. Save it from torchvision.models.{name}()."
+            f"{path} does not hold {name} weights: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} of another shape "
+            f"{mismatched[:3]}. Save it from torchvision.models.{name}(), or set model.backbone.name "
+            "to the architecture it was saved from."
         )
+    model.load_state_dict(state, strict=False)
     log.info("loaded %s weights from %s", name, path)
 
 
