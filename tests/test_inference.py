@@ -1,0 +1,135 @@
+"""Using a trained model: evaluate, predict (with TTA), export, on a real tiny checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig, open_dict
+
+from src.evaluate import evaluate
+from src.interpretation import Interpretation
+from src.train import train
+from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
+
+CLASSES = 6  # more than 5, so top-5 accuracy is reported
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny training run on real images, shared by the module: its run directory."""
+    base = tmp_path_factory.mktemp("trained")
+    image_root = copy_sample(base / "images", classes=CLASSES, per_class=10)
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={image_root}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(base / "run")
+        # Lightning 2.6 writes last.ckpt only when best.ckpt improves, so keep every epoch's
+        # weights to evaluate exactly what the final validation saw.
+        cfg.callbacks.every_epoch = {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "dirpath": "${paths.output_dir}/epochs",
+            "filename": "epoch{epoch}",
+            "save_top_k": -1,
+            "auto_insert_metric_name": False,
+        }
+    train(cfg)
+    return base / "run"
+
+
+def task_cfg(name: str, output_dir: Path, overrides: list[str]) -> DictConfig:
+    cfg = compose_config(overrides, config_name=name)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_reproduces_the_metrics_training_logged(trained, tmp_path):
+    ckpt = trained / "epochs" / "epoch1.ckpt"  # the weights of the final validation
+    shutil.copy(ckpt, trained / "checkpoints" / "final.ckpt")  # evaluate reads RUN/split.csv
+    metrics = evaluate(task_cfg("evaluate", tmp_path, [f"ckpt_path={trained / 'checkpoints' / 'final.ckpt'}",
+                                                       "data.num_workers=0"]))
+    logged = json.loads((trained / "metrics.json").read_text())["final"]
+    assert metrics["error_rate"] == pytest.approx(logged["val/error_rate"], abs=1e-4)
+    assert metrics["accuracy"] == pytest.approx(logged["val/accuracy"], abs=1e-4)
+    assert metrics["loss"] == pytest.approx(logged["val/loss"], abs=1e-4)
+
+    valid_rows = [r for r in read_rows(trained / "split.csv") if r["subset"] == "valid"]
+    predictions = read_rows(tmp_path / "predictions.csv")
+    assert metrics["images"] == len(predictions) == len(valid_rows) == 2 * CLASSES
+    assert [r["path"] for r in predictions] == [r["path"] for r in valid_rows]
+    errors = sum(r["label"] != r["prediction"] for r in predictions)
+    assert errors / len(predictions) == pytest.approx(metrics["error_rate"])
+    mean_loss = sum(float(r["loss"]) for r in predictions) / len(predictions)
+    assert mean_loss == pytest.approx(metrics["loss"], abs=1e-4)
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= written["top5_accuracy"] <= 1.0 and written["top5_accuracy"] >= written["accuracy"]
+    assert set(written["per_class"]) == set(json.loads((trained / "metrics.json").read_text())["classes"])
+    assert {"precision", "recall", "f1", "support"} == set(written["per_class"]["bag"])
+    assert sum(c["support"] for c in written["per_class"].values()) == len(predictions)
+    for name in ["confusion_matrix.png", "top_losses.png", "most_confused.txt"]:
+        assert (tmp_path / name).is_file(), name
+    confused = (tmp_path / "most_confused.txt").read_text().splitlines()
+    assert sum(int(line.split("\t")[2]) for line in confused) == errors
+
+
+def test_evaluate_best_checkpoint_gives_the_best_error_rate(trained, tmp_path):
+    metrics = evaluate(task_cfg("evaluate", tmp_path, [f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}",
+                                                       "data.num_workers=0", "normalize_confusion_matrix=true"]))
+    best = json.loads((trained / "metrics.json").read_text())["best"]["val/error_rate"]
+    assert metrics["error_rate"] == pytest.approx(best, abs=1e-4)
+
+
+def test_evaluate_a_folder_reports_labels_the_model_does_not_know(trained, tmp_path):
+    folder = copy_sample(tmp_path / "images", classes=2, per_class=3)
+    (folder / "hat").mkdir()
+    for image in sorted((folder / "bag").iterdir())[:2]:
+        (folder / "hat" / image.name).write_bytes(image.read_bytes())
+    metrics = evaluate(task_cfg("evaluate", tmp_path / "eval", [
+        f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", f"data.root={folder}", "data.num_workers=0",
+    ]))
+    assert metrics["unknown_labels"] == {"hat": 2}
+    assert metrics["images"] == 6
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["unknown_labels"] == {"hat": 2} and written["data"] == str(folder)
+    assert len(read_rows(tmp_path / "eval" / "predictions.csv")) == 6
+
+
+def test_evaluate_outside_a_run_directory_names_the_fix(trained, tmp_path):
+    ckpt = tmp_path / "elsewhere.ckpt"
+    ckpt.write_bytes((trained / "checkpoints" / "best.ckpt").read_bytes())
+    with pytest.raises(FileNotFoundError, match="data.root=DIR"):
+        evaluate(task_cfg("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt}"]))
+
+
+def test_interpretation_numbers():
+    classes = ["a", "b", "c"]
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.2, 0.6]])
+    targets = torch.tensor([0, 1, 1, 2, 2])
+    interp = Interpretation(classes, probs.log(), targets)
+    metrics = interp.metrics()
+    assert metrics["error_rate"] == pytest.approx(2 / 5) and metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["loss"] == pytest.approx(-sum(math.log(p) for p in [0.7, 0.8, 0.3, 0.4, 0.6]) / 5, rel=1e-5)
+    assert "top5_accuracy" not in metrics  # three classes: top-5 says nothing
+    assert metrics["per_class"]["a"]["precision"] == pytest.approx(1 / 3)  # a predicted thrice, right once
+    assert metrics["per_class"]["b"]["recall"] == pytest.approx(1 / 2)
+    assert interp.confusion_matrix().tolist() == [[1, 0, 0], [1, 1, 0], [1, 0, 1]]
+    assert interp.most_confused() == [("b", "a", 1), ("c", "a", 1)]
+    assert interp.top_losses(2) == [2, 3]
+
+
+def test_training_logs_the_interpretation_figures_to_tensorboard(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "tensorboard")).Reload()
+    assert {"val/confusion_matrix", "val/top_losses"} <= set(events.Tags()["images"])
