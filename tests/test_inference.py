@@ -133,3 +133,108 @@ def test_training_logs_the_interpretation_figures_to_tensorboard(trained):
 
     events = EventAccumulator(str(trained / "tensorboard")).Reload()
     assert {"val/confusion_matrix", "val/top_losses"} <= set(events.Tags()["images"])
+
+
+def test_python_api_predicts_like_fastai(trained):
+    from PIL import Image
+
+    from src import Predictor
+
+    predictor = Predictor.from_checkpoint(trained / "checkpoints" / "best.ckpt", device="cpu")
+    image_path = sorted((trained.parent / "images" / "coat").iterdir())[0]
+    label, index, probs = predictor.predict(image_path)
+    assert predictor.classes[index] == label and int(probs.argmax()) == index
+    assert probs.shape == (CLASSES,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+    with Image.open(image_path) as image:
+        from_pil = predictor.predict(image)
+    assert torch.allclose(from_pil.probabilities, probs, atol=1e-6)
+    batch = predictor.predict_batch([image_path, sorted((trained.parent / "images" / "bag").iterdir())[0]])
+    assert torch.allclose(batch[0].probabilities, probs, atol=1e-5)
+    with pytest.raises(TypeError, match="PIL image or the path"):
+        predictor.predict(42)
+
+
+def test_tta_blends_the_plain_prediction_with_flipped_and_zoomed_views(trained):
+    from src.inference.tta import tta_log_probabilities, tta_views
+    from src.models.loading import load_classifier
+
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    views = tta_views(images, scale=1.0)  # no zoom: four copies, then four mirrored copies
+    assert len(views) == 8 and all(v.shape == images.shape for v in views)
+    assert torch.equal(views[0], images) and torch.equal(views[4], images.flip(-1))
+    zoomed = tta_views(images, scale=1.5)  # corners of the 6x6 upsampled image
+    assert not torch.equal(zoomed[0], zoomed[3])
+
+    net = load_classifier(trained / "checkpoints" / "best.ckpt").net
+    batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = net(batch).log_softmax(1)
+        assert torch.allclose(tta_log_probabilities(net, batch, beta=1.0), plain, atol=1e-5)
+        blended = tta_log_probabilities(net, batch).exp()
+        mean_views = torch.stack([net(v).softmax(1) for v in tta_views(batch, 1.35)]).mean(0)
+    assert torch.allclose(blended, 0.4 * plain.exp() + 0.6 * mean_views, atol=1e-5)
+    assert torch.allclose(blended.sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_evaluate_with_tta(trained, tmp_path):
+    ckpt = f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"
+    plain = evaluate(task_cfg("evaluate", tmp_path / "plain", [ckpt, "data.num_workers=0"]))
+    tta = evaluate(task_cfg("evaluate", tmp_path / "tta", [ckpt, "data.num_workers=0", "tta=true"]))
+    assert tta["images"] == plain["images"]
+    assert tta["loss"] != pytest.approx(plain["loss"], abs=1e-6)
+    assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["tta"] is True
+
+
+def _folder_with_bad_files(root: Path) -> Path:
+    folder = copy_sample(root / "inbox" / "nested", classes=2, per_class=2).parent
+    good = sorted((folder / "nested" / "bag").iterdir())[0]
+    (folder / "corrupt.png").write_bytes(good.read_bytes()[:60])  # a truncated PNG
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / ".hidden.png").write_bytes(good.read_bytes())  # hidden files are left out
+    return folder
+
+
+def test_predict_a_folder_with_a_corrupt_and_a_non_image_file(trained, tmp_path):
+    from src.predict import predict
+
+    folder = _folder_with_bad_files(tmp_path)
+    summary = predict(task_cfg("predict", tmp_path / "out", [
+        f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", f"input={folder}", "topk=3", "tta=true",
+    ]))
+    rows = read_rows(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == 6 and summary["failed"] == 2
+    failed = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(failed) == {"corrupt.png", "notes.txt"}
+    assert all("not a readable image" in reason for reason in failed.values())
+    classes = json.loads((trained / "metrics.json").read_text())["classes"]
+    for row in (r for r in rows if not r["error"]):
+        assert row["prediction"] == row["class_1"] in classes and row["probability"] == row["probability_1"]
+        assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
+
+
+def test_predict_cli_one_image_a_list_file_and_the_exit_status(trained, tmp_path):
+    import subprocess
+    import sys
+
+    image = sorted((trained.parent / "images" / "dress").iterdir())[0]
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"{image}\n# a comment\nmissing.png\n")
+    ckpt = f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"
+    root = Path(__file__).resolve().parents[1]
+
+    def run(input_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "src.predict", ckpt, f"input={input_path}", f"hydra.run.dir={run_dir}"],
+            cwd=root, capture_output=True, text=True, timeout=120,
+        )
+
+    one = run(image, tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    assert f"{image}: " in one.stdout and "top-3" in one.stdout
+    assert len(read_rows(tmp_path / "one" / "predictions.csv")) == 1
+
+    listed = run(listing, tmp_path / "listed")
+    assert listed.returncode == 1  # missing.png failed
+    rows = read_rows(tmp_path / "listed" / "predictions.csv")
+    assert [Path(r["path"]).name for r in rows] == [image.name, "missing.png"]
+    assert "No such file" in rows[1]["error"]
