@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig, open_dict
@@ -238,3 +239,60 @@ def test_predict_cli_one_image_a_list_file_and_the_exit_status(trained, tmp_path
     rows = read_rows(tmp_path / "listed" / "predictions.csv")
     assert [Path(r["path"]).name for r in rows] == [image.name, "missing.png"]
     assert "No such file" in rows[1]["error"]
+
+
+@pytest.fixture(scope="module")
+def real_images_at_training_size(trained) -> torch.Tensor:
+    """Six real photos (one per class), resized to the 32 px training size, as uint8 (N, 3, H, W)."""
+    from PIL import Image
+
+    images = []
+    for folder in sorted(p for p in (trained.parent / "images").iterdir()):
+        with Image.open(sorted(folder.iterdir())[-1]) as image:
+            resized = image.convert("RGB").resize((32, 32), Image.BILINEAR)
+        images.append(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))
+    return torch.stack(images)
+
+
+def test_onnx_export_matches_pytorch_on_real_images(trained, tmp_path, real_images_at_training_size):
+    ort = pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from src import Predictor
+    from src.export import export, serving_model
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=onnx"]))
+    info = json.loads(Path(paths["classes"]).read_text())
+    assert info["classes"] == json.loads((trained / "metrics.json").read_text())["classes"] and info["size"] == 32
+
+    session = ort.InferenceSession(paths["model"])
+    images = real_images_at_training_size
+    model, _, _ = serving_model(ckpt)
+    with torch.inference_mode():
+        expected = model(images)
+    for batch in (images, images[:1]):  # the batch size is dynamic
+        got = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+        assert got.shape == (len(batch), CLASSES)
+        assert (got - expected[: len(batch)]).abs().max() < 1e-4
+    # the same numbers as the Python API on the same pictures
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    pictures = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
+    api = torch.stack([p.probabilities for p in predictor.predict_batch(pictures)])
+    assert (expected - api).abs().max() < 1e-4
+    # other sizes are resized inside
+    larger = torch.nn.functional.interpolate(images.float(), size=(40, 56)).to(torch.uint8)
+    assert session.run(None, {"images": larger.numpy()})[0].shape == (len(images), CLASSES)
+
+
+def test_torchscript_export_and_a_bad_format(trained, tmp_path, real_images_at_training_size):
+    from src.export import export, serving_model
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=torchscript"]))
+    scripted = torch.jit.load(paths["model"])
+    model, _, _ = serving_model(ckpt)
+    with torch.inference_mode():
+        assert torch.allclose(scripted(real_images_at_training_size), model(real_images_at_training_size), atol=1e-5)
+    with pytest.raises(ValueError, match="onnx, torchscript"):
+        export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=tflite"]))
