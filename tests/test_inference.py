@@ -213,32 +213,30 @@ def test_predict_a_folder_with_a_corrupt_and_a_non_image_file(trained, tmp_path)
         assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
 
 
-def test_predict_cli_one_image_a_list_file_and_the_exit_status(trained, tmp_path):
+def test_predict_one_image_then_a_list_file_from_the_cli_with_its_exit_status(trained, tmp_path):
     import subprocess
     import sys
 
+    from src.predict import predict
+
     image = sorted((trained.parent / "images" / "dress").iterdir())[0]
+    ckpt = f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"
+    one = predict(task_cfg("predict", tmp_path / "one", [ckpt, f"input={image}", "topk=2"]))
+    assert one["failed"] == 0 and [r.path for r in one["results"]] == [image]
+    assert list(read_rows(tmp_path / "one" / "predictions.csv")[0]) == [
+        "path", "prediction", "probability", "class_1", "probability_1", "class_2", "probability_2", "error"]
+
     listing = tmp_path / "paths.txt"
     listing.write_text(f"{image}\n# a comment\nmissing.png\n")
-    ckpt = f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"
-    root = Path(__file__).resolve().parents[1]
-
-    def run(input_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "src.predict", ckpt, f"input={input_path}", f"hydra.run.dir={run_dir}"],
-            cwd=root, capture_output=True, text=True, timeout=120,
-        )
-
-    one = run(image, tmp_path / "one")
-    assert one.returncode == 0, one.stderr
-    assert f"{image}: " in one.stdout and "top-3" in one.stdout
-    assert len(read_rows(tmp_path / "one" / "predictions.csv")) == 1
-
-    listed = run(listing, tmp_path / "listed")
-    assert listed.returncode == 1  # missing.png failed
+    listed = subprocess.run(
+        [sys.executable, "-m", "src.predict", ckpt, f"input={listing}", f"hydra.run.dir={tmp_path / 'listed'}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+    )
+    assert listed.returncode == 1, listed.stderr  # missing.png failed, the image did not
+    assert "2 files, 1 failed" in listed.stdout
     rows = read_rows(tmp_path / "listed" / "predictions.csv")
     assert [Path(r["path"]).name for r in rows] == [image.name, "missing.png"]
-    assert "No such file" in rows[1]["error"]
+    assert rows[0]["prediction"] and "No such file" in rows[1]["error"]
 
 
 @pytest.fixture(scope="module")
