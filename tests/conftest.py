@@ -29,9 +29,9 @@ def image_root(tmp_path: Path) -> Path:
     return copy_sample(tmp_path / "images")
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides or [])
+        return compose(config_name=config_name, overrides=overrides or [])
 
 
 # The smallest run that still exercises every part: ResNet18 at 32 px, random weights,

@@ -1,0 +1,160 @@
+"""Evaluate a checkpoint: ``python -m src.evaluate ckpt_path=RUN/checkpoints/best.ckpt [data.root=DIR]``.
+
+By default the images are the validation split of the run that wrote the checkpoint (its
+``split.csv``); with ``data.root`` every image in a folder of class folders is evaluated. The run
+directory receives ``metrics.json``, ``predictions.csv``, ``most_confused.txt``,
+``confusion_matrix.png`` and ``top_losses.png`` (fastai's ``ClassificationInterpretation``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import hydra
+import matplotlib.pyplot as plt
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from src.data.dataset import ImageDataset
+from src.data.image_files import Sample, list_images
+from src.inference.predictor import Predictor, run_loader
+from src.interpretation import Interpretation
+from src.models.loading import LoadedClassifier, load_classifier
+from src.run_files import write_json
+from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
+
+log = logging.getLogger(__name__)
+
+
+def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[Sample], Counter]:
+    """The validation rows of the run's ``split.csv`` (next to ``checkpoints/``), as samples."""
+    split_csv = ckpt_path.resolve().parent.parent / "split.csv"
+    if not split_csv.is_file():
+        raise FileNotFoundError(
+            f"{split_csv} not found: ckpt_path={str(ckpt_path)!r} is not inside a training run directory "
+            "(RUN/checkpoints/*.ckpt next to RUN/split.csv); pass data.root=DIR to evaluate a folder of class folders"
+        )
+    root = Path(loaded.config.data.root).expanduser()
+    samples, unknown = [], Counter()
+    with split_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["subset"] != "valid":
+                continue
+            if row["label"] not in loaded.classes:
+                unknown[row["label"]] += 1
+                continue
+            samples.append(Sample(root / row["path"], loaded.classes.index(row["label"])))
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} validation image(s) of {split_csv} are missing under the training data.root={str(root)!r}, "
+            f"e.g. {missing[0]}; run from the directory training ran in, or pass data.root=DIR"
+        )
+    return samples, unknown
+
+
+def folder_samples(root: Path, classes: list[str]) -> tuple[list[Sample], Counter]:
+    """Every image of ``root/<class>/``; images of classes the model does not know are counted apart."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; expected a folder of class folders")
+    samples, unknown = [], Counter()
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = list_images(folder)
+        if folder.name not in classes:
+            unknown[folder.name] += len(images)
+            continue
+        samples += [Sample(path, classes.index(folder.name)) for path in images]
+    return samples, unknown
+
+
+def _write_predictions_csv(path: Path, samples: list[Sample], interpretation: Interpretation, root: Path) -> None:
+    classes, probabilities = interpretation.classes, interpretation.probabilities
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "prediction", "probability", "loss"])
+        for sample, prediction, probs, loss in zip(
+            samples, interpretation.predictions.tolist(), probabilities, interpretation.losses.tolist()
+        ):
+            shown = sample.path.relative_to(root) if sample.path.is_relative_to(root) else sample.path
+            writer.writerow([shown.as_posix(), classes[sample.label], classes[prediction],
+                             f"{float(probs[prediction]):.6f}", f"{loss:.6f}"])
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path``; write the interpretation files to ``cfg.paths.output_dir``; return the metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    loaded = load_classifier(ckpt_path)
+    if cfg.data.root is None:
+        root = Path(loaded.config.data.root).expanduser()
+        samples, unknown = split_csv_samples(ckpt_path, loaded)
+        source = f"validation split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
+    else:
+        root = Path(cfg.data.root).expanduser()
+        samples, unknown = folder_samples(root, loaded.classes)
+        source = str(root)
+    if unknown:
+        log.warning("left out %d image(s) of %d label(s) the model does not know (it knows %s): %s",
+                    sum(unknown.values()), len(unknown), ", ".join(loaded.classes),
+                    ", ".join(f"{label} ({n})" for label, n in sorted(unknown.items())))
+    if not samples:
+        raise ValueError(
+            f"no images of the model's classes ({', '.join(loaded.classes)}) in {source}; "
+            "expected DIR/<class name>/<image files> with the class names the model was trained on"
+        )
+
+    predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta)
+    loader = DataLoader(ImageDataset(samples, loaded.transform), batch_size=cfg.data.batch_size,
+                        num_workers=cfg.data.num_workers)
+    log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating")
+    interpretation = Interpretation(loaded.classes, log_probs, targets)
+    metrics = interpretation.metrics()
+    most_confused = interpretation.most_confused()
+
+    write_json(output_dir / "metrics.json", {
+        **metrics,
+        "checkpoint": str(ckpt_path),
+        "data": source,
+        "images": len(samples),
+        "tta": bool(cfg.tta),
+        "unknown_labels": dict(sorted(unknown.items())),
+        "most_confused": most_confused,
+    })
+    _write_predictions_csv(output_dir / "predictions.csv", samples, interpretation, root)
+    (output_dir / "most_confused.txt").write_text(
+        "".join(f"{actual}\t{predicted}\t{count}\n" for actual, predicted, count in most_confused)
+    )
+    figures = {
+        "confusion_matrix.png": confusion_matrix_figure(
+            interpretation.confusion_matrix(), loaded.classes, normalize=cfg.normalize_confusion_matrix
+        ),
+        "top_losses.png": top_losses_figure(
+            interpretation, loader.dataset, cfg.top_losses, loaded.config.data.mean, loaded.config.data.std
+        ),
+    }
+    for name, figure in figures.items():
+        figure.savefig(output_dir / name, dpi=100)
+        plt.close(figure)
+    log.info("%s: error_rate %.4f on %d images", source, metrics["error_rate"], len(samples))
+    return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir)}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    metrics = evaluate(cfg)
+    print(f"run directory: {metrics['output_dir']}")
+    if metrics["unknown_labels"]:
+        print("left out (labels the model does not know): "
+              + ", ".join(f"{label} ({n} images)" for label, n in sorted(metrics["unknown_labels"].items())))
+    print(f"error_rate: {metrics['error_rate']:.4f}  accuracy: {metrics['accuracy']:.4f}  "
+          f"loss: {metrics['loss']:.4f}  ({metrics['images']} images)")
+    return metrics["error_rate"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Export a checkpoint for serving: ``python -m src.export ckpt_path=RUN/checkpoints/best.ckpt format=onnx|torchscript``.
+
+The exported model takes uint8 RGB images (N, 3, H, W), resizes them (bilinear, both sides) to
+the training size, normalises them as in training and returns class probabilities (N, classes).
+Feed images at the training size for the same numbers as ``src.predict``: the resize is then a
+no-op, whereas on other sizes the training transform's crop and antialiasing are not copied.
+Batch size, height and width are dynamic in the ONNX file. ``classes.json`` next to it names the
+classes in output order. TorchScript uses ``torch.jit.trace``, which torch now deprecates (a
+FutureWarning); ONNX is the format to prefer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from src.models.loading import load_classifier
+from src.run_files import write_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+class ServingModel(nn.Module):
+    """uint8 RGB images (N, 3, H, W) in, class probabilities (N, classes) out."""
+
+    def __init__(self, net: nn.Module, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net.eval()
+        self.size = size
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.net((x - self.mean) / self.std).softmax(dim=1)
+
+
+def serving_model(ckpt_path: str | Path) -> tuple[ServingModel, list[str], int]:
+    loaded = load_classifier(ckpt_path)
+    data = loaded.config.data
+    return ServingModel(loaded.net, data.size, data.mean, data.std).eval(), loaded.classes, data.size
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Write the serving model of ``cfg.ckpt_path`` in ``cfg.format`` and ``classes.json``; return their paths."""
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format={cfg.format!r}; choose one of {', '.join(FORMATS)}")
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model, classes, size = serving_model(cfg.ckpt_path)
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    path = output_dir / FORMATS[cfg.format]
+    if cfg.format == "onnx":
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, opset_version=cfg.opset,
+            input_names=["images"], output_names=["probabilities"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096),
+                                       2: torch.export.Dim("height", min=8, max=8192),
+                                       3: torch.export.Dim("width", min=8, max=8192)}},
+        )
+    else:
+        with torch.inference_mode():
+            torch.jit.trace(model, example).save(str(path))
+    write_json(output_dir / "classes.json", {
+        "classes": classes,
+        "input": f"uint8 RGB (N, 3, H, W), best at H = W = {size}",
+        "output": f"probabilities (N, {len(classes)}) in the order of classes",
+        "size": size,
+    })
+    log.info("exported %s to %s", cfg.ckpt_path, path)
+    return {"model": str(path), "classes": str(output_dir / "classes.json"), "size": size}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    paths = export(cfg)
+    print(f"model: {paths['model']}")
+    print(f"classes: {paths['classes']}")
+
+
+if __name__ == "__main__":
+    main()

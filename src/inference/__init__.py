@@ -1,0 +1,1 @@
+"""Using a trained classifier: the :class:`Predictor` API and test-time augmentation."""

@@ -1,0 +1,179 @@
+"""Predict with a trained checkpoint: one image, a batch, or many files (fastai's ``learner.predict``).
+
+``Predictor.from_checkpoint(path)`` loads the network once (see :func:`src.models.loading.load_classifier`);
+``predict`` returns ``(class name, index, probabilities)`` like fastai v1 did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from PIL import Image
+from rich.progress import Progress
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.image_files import load_rgb
+from src.data.transforms import EvalTransform
+from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
+from src.models.loading import load_classifier
+
+log = logging.getLogger(__name__)
+
+# What a file that is not a readable image raises in PIL: unidentified or truncated files are
+# OSErrors, a decompression bomb its own error; ValueError for modes PIL cannot convert.
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def best_device() -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    return best_device() if device in (None, "auto") else torch.device(device)
+
+
+@torch.inference_mode()
+def log_probabilities(net: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Log class probabilities of a normalised (N, 3, S, S) batch, with fastai's TTA if ``tta``."""
+    if tta:
+        return tta_log_probabilities(net, images, TTA_BETA, TTA_SCALE)
+    return net(images).log_softmax(dim=1)
+
+
+def run_loader(
+    net: nn.Module, loader: Iterable, device: torch.device, tta: bool = False, progress: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities and labels over a loader of ``(images, labels)`` batches, on the CPU."""
+    outputs, targets = [], []
+    with Progress(disable=progress is None, transient=True) as bar:
+        task = bar.add_task(progress or "", total=len(loader) if hasattr(loader, "__len__") else None)
+        for images, labels in loader:
+            outputs.append(log_probabilities(net, images.to(device), tta).float().cpu())
+            targets.append(torch.as_tensor(labels))
+            bar.advance(task)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+class Prediction(NamedTuple):
+    """fastai's ``(category, index, probabilities)``."""
+
+    label: str
+    index: int
+    probabilities: torch.Tensor
+
+
+@dataclass
+class FileResult:
+    """The prediction for one file, or why there is none (``error``)."""
+
+    path: Path
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
+class _Files(Dataset):
+    """Files as transformed tensors; an unreadable file gives its error message instead."""
+
+    def __init__(self, paths: Sequence[Path], transform: EvalTransform) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return index, self.transform(load_rgb(self.paths[index]))
+        except UNREADABLE_IMAGE_ERRORS as error:
+            return index, f"not a readable image: {type(error).__name__}: {error}"
+
+
+def _keep_lists(batch: list) -> list:
+    return batch
+
+
+class Predictor:
+    """A trained classifier ready to predict, on ``device`` (the best available by default).
+
+    Args:
+        net: the network, in eval mode.
+        classes: class names in label order.
+        transform: the run's evaluation transform (resize, centre-crop, normalise).
+        device: where to run; None for CUDA, MPS or the CPU, whichever is there.
+        tta: blend in fastai's test-time augmentation (9 forward passes per image).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        classes: Sequence[str],
+        transform: EvalTransform,
+        device: str | torch.device | None = None,
+        tta: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.net = net.eval().to(self.device)
+        self.classes = list(classes)
+        self.transform = transform
+        self.tta = tta
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, tta: bool = False) -> Predictor:
+        loaded = load_classifier(path)
+        return cls(loaded.net, loaded.classes, loaded.transform, device=device, tta=tta)
+
+    def _prediction(self, probabilities: torch.Tensor) -> Prediction:
+        index = int(probabilities.argmax())
+        return Prediction(self.classes[index], index, probabilities)
+
+    def _image_tensor(self, item: Image.Image | str | Path) -> torch.Tensor:
+        if isinstance(item, Image.Image):
+            return self.transform(item.convert("RGB"))
+        if isinstance(item, (str, Path)):
+            return self.transform(load_rgb(Path(item)))
+        raise TypeError(f"cannot predict a {type(item).__name__}; pass a PIL image or the path of an image file")
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, classes) of a normalised batch, on the CPU."""
+        return log_probabilities(self.net, images.to(self.device), self.tta).exp().float().cpu()
+
+    def predict(self, item: Image.Image | str | Path) -> Prediction:
+        """``(class name, index, probabilities)`` of one PIL image or image path."""
+        return self.predict_batch([item])[0]
+
+    def predict_batch(self, items: Sequence[Image.Image | str | Path]) -> list[Prediction]:
+        """One :class:`Prediction` per PIL image or path, in one forward pass."""
+        if not items:
+            return []
+        probabilities = self.probabilities(torch.stack([self._image_tensor(item) for item in items]))
+        return [self._prediction(p) for p in probabilities]
+
+    def predict_files(
+        self, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 0, progress: bool = False
+    ) -> Iterator[FileResult]:
+        """A :class:`FileResult` per path, in order; unreadable files give an error, not an exception."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        loader = DataLoader(
+            _Files(paths, self.transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_lists
+        )
+        with Progress(disable=not progress) as bar:
+            task = bar.add_task("predicting", total=len(paths))
+            for batch in loader:
+                good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
+                probabilities = self.probabilities(torch.stack([x for _, x in good])) if good else []
+                found = {i: self._prediction(p) for (i, _), p in zip(good, probabilities)}
+                for i, x in batch:
+                    yield FileResult(paths[i], found.get(i), None if i in found else x)
+                bar.advance(task, len(batch))

@@ -1,0 +1,46 @@
+"""Test-time augmentation as fastai v1's ``Learner.TTA(beta=0.4, scale=1.35)``.
+
+fastai v1 predicts each image plainly and on eight augmented views: zoomed in by ``scale``
+towards each of the four corners, with and without a horizontal flip. The result is
+``beta * plain + (1 - beta) * mean(views)`` on probabilities. Differences: the views are made on
+the already resized, normalised batch (bilinear zoom of the tensor), and fastai's other random
+training transforms (rotation, lighting) are not applied, so TTA is deterministic here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TTA_BETA = 0.4
+TTA_SCALE = 1.35
+
+
+def tta_views(images: torch.Tensor, scale: float = TTA_SCALE) -> list[torch.Tensor]:
+    """The eight views of a (N, C, H, W) batch: 4 corner zooms x (as is, flipped left-right)."""
+    if scale < 1.0:
+        raise ValueError(f"TTA scale must be >= 1.0 (1.0 = no zoom), got {scale}")
+    height, width = images.shape[-2:]
+    big_h, big_w = math.ceil(height * scale), math.ceil(width * scale)
+    zoomed = F.interpolate(images, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    views = []
+    for flip in (False, True):
+        for row in (0, big_h - height):
+            for col in (0, big_w - width):
+                view = zoomed[..., row : row + height, col : col + width]
+                views.append(view.flip(-1) if flip else view)
+    return views
+
+
+def tta_log_probabilities(
+    net: nn.Module, images: torch.Tensor, beta: float = TTA_BETA, scale: float = TTA_SCALE
+) -> torch.Tensor:
+    """Log of fastai's blend ``beta * p(plain) + (1 - beta) * mean(p(view))``, shape (N, classes)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"TTA beta must be between 0 and 1 (the weight of the plain prediction), got {beta}")
+    plain = net(images).softmax(dim=1)
+    views = torch.stack([net(view).softmax(dim=1) for view in tta_views(images, scale)]).mean(0)
+    return (beta * plain + (1.0 - beta) * views).clamp_min(torch.finfo(plain.dtype).tiny).log()

@@ -1,0 +1,97 @@
+"""Predict images: ``python -m src.predict ckpt_path=RUN/checkpoints/best.ckpt input=PATH [tta=true] [topk=3]``.
+
+``input`` is one image, a folder (every file below it, recursively) or a ``.txt`` file listing
+one path per line (relative paths are relative to the list's folder). The result is a CSV with
+the predicted class, its probability and the ``topk`` classes; a file that is not a readable
+image gets a row with the reason in ``error`` and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from src.inference.predictor import FileResult, Predictor
+
+log = logging.getLogger(__name__)
+
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """The files named by ``input``: the image itself, every non-hidden file of a folder, or a list's paths."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        lines = (line.strip() for line in path.read_text().splitlines())
+        return [(path.parent / line).resolve() if not Path(line).is_absolute() else Path(line)
+                for line in lines if line and not line.startswith("#")]
+    if path.is_file():
+        return [path]
+    raise FileNotFoundError(
+        f"input={str(path)!r} does not exist; expected an image, a folder of images or a .txt file of image paths"
+    )
+
+
+def write_predictions_csv(path: Path, results: list[FileResult], classes: list[str], topk: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        ranks = [(f"class_{k}", f"probability_{k}") for k in range(1, topk + 1)]
+        writer.writerow(["path", "prediction", "probability", *(c for pair in ranks for c in pair), "error"])
+        for result in results:
+            if result.prediction is None:
+                writer.writerow([str(result.path), "", "", *([""] * 2 * topk), result.error])
+                continue
+            probs = result.prediction.probabilities
+            top = probs.topk(topk)
+            cells = [v for p, i in zip(top.values.tolist(), top.indices.tolist()) for v in (classes[i], f"{p:.6f}")]
+            writer.writerow([str(result.path), result.prediction.label,
+                             f"{float(probs[result.prediction.index]):.6f}", *cells, ""])
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every file of ``cfg.input``; write the CSV; return the results and where they went."""
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta)
+    if not 1 <= cfg.topk <= len(predictor.classes):
+        raise ValueError(f"topk={cfg.topk}; the model has {len(predictor.classes)} classes, so use 1 to "
+                         f"{len(predictor.classes)}")
+    files = input_files(cfg.input)
+    if not files:
+        raise ValueError(f"input={cfg.input!r} holds no files; expected images (e.g. .jpg, .png)")
+    results = list(predictor.predict_files(files, cfg.batch_size, cfg.num_workers, progress=len(files) > 1))
+    output = Path(cfg.output).expanduser() if cfg.output else Path(cfg.paths.output_dir) / "predictions.csv"
+    write_predictions_csv(output, results, predictor.classes, cfg.topk)
+    failed = [r for r in results if r.error]
+    for result in failed:
+        log.error("%s: %s", result.path, result.error)
+    log.info("predicted %d file(s), %d failed, tta=%s: %s", len(results), len(failed), cfg.tta, output)
+    return {"output": str(output), "results": results, "failed": len(failed), "classes": predictor.classes}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    summary = predict(cfg)
+    results = summary["results"]
+    if len(results) == 1 and results[0].prediction is not None:
+        label, _, probs = results[0].prediction
+        top = probs.topk(cfg.topk)
+        print(f"{results[0].path}: {label} ({float(probs.max()):.4f})  top-{cfg.topk}: " + ", ".join(
+            f"{summary['classes'][i]} {p:.4f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+    print(f"predictions: {summary['output']} ({len(results)} files, {summary['failed']} failed)")
+    if summary["failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

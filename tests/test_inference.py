@@ -1,0 +1,296 @@
+"""Using a trained model: evaluate, predict (with TTA), export, on a real tiny checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, open_dict
+
+from src.evaluate import evaluate
+from src.interpretation import Interpretation
+from src.train import train
+from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
+
+CLASSES = 6  # more than 5, so top-5 accuracy is reported
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny training run on real images, shared by the module: its run directory."""
+    base = tmp_path_factory.mktemp("trained")
+    image_root = copy_sample(base / "images", classes=CLASSES, per_class=10)
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={image_root}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(base / "run")
+        # Lightning 2.6 writes last.ckpt only when best.ckpt improves, so keep every epoch's
+        # weights to evaluate exactly what the final validation saw.
+        cfg.callbacks.every_epoch = {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "dirpath": "${paths.output_dir}/epochs",
+            "filename": "epoch{epoch}",
+            "save_top_k": -1,
+            "auto_insert_metric_name": False,
+        }
+    train(cfg)
+    return base / "run"
+
+
+def task_cfg(name: str, output_dir: Path, overrides: list[str]) -> DictConfig:
+    cfg = compose_config(overrides, config_name=name)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_reproduces_the_metrics_training_logged(trained, tmp_path):
+    ckpt = trained / "epochs" / "epoch1.ckpt"  # the weights of the final validation
+    shutil.copy(ckpt, trained / "checkpoints" / "final.ckpt")  # evaluate reads RUN/split.csv
+    metrics = evaluate(task_cfg("evaluate", tmp_path, [f"ckpt_path={trained / 'checkpoints' / 'final.ckpt'}",
+                                                       "data.num_workers=0"]))
+    logged = json.loads((trained / "metrics.json").read_text())["final"]
+    assert metrics["error_rate"] == pytest.approx(logged["val/error_rate"], abs=1e-4)
+    assert metrics["accuracy"] == pytest.approx(logged["val/accuracy"], abs=1e-4)
+    assert metrics["loss"] == pytest.approx(logged["val/loss"], abs=1e-4)
+
+    valid_rows = [r for r in read_rows(trained / "split.csv") if r["subset"] == "valid"]
+    predictions = read_rows(tmp_path / "predictions.csv")
+    assert metrics["images"] == len(predictions) == len(valid_rows) == 2 * CLASSES
+    assert [r["path"] for r in predictions] == [r["path"] for r in valid_rows]
+    errors = sum(r["label"] != r["prediction"] for r in predictions)
+    assert errors / len(predictions) == pytest.approx(metrics["error_rate"])
+    mean_loss = sum(float(r["loss"]) for r in predictions) / len(predictions)
+    assert mean_loss == pytest.approx(metrics["loss"], abs=1e-4)
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= written["top5_accuracy"] <= 1.0 and written["top5_accuracy"] >= written["accuracy"]
+    assert set(written["per_class"]) == set(json.loads((trained / "metrics.json").read_text())["classes"])
+    assert {"precision", "recall", "f1", "support"} == set(written["per_class"]["bag"])
+    assert sum(c["support"] for c in written["per_class"].values()) == len(predictions)
+    for name in ["confusion_matrix.png", "top_losses.png", "most_confused.txt"]:
+        assert (tmp_path / name).is_file(), name
+    confused = (tmp_path / "most_confused.txt").read_text().splitlines()
+    assert sum(int(line.split("\t")[2]) for line in confused) == errors
+
+
+def test_evaluate_best_checkpoint_gives_the_best_error_rate(trained, tmp_path):
+    metrics = evaluate(task_cfg("evaluate", tmp_path, [f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}",
+                                                       "data.num_workers=0", "normalize_confusion_matrix=true"]))
+    best = json.loads((trained / "metrics.json").read_text())["best"]["val/error_rate"]
+    assert metrics["error_rate"] == pytest.approx(best, abs=1e-4)
+
+
+def test_evaluate_a_folder_reports_labels_the_model_does_not_know(trained, tmp_path):
+    folder = copy_sample(tmp_path / "images", classes=2, per_class=3)
+    (folder / "hat").mkdir()
+    for image in sorted((folder / "bag").iterdir())[:2]:
+        (folder / "hat" / image.name).write_bytes(image.read_bytes())
+    metrics = evaluate(task_cfg("evaluate", tmp_path / "eval", [
+        f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", f"data.root={folder}", "data.num_workers=0",
+    ]))
+    assert metrics["unknown_labels"] == {"hat": 2}
+    assert metrics["images"] == 6
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["unknown_labels"] == {"hat": 2} and written["data"] == str(folder)
+    assert len(read_rows(tmp_path / "eval" / "predictions.csv")) == 6
+
+
+def test_evaluate_outside_a_run_directory_names_the_fix(trained, tmp_path):
+    ckpt = tmp_path / "elsewhere.ckpt"
+    ckpt.write_bytes((trained / "checkpoints" / "best.ckpt").read_bytes())
+    with pytest.raises(FileNotFoundError, match="data.root=DIR"):
+        evaluate(task_cfg("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt}"]))
+
+
+def test_interpretation_numbers():
+    classes = ["a", "b", "c"]
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.2, 0.6]])
+    targets = torch.tensor([0, 1, 1, 2, 2])
+    interp = Interpretation(classes, probs.log(), targets)
+    metrics = interp.metrics()
+    assert metrics["error_rate"] == pytest.approx(2 / 5) and metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["loss"] == pytest.approx(-sum(math.log(p) for p in [0.7, 0.8, 0.3, 0.4, 0.6]) / 5, rel=1e-5)
+    assert "top5_accuracy" not in metrics  # three classes: top-5 says nothing
+    assert metrics["per_class"]["a"]["precision"] == pytest.approx(1 / 3)  # a predicted thrice, right once
+    assert metrics["per_class"]["b"]["recall"] == pytest.approx(1 / 2)
+    assert interp.confusion_matrix().tolist() == [[1, 0, 0], [1, 1, 0], [1, 0, 1]]
+    assert interp.most_confused() == [("b", "a", 1), ("c", "a", 1)]
+    assert interp.top_losses(2) == [2, 3]
+
+
+def test_training_logs_the_interpretation_figures_to_tensorboard(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "tensorboard")).Reload()
+    assert {"val/confusion_matrix", "val/top_losses"} <= set(events.Tags()["images"])
+
+
+def test_python_api_predicts_like_fastai(trained):
+    from PIL import Image
+
+    from src import Predictor
+
+    predictor = Predictor.from_checkpoint(trained / "checkpoints" / "best.ckpt", device="cpu")
+    image_path = sorted((trained.parent / "images" / "coat").iterdir())[0]
+    label, index, probs = predictor.predict(image_path)
+    assert predictor.classes[index] == label and int(probs.argmax()) == index
+    assert probs.shape == (CLASSES,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+    with Image.open(image_path) as image:
+        from_pil = predictor.predict(image)
+    assert torch.allclose(from_pil.probabilities, probs, atol=1e-6)
+    batch = predictor.predict_batch([image_path, sorted((trained.parent / "images" / "bag").iterdir())[0]])
+    assert torch.allclose(batch[0].probabilities, probs, atol=1e-5)
+    with pytest.raises(TypeError, match="PIL image or the path"):
+        predictor.predict(42)
+
+
+def test_tta_blends_the_plain_prediction_with_flipped_and_zoomed_views(trained):
+    from src.inference.tta import tta_log_probabilities, tta_views
+    from src.models.loading import load_classifier
+
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    views = tta_views(images, scale=1.0)  # no zoom: four copies, then four mirrored copies
+    assert len(views) == 8 and all(v.shape == images.shape for v in views)
+    assert torch.equal(views[0], images) and torch.equal(views[4], images.flip(-1))
+    zoomed = tta_views(images, scale=1.5)  # corners of the 6x6 upsampled image
+    assert not torch.equal(zoomed[0], zoomed[3])
+
+    net = load_classifier(trained / "checkpoints" / "best.ckpt").net
+    batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = net(batch).log_softmax(1)
+        assert torch.allclose(tta_log_probabilities(net, batch, beta=1.0), plain, atol=1e-5)
+        blended = tta_log_probabilities(net, batch).exp()
+        mean_views = torch.stack([net(v).softmax(1) for v in tta_views(batch, 1.35)]).mean(0)
+    assert torch.allclose(blended, 0.4 * plain.exp() + 0.6 * mean_views, atol=1e-5)
+    assert torch.allclose(blended.sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_evaluate_with_tta(trained, tmp_path):
+    ckpt = f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"
+    plain = evaluate(task_cfg("evaluate", tmp_path / "plain", [ckpt, "data.num_workers=0"]))
+    tta = evaluate(task_cfg("evaluate", tmp_path / "tta", [ckpt, "data.num_workers=0", "tta=true"]))
+    assert tta["images"] == plain["images"]
+    assert tta["loss"] != pytest.approx(plain["loss"], abs=1e-6)
+    assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["tta"] is True
+
+
+def _folder_with_bad_files(root: Path) -> Path:
+    folder = copy_sample(root / "inbox" / "nested", classes=2, per_class=2).parent
+    good = sorted((folder / "nested" / "bag").iterdir())[0]
+    (folder / "corrupt.png").write_bytes(good.read_bytes()[:60])  # a truncated PNG
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / ".hidden.png").write_bytes(good.read_bytes())  # hidden files are left out
+    return folder
+
+
+def test_predict_a_folder_with_a_corrupt_and_a_non_image_file(trained, tmp_path):
+    from src.predict import predict
+
+    folder = _folder_with_bad_files(tmp_path)
+    summary = predict(task_cfg("predict", tmp_path / "out", [
+        f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", f"input={folder}", "topk=3", "tta=true",
+    ]))
+    rows = read_rows(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == 6 and summary["failed"] == 2
+    failed = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(failed) == {"corrupt.png", "notes.txt"}
+    assert all("not a readable image" in reason for reason in failed.values())
+    classes = json.loads((trained / "metrics.json").read_text())["classes"]
+    for row in (r for r in rows if not r["error"]):
+        assert row["prediction"] == row["class_1"] in classes and row["probability"] == row["probability_1"]
+        assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
+
+
+def test_predict_one_image_then_a_list_file_from_the_cli_with_its_exit_status(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from src.predict import predict
+
+    image = sorted((trained.parent / "images" / "dress").iterdir())[0]
+    ckpt = f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"
+    one = predict(task_cfg("predict", tmp_path / "one", [ckpt, f"input={image}", "topk=2"]))
+    assert one["failed"] == 0 and [r.path for r in one["results"]] == [image]
+    assert list(read_rows(tmp_path / "one" / "predictions.csv")[0]) == [
+        "path", "prediction", "probability", "class_1", "probability_1", "class_2", "probability_2", "error"]
+
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"{image}\n# a comment\nmissing.png\n")
+    listed = subprocess.run(
+        [sys.executable, "-m", "src.predict", ckpt, f"input={listing}", f"hydra.run.dir={tmp_path / 'listed'}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+    )
+    assert listed.returncode == 1, listed.stderr  # missing.png failed, the image did not
+    assert "2 files, 1 failed" in listed.stdout
+    rows = read_rows(tmp_path / "listed" / "predictions.csv")
+    assert [Path(r["path"]).name for r in rows] == [image.name, "missing.png"]
+    assert rows[0]["prediction"] and "No such file" in rows[1]["error"]
+
+
+@pytest.fixture(scope="module")
+def real_images_at_training_size(trained) -> torch.Tensor:
+    """Six real photos (one per class), resized to the 32 px training size, as uint8 (N, 3, H, W)."""
+    from PIL import Image
+
+    images = []
+    for folder in sorted(p for p in (trained.parent / "images").iterdir()):
+        with Image.open(sorted(folder.iterdir())[-1]) as image:
+            resized = image.convert("RGB").resize((32, 32), Image.BILINEAR)
+        images.append(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))
+    return torch.stack(images)
+
+
+def test_onnx_export_matches_pytorch_on_real_images(trained, tmp_path, real_images_at_training_size):
+    ort = pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from src import Predictor
+    from src.export import export, serving_model
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=onnx"]))
+    info = json.loads(Path(paths["classes"]).read_text())
+    assert info["classes"] == json.loads((trained / "metrics.json").read_text())["classes"] and info["size"] == 32
+
+    session = ort.InferenceSession(paths["model"])
+    images = real_images_at_training_size
+    model, _, _ = serving_model(ckpt)
+    with torch.inference_mode():
+        expected = model(images)
+    for batch in (images, images[:1]):  # the batch size is dynamic
+        got = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+        assert got.shape == (len(batch), CLASSES)
+        assert (got - expected[: len(batch)]).abs().max() < 1e-4
+    # the same numbers as the Python API on the same pictures
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    pictures = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
+    api = torch.stack([p.probabilities for p in predictor.predict_batch(pictures)])
+    assert (expected - api).abs().max() < 1e-4
+    # other sizes are resized inside
+    larger = torch.nn.functional.interpolate(images.float(), size=(40, 56)).to(torch.uint8)
+    assert session.run(None, {"images": larger.numpy()})[0].shape == (len(images), CLASSES)
+
+
+def test_torchscript_export_and_a_bad_format(trained, tmp_path, real_images_at_training_size):
+    from src.export import export, serving_model
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=torchscript"]))
+    scripted = torch.jit.load(paths["model"])
+    model, _, _ = serving_model(ckpt)
+    with torch.inference_mode():
+        assert torch.allclose(scripted(real_images_at_training_size), model(real_images_at_training_size), atol=1e-5)
+    with pytest.raises(ValueError, match="onnx, torchscript"):
+        export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=tflite"]))
