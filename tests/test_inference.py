@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +28,6 @@ def trained(tmp_path_factory) -> Path:
     cfg = compose_config([*TINY_OVERRIDES, f"data.root={image_root}"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(base / "run")
-        # Lightning 2.6 writes last.ckpt only when best.ckpt improves, so keep every epoch's
-        # weights to evaluate exactly what the final validation saw.
-        cfg.callbacks.every_epoch = {
-            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "dirpath": "${paths.output_dir}/epochs",
-            "filename": "epoch{epoch}",
-            "save_top_k": -1,
-            "auto_insert_metric_name": False,
-        }
     train(cfg)
     return base / "run"
 
@@ -55,9 +45,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_evaluate_reproduces_the_metrics_training_logged(trained, tmp_path):
-    ckpt = trained / "epochs" / "epoch1.ckpt"  # the weights of the final validation
-    shutil.copy(ckpt, trained / "checkpoints" / "final.ckpt")  # evaluate reads RUN/split.csv
-    metrics = evaluate(task_cfg("evaluate", tmp_path, [f"ckpt_path={trained / 'checkpoints' / 'final.ckpt'}",
+    ckpt = trained / "checkpoints" / "last.ckpt"  # the weights of the final validation
+    metrics = evaluate(task_cfg("evaluate", tmp_path, [f"ckpt_path={ckpt}",
                                                        "data.num_workers=0"]))
     logged = json.loads((trained / "metrics.json").read_text())["final"]
     assert metrics["error_rate"] == pytest.approx(logged["val/error_rate"], abs=1e-4)

@@ -107,13 +107,11 @@ def test_resume_mid_stage_restores_stage_frozen_set_optimizer_and_schedule(tiny_
             {"name": "head", "epochs": 2, "lr": [3e-3], "freeze_to": -1},
             {"name": "all", "epochs": 1, "lr": [1e-6, 1e-4], "freeze_to": 0},
         ]
-        tiny_cfg.callbacks.every_epoch = {
-            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "dirpath": "${paths.output_dir}/epochs",
-            "filename": "epoch{epoch}",
-            "save_top_k": -1,
-            "auto_insert_metric_name": False,
-        }
+        # keep every epoch's checkpoint instead of only the last
+        tiny_cfg.callbacks.last_checkpoint.update(
+            {"dirpath": "${paths.output_dir}/epochs", "filename": "epoch{epoch}", "save_top_k": -1,
+             "auto_insert_metric_name": False}
+        )
     train(tiny_cfg)
     first_epoch = Path(tiny_cfg.paths.output_dir) / "epochs" / "epoch0.ckpt"
     assert first_epoch.is_file()
