@@ -72,18 +72,19 @@ def freeze_for_stage(net: ImageClassifier, schedule: DictConfig, index: int, whe
             f"{when}, freeze_to={freeze_to}: {groups}.")
 
 
-def load_subject(cfg: DictConfig, num_classes: int | None = None) -> Subject:
-    """From ``cfg.ckpt_path`` (trained; last stage's state) or the experiment (untrained; first stage)."""
+def load_subject(cfg: DictConfig, classes: list[str] | None = None) -> Subject:
+    """From ``cfg.ckpt_path`` (trained; last stage's state) or the experiment (untrained; first stage).
+
+    Before training the class list is ``classes``, or else that of the data folder ``cfg.data.root``.
+    """
     if cfg.get("ckpt_path"):
         loaded = load_classifier(cfg.ckpt_path)
         schedule = loaded.config.schedule
         state = freeze_for_stage(loaded.net, schedule, len(schedule.stages) - 1,
                                  f"(the last stage of the run that wrote {cfg.ckpt_path})")
         return Subject(loaded.net, loaded.classes, loaded.config.data, state, trained=True)
-    if num_classes is None:
+    if classes is None:
         classes = instantiate(cfg.data, split_csv=None).classes
-    else:
-        classes = [f"class {i}" for i in range(num_classes)]
     net = build_net(cfg.model, len(classes))
     state = freeze_for_stage(net, cfg.schedule, 0, "(before training: the first stage of schedule.stages)")
     return Subject(net, classes, cfg.data, state, trained=False)
@@ -98,6 +99,7 @@ def model_summary(subject: Subject) -> str:
 
 
 def _datamodule(data_config: DictConfig, output_dir: Path, image: str | None) -> ImageFolderDataModule | None:
+    """The checkpoint's data, or None when its folder has gone and ``image`` is given instead."""
     root = Path(data_config.root).expanduser()
     if not root.is_dir():
         if image is None:
@@ -148,13 +150,18 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    subject = load_subject(cfg)
+    if cfg.get("ckpt_path"):
+        subject = load_subject(cfg)
+        datamodule = _datamodule(subject.data_config, output_dir, cfg.get("image"))
+    else:  # before training the classes come from the data folder, so it must be there
+        datamodule = instantiate(cfg.data, split_csv=str(output_dir / "split.csv"), num_workers=0)
+        datamodule.setup("fit")
+        subject = load_subject(cfg, datamodule.classes)
     net, classes, data = subject.net, subject.classes, subject.data_config
     mean, std = list(data.mean), list(data.std)
     paths: dict[str, Path] = {"summary": output_dir / "summary.txt"}
     paths["summary"].write_text(model_summary(subject))
 
-    datamodule = _datamodule(data, output_dir, cfg.get("image"))
     if datamodule is not None:
         dataset = datamodule.datasets["train"]
         picks = torch.randperm(len(dataset))[: cfg.batch_count].tolist()

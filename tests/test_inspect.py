@@ -60,7 +60,7 @@ def tiny_inspect_overrides(image_root: Path) -> list[str]:
 
 def test_resnet50_with_44_classes_and_a_frozen_body_prints_the_seed_totals(tmp_path):
     cfg = compose_inspect(["experiment=resnet50", "model.backbone.weights=null"], tmp_path)
-    summary = model_summary(load_subject(cfg, num_classes=44))
+    summary = model_summary(load_subject(cfg, classes=[f"breed {i}" for i in range(44)]))
     assert "Total params: 25,637,484\n" in summary
     assert "Total trainable params: 2,182,572\n" in summary
     assert "Total non-trainable params: 23,454,912\n" in summary
@@ -189,3 +189,14 @@ def test_the_seed_edge_kernel_is_fastais():
     flat = torch.full((3, 10, 10), 0.5)
     assert torch.allclose(convolve(flat, KERNELS["seed edge (fastai)"])[1:-1, 1:-1], torch.zeros(8, 8), atol=1e-6)
     assert torch.allclose(convolve(flat, KERNELS["blur (box)"])[1:-1, 1:-1], torch.full((8, 8), 1.5))
+
+
+def test_filters_are_laid_out_in_one_mosaic():
+    from src.visualize.kernels import filter_grid, mosaic
+
+    weight = torch.randn(64, 3, 7, 7)
+    scaled = filter_grid(weight)
+    assert scaled.amin(dim=(1, 2, 3)).allclose(torch.zeros(64)) and scaled.amax(dim=(1, 2, 3)).allclose(torch.ones(64))
+    sheet = mosaic(scaled)
+    assert sheet.shape == (3, 8 * 8 + 1, 8 * 8 + 1)  # 8 x 8 filters of 7 px with 1 px gaps
+    assert torch.equal(sheet[:, 1:8, 9:16], scaled[1])
