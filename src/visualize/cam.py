@@ -57,7 +57,8 @@ def cam_figure(
     count = len(pictures)
     cols = min(cols, count)
     rows = -(-count // cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.3 * 2 * cols, 2.6 * rows), squeeze=False)
+    # constrained layout leaves each row room for its (up to three-line) titles
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.3 * 2 * cols, 3.0 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i, (picture, cam, title) in enumerate(zip(pictures, cams, titles)):
@@ -69,5 +70,4 @@ def cam_figure(
         axes[row, 2 * col + 1].imshow(cam.numpy(), cmap="jet", alpha=0.5)
         axes[row, 2 * col + 1].set_title("Grad-CAM", fontsize=8)
     fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
     return fig
