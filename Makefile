@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow tensorboard sample clean
+.PHONY: help install train inspect inspect-demo test test-slow tensorboard sample clean
 
 help: ## Show this list
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,12 @@ install: $(STAMP) ## Create .venv (if missing) and install the project with its 
 
 train: $(STAMP) ## Train the demo experiment on the committed Fashion-MNIST sample
 	$(BIN)/python -m src.train experiment=demo
+
+inspect: $(STAMP) ## See how the demo's CNN works on its data, before training (outputs/inspect/runs/)
+	$(BIN)/python -m src.inspect experiment=demo cam_layer=layer2
+
+inspect-demo: $(STAMP) ## The same from the latest demo checkpoint (run `make train` first)
+	$(BIN)/python -m src.inspect ckpt_path=$$(ls -td outputs/train/runs/*/ | head -1)checkpoints/best.ckpt cam_layer=layer2
 
 test: $(STAMP) ## Run the test suite (CI runs this)
 	$(BIN)/python -m pytest

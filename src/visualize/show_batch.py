@@ -9,8 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: training machines have no display
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -18,6 +19,18 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images * std_t + mean_t).clamp(0, 1)
+
+
+def _draw_grid(figure: Figure | SubFigure, pictures: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> None:
+    count = len(pictures)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    axes = figure.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, picture, label in zip(axes.flat, pictures, labels):
+        ax.imshow(picture)
+        ax.set_title(classes[int(label)], fontsize=9)
 
 
 def show_batch_figure(
@@ -29,17 +42,29 @@ def show_batch_figure(
     title: str = "",
 ) -> Figure:
     """A square-ish grid of normalised ``images`` with their class names as titles."""
-    count = len(images)
-    cols = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / cols)
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
     pictures = denormalize(images.detach().float().cpu(), mean, std).permute(0, 2, 3, 1).numpy()
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, picture, label in zip(axes.flat, pictures, labels):
-        ax.imshow(picture)
-        ax.set_title(classes[int(label)], fontsize=9)
+    fig = plt.figure(figsize=(2.2 * cols, 2.4 * rows))
+    _draw_grid(fig, pictures, labels, classes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def normalized_and_denormalized_figure(
+    images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], mean: Sequence[float], std: Sequence[float]
+) -> Figure:
+    """The same batch twice: as the model gets it (normalised, clipped to [0, 1]) and de-normalised."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    images = images.detach().float().cpu()
+    fig = plt.figure(figsize=(2 * 2.2 * cols, 2.4 * rows + 0.6), layout="constrained")
+    left, right = fig.subfigures(1, 2, wspace=0.04)
+    _draw_grid(left, images.clamp(0, 1).permute(0, 2, 3, 1).numpy(), labels, classes)
+    left.suptitle(f"as the model gets it: normalised batch {' x '.join(map(str, images.shape))}\n"
+                  "(values shown clipped to [0, 1])")
+    _draw_grid(right, denormalize(images, mean, std).permute(0, 2, 3, 1).numpy(), labels, classes)
+    right.suptitle("the same batch de-normalised\n(x * std + mean): what the photos look like")
     return fig

@@ -1,0 +1,225 @@
+"""See how each part of the CNN works on your own model and data, in one command.
+
+``python -m src.inspect experiment=resnet50 data.root=DIR`` (before training) or
+``python -m src.inspect ckpt_path=RUN/checkpoints/best.ckpt [image=PATH]`` (after) writes to its run
+directory: ``summary.txt`` (fastai's ``learner.summary()``), ``batch.png`` (``show_batch``),
+``tensor.txt`` (the image as numbers), ``kernels.png`` (convolution), ``features.png`` (stage
+outputs), ``pooling.png`` (feature map -> pooled vector -> class scores) and ``cam.png`` (Grad-CAM).
+``inspect_model(cfg)`` does the work (tests call it); ``main`` is the thin Hydra wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from torchvision.transforms import v2
+
+from src.data.datamodule import ImageFolderDataModule
+from src.data.image_files import load_rgb
+from src.data.transforms import EvalTransform
+from src.models.components.classifier import ImageClassifier
+from src.models.loading import eval_transform_for, load_classifier
+from src.visualize.cam import cam_figure, grad_cam
+from src.visualize.features import RESNET_BODY_NAMES, features_figure, stage_outputs
+from src.visualize.kernels import kernels_figure
+from src.visualize.pooling import pooling_figure
+from src.visualize.show_batch import denormalize, normalized_and_denormalized_figure
+from src.visualize.summary import apply_stage_freezing, summary_table
+from src.visualize.tensor_report import tensor_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Subject:
+    """The network to inspect, its classes, the data config it goes with and its trainable state."""
+
+    net: ImageClassifier
+    classes: list[str]
+    data_config: DictConfig
+    state: str  # which stage's frozen set the summary shows, in words
+    trained: bool
+
+
+def build_net(model_config: DictConfig, num_classes: int) -> ImageClassifier:
+    """The untrained network of ``model_config`` (``conf/model``) for ``num_classes`` classes."""
+    head = OmegaConf.to_container(model_config.head, resolve=True)
+    return ImageClassifier(instantiate(model_config.backbone), num_classes=num_classes, **head)
+
+
+def freeze_for_stage(net: ImageClassifier, schedule: DictConfig, index: int, when: str) -> str:
+    """Apply stage ``index`` of ``schedule``'s freezing to ``net``; describe the trainable state."""
+    stage = schedule.stages[index]
+    freeze_to = stage.get("freeze_to", 0)
+    apply_stage_freezing(net, freeze_to, schedule.train_bn)
+    count = len(net.layer_groups())
+    frozen = freeze_to % count
+    if frozen == 0:
+        groups = f"all {count} layer groups trainable"
+    else:
+        bn = " (their BatchNorm layers train: train_bn=true)" if schedule.train_bn else ""
+        groups = f"layer groups 1-{frozen} of {count} frozen{bn}, groups {frozen + 1}-{count} trainable"
+    return (f"Trainable state: stage {index + 1}/{len(schedule.stages)} '{stage.get('name', index + 1)}' "
+            f"{when}, freeze_to={freeze_to}: {groups}.")
+
+
+def load_subject(cfg: DictConfig, classes: list[str] | None = None) -> Subject:
+    """From ``cfg.ckpt_path`` (trained; last stage's state) or the experiment (untrained; first stage).
+
+    Before training the class list is ``classes``, or else that of the data folder ``cfg.data.root``.
+    """
+    if cfg.get("ckpt_path"):
+        loaded = load_classifier(cfg.ckpt_path)
+        schedule = loaded.config.schedule
+        state = freeze_for_stage(loaded.net, schedule, len(schedule.stages) - 1,
+                                 f"(the last stage of the run that wrote {cfg.ckpt_path})")
+        return Subject(loaded.net, loaded.classes, loaded.config.data, state, trained=True)
+    if classes is None:
+        classes = instantiate(cfg.data, split_csv=None).classes
+    net = build_net(cfg.model, len(classes))
+    state = freeze_for_stage(net, cfg.schedule, 0, "(before training: the first stage of schedule.stages)")
+    return Subject(net, classes, cfg.data, state, trained=False)
+
+
+def model_summary(subject: Subject) -> str:
+    """fastai's summary table of ``subject.net`` at the data's image size, with its trainable state."""
+    size = subject.data_config.size
+    title = (f"{type(subject.net).__name__} ({subject.net.backbone.name} body + head, {len(subject.classes)} classes, "
+             f"input 3 x {size} x {size})")
+    return summary_table(subject.net, (3, size, size), title, subject.state)
+
+
+def _datamodule(data_config: DictConfig, output_dir: Path, image: str | None) -> ImageFolderDataModule | None:
+    """The checkpoint's data, or None when its folder has gone and ``image`` is given instead."""
+    root = Path(data_config.root).expanduser()
+    if not root.is_dir():
+        if image is None:
+            raise FileNotFoundError(
+                f"data.root={str(root)!r} (from the checkpoint's run) is not a folder, and no image was given: "
+                "pass image=PATH to follow one image through the network (batch.png and the top losses need the data)"
+            )
+        log.warning("data.root=%s is missing: batch.png and the top losses are skipped", root)
+        return None
+    datamodule = instantiate(data_config, split_csv=str(output_dir / "split.csv"), num_workers=0)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _split_normalize(transform: EvalTransform, image) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval transform's output before and after its final ``Normalize``."""
+    *steps, normalize = transform.transforms
+    if not isinstance(normalize, v2.Normalize):
+        raise TypeError(f"expected the eval transform to end with Normalize, got {type(normalize).__name__}")
+    unnormalized = v2.Compose(steps)(image)
+    return unnormalized, normalize(unnormalized)
+
+
+def _cam_layer(net: ImageClassifier, name: str) -> torch.nn.Module:
+    if name not in RESNET_BODY_NAMES[4:]:
+        raise ValueError(f"cam_layer={name!r}; choose one of {', '.join(RESNET_BODY_NAMES[4:])}")
+    return net.backbone[RESNET_BODY_NAMES.index(name)]
+
+
+def _top_losses(net: ImageClassifier, datamodule: ImageFolderDataModule, count: int) -> list[tuple[int, float]]:
+    """(validation index, loss) of the ``count`` validation images the network gets most wrong."""
+    losses = []
+    with torch.no_grad():
+        for images, labels in datamodule.val_dataloader():
+            losses.append(F.cross_entropy(net(images), labels, reduction="none"))
+    values, indices = torch.cat(losses).topk(min(count, len(datamodule.datasets["valid"])))
+    return list(zip(indices.tolist(), values.tolist()))
+
+
+def inspect_model(cfg: DictConfig) -> dict[str, Path]:
+    """Write every artefact of the module docstring to ``cfg.paths.output_dir``; return their paths by name."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.get("ckpt_path"):
+        subject = load_subject(cfg)
+        datamodule = _datamodule(subject.data_config, output_dir, cfg.get("image"))
+    else:  # before training the classes come from the data folder, so it must be there
+        datamodule = instantiate(cfg.data, split_csv=str(output_dir / "split.csv"), num_workers=0)
+        datamodule.setup("fit")
+        subject = load_subject(cfg, datamodule.classes)
+    net, classes, data = subject.net, subject.classes, subject.data_config
+    mean, std = list(data.mean), list(data.std)
+    paths: dict[str, Path] = {"summary": output_dir / "summary.txt"}
+    paths["summary"].write_text(model_summary(subject))
+
+    if datamodule is not None:
+        dataset = datamodule.datasets["train"]
+        picks = torch.randperm(len(dataset))[: cfg.batch_count].tolist()
+        images, labels = zip(*(dataset[i] for i in picks))
+        paths["batch"] = _save(normalized_and_denormalized_figure(torch.stack(images), labels, classes, mean, std),
+                               output_dir / "batch.png")
+    if cfg.get("image"):
+        image_path, label = Path(cfg.image).expanduser(), None
+        if not image_path.is_file():
+            raise FileNotFoundError(f"image={str(image_path)!r} is not a file; give the path of a photo")
+    else:
+        sample = datamodule.index.valid[0]
+        image_path, label = sample.path, classes[sample.label]
+
+    transform = datamodule.eval_transform if datamodule is not None else eval_transform_for(OmegaConf.create({"data": data}))
+    unnormalized, image = _split_normalize(transform, load_rgb(image_path))
+    batch_shape = (data.batch_size, *image.shape)
+    paths["tensor"] = output_dir / "tensor.txt"
+    paths["tensor"].write_text(tensor_report(str(image_path), unnormalized, image, mean, std, batch_shape))
+
+    name = f"({label})" if label else f"({image_path.name})"
+    paths["kernels"] = _save(kernels_figure(unnormalized, net.backbone[0].weight, name), output_dir / "kernels.png")
+    outputs = stage_outputs(net.eval().backbone, image)
+    paths["features"] = _save(features_figure(unnormalized, outputs), output_dir / "features.png")
+    paths["pooling"] = _save(pooling_figure(net, image, classes), output_dir / "pooling.png")
+
+    layer = _cam_layer(net, cfg.cam_layer)
+    cam, logits = grad_cam(net, layer, image)
+    probability, predicted = logits.softmax(0).max(0)
+    pictures, cams = [unnormalized], [cam]
+    titles = [f"{image_path.name}\npred {classes[predicted]} ({probability:.2f})" + (f"\ntrue {label}" if label else "")]
+    if subject.trained and datamodule is not None and cfg.top_losses > 0:
+        valid = datamodule.datasets["valid"]
+        for index, loss in _top_losses(net, datamodule, cfg.top_losses):
+            valid_image, valid_label = valid[index]
+            cam_i, logits_i = grad_cam(net, layer, valid_image)
+            p, pred = logits_i.softmax(0).max(0)
+            pictures.append(denormalize(valid_image.unsqueeze(0), mean, std)[0])
+            cams.append(cam_i)
+            titles.append(f"{classes[pred]} / {classes[valid_label]}\nloss {loss:.2f} / p {p:.2f}")
+    suptitle = (f"Grad-CAM at {cfg.cam_layer} of the predicted class"
+                + (": the chosen image, then the top losses (predicted / actual, loss / probability)"
+                   if len(pictures) > 1 else ""))
+    paths["cam"] = _save(cam_figure(pictures, cams, titles, suptitle), output_dir / "cam.png")
+    log.info("inspected %s on %s: %s", "checkpoint" if subject.trained else "untrained model", image_path,
+             ", ".join(str(p) for p in paths.values()))
+    return paths
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="inspect")
+def main(cfg: DictConfig) -> None:
+    paths = inspect_model(cfg)
+    # The command's result: the summary table, then where everything went.
+    print(paths["summary"].read_text())
+    print(f"inspect directory: {cfg.paths.output_dir}")
+    for path in paths.values():
+        print(f"  {path.name}")
+
+
+if __name__ == "__main__":
+    main()
