@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
-import matplotlib.pyplot as plt
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from src.callbacks.tensorboard_figures import log_figures, tensorboard_loggers
 from src.inference.predictor import run_loader
 from src.interpretation import Interpretation
 from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
@@ -28,24 +27,19 @@ class InterpretationFigures(L.Callback):
     @override
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         datamodule = trainer.datamodule
-        if not loggers or datamodule is None or not datamodule.datasets.get("valid"):
+        if not tensorboard_loggers(trainer) or datamodule is None or not datamodule.datasets.get("valid"):
             return
         was_training = pl_module.training
         pl_module.eval()
         log_probs, targets = run_loader(pl_module.net, datamodule.val_dataloader(), pl_module.device)
         pl_module.train(was_training)
         interpretation = Interpretation(datamodule.classes, log_probs, targets)
-        figures = {
+        log_figures(trainer, {
             "val/confusion_matrix": confusion_matrix_figure(
                 interpretation.confusion_matrix(), datamodule.classes, self.normalize
             ),
             "val/top_losses": top_losses_figure(
                 interpretation, datamodule.datasets["valid"], self.top_losses, datamodule.mean, datamodule.std
             ),
-        }
-        for tag, figure in figures.items():
-            for logger in loggers:
-                logger.experiment.add_figure(tag, figure, global_step=trainer.global_step)
-            plt.close(figure)
+        })

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import lightning as L
-import matplotlib.pyplot as plt
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from src.callbacks.tensorboard_figures import log_figures, tensorboard_loggers
 from src.visualize.show_batch import show_batch_figure
 
 
@@ -26,9 +25,8 @@ class ShowBatch(L.Callback):
     @override
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         datamodule = trainer.datamodule
-        if not loggers or datamodule is None:
+        if not tensorboard_loggers(trainer) or datamodule is None:
             return
         dataset = datamodule.datasets["train"]
         generator = torch.Generator().manual_seed(self.seed)
@@ -38,6 +36,4 @@ class ShowBatch(L.Callback):
             torch.stack(images), labels, datamodule.classes, datamodule.mean, datamodule.std,
             title="augmented training images",
         )
-        for logger in loggers:
-            logger.experiment.add_figure("train/augmented_batch", figure, global_step=trainer.global_step)
-        plt.close(figure)
+        log_figures(trainer, {"train/augmented_batch": figure})
