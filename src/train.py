@@ -13,6 +13,8 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -95,9 +97,30 @@ def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _train_or_record_failure(cfg: DictConfig) -> dict[str, Any] | None:
+    """A sweep job's error is logged and written to its metrics.json; the sweep goes on.
+
+    Hydra's sweepers stop the whole sweep at a job's exception; returning ``None`` instead lets
+    the other jobs run, the basic sweeper finish, and Optuna record the trial as failed.
+    """
+    try:
+        return train(cfg)
+    except Exception as error:  # any error of one job: recorded, not raised, in a multirun only
+        log.exception("this job failed; the sweep goes on with the next one")
+        write_json(Path(cfg.paths.output_dir) / "metrics.json",
+                   {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        metrics = _train_or_record_failure(cfg)
+        if metrics is None:
+            print(f"job failed: see {Path(cfg.paths.output_dir) / f'{cfg.task_name}.log'}")
+            return None
+    else:
+        metrics = train(cfg)
     # The command's result, for people and scripts (the rest goes to train.log).
     print(f"run directory: {metrics['output_dir']}")
     print(f"final val/error_rate: {metrics.get('val/error_rate', math.nan):.4f} "
