@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.lr_find import lr_find, with_max_lr
+from src.tuning.lr_find import SUGGESTIONS
 from src.run_files import write_json, write_resolved_config
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     The run directory (``cfg.paths.output_dir``) receives ``config.yaml`` (resolved),
     ``split.csv``, ``checkpoints/``, ``tensorboard/`` and ``metrics.json``.
     """
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("lr_find"):
+        _use_lr_finder_suggestion(cfg)
+    if cfg.get("seed") is not None:  # after the finder: the same run as with that lr typed in
+        L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
@@ -79,6 +83,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(_hparams_for_tensorboard(cfg), metrics=metrics)
     return {**metrics, "output_dir": str(output_dir)}
+
+
+def _use_lr_finder_suggestion(cfg: DictConfig) -> None:
+    suggestion = cfg.lr_finder.suggestion
+    if suggestion not in SUGGESTIONS:
+        raise ValueError(f"lr_finder.suggestion={suggestion!r}; expected one of {', '.join(SUGGESTIONS)}")
+    suggestions = lr_find(cfg, stage_index=0)
+    first = cfg.schedule.stages[0]
+    lr = OmegaConf.to_object(first.lr) if OmegaConf.is_config(first.lr) else first.lr
+    first.lr = with_max_lr(lr, suggestions[suggestion])
+    log.info("lr_find: stage %r trains at lr=%s (%s suggestion)", first.get("name", 0), first.lr, suggestion)
 
 
 def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
