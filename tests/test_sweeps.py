@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
 
@@ -62,3 +63,27 @@ def test_multirun_writes_a_summary_and_survives_a_failed_job(tmp_path, image_roo
     assert (sweep_dir / "0" / "checkpoints" / "best.ckpt").is_file()
     assert json.loads((sweep_dir / "1" / "metrics.json").read_text())["status"] == "failed"
     assert "Traceback" in (sweep_dir / "1" / "train.log").read_text()
+
+
+def test_optuna_sweep_of_three_trials(tmp_path, image_root):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optuna extra")
+    sweep_dir = tmp_path / "optuna"
+    # data.batch_size is searched: a command-line value would fix it for every trial
+    overrides = [o for o in SWEEP_OVERRIDES if not o.startswith("data.batch_size=")]
+    result = run_sweep([*overrides, f"data.root={image_root}", f"hydra.sweep.dir={sweep_dir}",
+                        "hparams_search=optuna", "hydra.sweeper.n_trials=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = read_summary(sweep_dir)
+    assert [r["status"] for r in rows] == ["completed"] * 3
+    searched = ["schedule.stages.0.lr", "optimizer.weight_decay", "data.batch_size", "model.head.dropout",
+                "data.augment.max_rotate", "data.augment.max_zoom"]
+    for row in rows:
+        assert 1e-4 <= float(row["schedule.stages.0.lr"]) <= 1e-1
+        assert row["data.batch_size"] in {"32", "64", "128"}
+        assert 0.0 <= float(row["model.head.dropout"]) <= 0.7
+    assert len({tuple(r[k] for k in searched) for r in rows}) == 3  # three different trials
+    # Optuna minimised what each job returned: its best validation error rate
+    optimization = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert optimization.best_value == pytest.approx(min(float(r["best val/error_rate"]) for r in rows))
+    assert set(optimization.best_params) == set(searched)
