@@ -37,7 +37,6 @@ def test_slurm_launcher_config_composes():
     assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices == 4  # one task per GPU, as Lightning expects
 
 
-@pytest.mark.slow  # two processes, each importing torch and training: about 60-90 s on 2 shared cores
 def test_ddp_on_cpu_with_two_gloo_processes(tmp_path, image_root):
     run_dir = tmp_path / "ddp"
     overrides = [*TINY_OVERRIDES, f"data.root={image_root}", f"hydra.run.dir={run_dir}",
