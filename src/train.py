@@ -13,11 +13,15 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.lr_find import lr_find, with_max_lr
+from src.tuning.lr_find import SUGGESTIONS
 from src.run_files import write_json, write_resolved_config
 
 log = logging.getLogger(__name__)
@@ -34,10 +38,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     The run directory (``cfg.paths.output_dir``) receives ``config.yaml`` (resolved),
     ``split.csv``, ``checkpoints/``, ``tensorboard/`` and ``metrics.json``.
     """
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("lr_find"):
+        _use_lr_finder_suggestion(cfg)
+    if cfg.get("seed") is not None:  # after the finder: the same run as with that lr typed in
+        L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
@@ -79,6 +85,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {**metrics, "output_dir": str(output_dir)}
 
 
+def _use_lr_finder_suggestion(cfg: DictConfig) -> None:
+    suggestion = cfg.lr_finder.suggestion
+    if suggestion not in SUGGESTIONS:
+        raise ValueError(f"lr_finder.suggestion={suggestion!r}; expected one of {', '.join(SUGGESTIONS)}")
+    suggestions = lr_find(cfg, stage_index=0)
+    first = cfg.schedule.stages[0]
+    lr = OmegaConf.to_object(first.lr) if OmegaConf.is_config(first.lr) else first.lr
+    first.lr = with_max_lr(lr, suggestions[suggestion])
+    log.info("lr_find: stage %r trains at lr=%s (%s suggestion)", first.get("name", 0), first.lr, suggestion)
+
+
 def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
     """The knobs people compare runs by, flattened (TensorBoard's hparams tab takes scalars)."""
     return {
@@ -95,9 +112,30 @@ def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _train_or_record_failure(cfg: DictConfig) -> dict[str, Any] | None:
+    """A sweep job's error is logged and written to its metrics.json; the sweep goes on.
+
+    Hydra's sweepers stop the whole sweep at a job's exception; returning ``None`` instead lets
+    the other jobs run, the basic sweeper finish, and Optuna record the trial as failed.
+    """
+    try:
+        return train(cfg)
+    except Exception as error:  # any error of one job: recorded, not raised, in a multirun only
+        log.exception("this job failed; the sweep goes on with the next one")
+        write_json(Path(cfg.paths.output_dir) / "metrics.json",
+                   {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        metrics = _train_or_record_failure(cfg)
+        if metrics is None:
+            print(f"job failed: see {Path(cfg.paths.output_dir) / f'{cfg.task_name}.log'}")
+            return None
+    else:
+        metrics = train(cfg)
     # The command's result, for people and scripts (the rest goes to train.log).
     print(f"run directory: {metrics['output_dir']}")
     print(f"final val/error_rate: {metrics.get('val/error_rate', math.nan):.4f} "

@@ -29,9 +29,11 @@ def image_root(tmp_path: Path) -> Path:
     return copy_sample(tmp_path / "images")
 
 
-def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, config_name: str = "train", return_hydra_config: bool = False
+) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [])
+        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=return_hydra_config)
 
 
 # The smallest run that still exercises every part: ResNet18 at 32 px, random weights,

@@ -1,0 +1,59 @@
+"""Scaling out on a CPU: bf16 mixed precision, DDP with two gloo processes, the SLURM launcher config."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from src.train import train
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.trainer.precision = "bf16-mixed"
+        del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch
+    metrics = train(tiny_cfg)
+    assert 0.0 <= metrics["val/error_rate"] <= 1.0 and math.isfinite(metrics["val/loss"])
+    # autocast computes in bf16; the weights (and so the checkpoint) stay fp32
+    state = torch.load(Path(tiny_cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert state["net.head.8.weight"].dtype == torch.float32
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
+    cfg = compose_config(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=4",
+                          "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.devices=4"],
+                         return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices == 4  # one task per GPU, as Lightning expects
+
+
+def test_ddp_on_cpu_with_two_gloo_processes(tmp_path, image_root):
+    run_dir = tmp_path / "ddp"
+    overrides = [*TINY_OVERRIDES, f"data.root={image_root}", f"hydra.run.dir={run_dir}",
+                 "trainer=ddp", "trainer.devices=2", "trainer.sync_batchnorm=false", "~callbacks.interpretation", "~callbacks.show_batch"]
+    result = subprocess.run([sys.executable, "-m", "src.train", *overrides], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= summary["final"]["val/error_rate"] <= 1.0
+    assert summary["final"]["val/error_rate"] == pytest.approx(1 - summary["final"]["val/accuracy"])
+    assert (run_dir / "checkpoints/best.ckpt").is_file() and (run_dir / "checkpoints/last.ckpt").is_file()
+    # each process trains on half the 28 training images: one batch of 8 per epoch, 2 epochs
+    last = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 2)
+    # the split is the one a single process makes (a seeded function of the folder)
+    from src.data.datamodule import index_folder
+
+    index = index_folder(image_root, 0.2, 42)
+    split = (run_dir / "split.csv").read_text()
+    assert all(Path(s.path).name in split for s in index.valid)
