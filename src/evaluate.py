@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images
+from src.config_checks import check_inference_config
 from src.inference.predictor import Predictor, run_loader
 from src.interpretation import Interpretation
 from src.models.loading import LoadedClassifier, load_classifier
@@ -86,6 +87,7 @@ def _write_predictions_csv(path: Path, samples: list[Sample], interpretation: In
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path``; write the interpretation files to ``cfg.paths.output_dir``; return the metrics."""
+    check_inference_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = Path(cfg.ckpt_path).expanduser()

@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.run_files import write_json, write_resolved_config
+from src.config_checks import check_train_config
+from src.run_files import check_writable, write_json, write_resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     The run directory (``cfg.paths.output_dir``) receives ``config.yaml`` (resolved),
     ``split.csv``, ``checkpoints/``, ``tensorboard/`` and ``metrics.json``.
     """
+    check_train_config(cfg)  # every config problem at once, before any data is read
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir)
 
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
