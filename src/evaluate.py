@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images
+from src.data.scan import FileScan
 from src.config_checks import check_inference_config
 from src.inference.predictor import Predictor, run_loader
 from src.interpretation import Interpretation
@@ -58,15 +59,22 @@ def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[S
     return samples, unknown
 
 
-def folder_samples(root: Path, classes: list[str]) -> tuple[list[Sample], Counter]:
-    """Every image of ``root/<class>/``; images of classes the model does not know are counted apart."""
+def folder_samples(root: Path, classes: list[str], scan: FileScan | None = None) -> tuple[list[Sample], Counter]:
+    """Every image of ``root/<class>/``; images of classes the model does not know are counted apart.
+
+    With ``scan``, unreadable files are left out and recorded in ``scan.bad``.
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; expected a folder of class folders")
     samples, unknown = [], Counter()
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = list_images(folder)
+        if scan is not None:
+            scan.note_unlisted(folder)
+            images = scan.keep_readable(images)
         if folder.name not in classes:
-            unknown[folder.name] += len(images)
+            if images:  # an empty folder is no unknown label
+                unknown[folder.name] += len(images)
             continue
         samples += [Sample(path, classes.index(folder.name)) for path in images]
     return samples, unknown
@@ -98,8 +106,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         source = f"validation split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
     else:
         root = Path(cfg.data.root).expanduser()
-        samples, unknown = folder_samples(root, loaded.classes)
+        scan = FileScan()
+        samples, unknown = folder_samples(root, loaded.classes, scan)
         source = str(root)
+        if scan.bad:
+            scan.write_csv(output_dir / "bad_files.csv", root)
+            (log.warning if scan.unreadable else log.info)("%s: %s; listed in %s", root, scan.summary(),
+                                                            output_dir / "bad_files.csv")
     if unknown:
         log.warning("left out %d image(s) of %d label(s) the model does not know (it knows %s): %s",
                     sum(unknown.values()), len(unknown), ", ".join(loaded.classes),
@@ -123,6 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(ckpt_path),
         "data": source,
         "images": len(samples),
+        "bad_files": len(scan.unreadable) if cfg.data.root is not None else 0,
         "tta": bool(cfg.tta),
         "unknown_labels": dict(sorted(unknown.items())),
         "most_confused": most_confused,

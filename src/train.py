@@ -67,7 +67,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = _monitoring_checkpoint(trainer)
     if checkpoint is not None and checkpoint.best_model_score is not None:  # restored on resume too
         metrics["val/error_rate_best"] = float(checkpoint.best_model_score)
+    skipped = datamodule.skipped_during_training
+    if skipped:
+        log.warning("%d image(s) became unreadable during training and were replaced by the next image "
+                    "(see the warnings above)", skipped)
     summary = {
+        "bad_files": len(datamodule.scan.unreadable),
+        "skipped_during_training": skipped,
         "final": {k: v for k, v in metrics.items() if not k.endswith("_best")},
         "best": {"val/error_rate": metrics.get("val/error_rate_best", math.nan)},
         "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
@@ -78,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(_hparams_for_tensorboard(cfg), metrics=metrics)
-    return {**metrics, "output_dir": str(output_dir)}
+    return {**metrics, "output_dir": str(output_dir), "skipped_during_training": skipped}
 
 
 def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
