@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.checkpoint_io import AtomicCheckpointIO
 from src.config_checks import check_train_config
 from src.run_files import check_writable, write_json, write_resolved_config
 
@@ -57,7 +58,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, max_epochs=schedule.total_epochs
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, max_epochs=schedule.total_epochs,
+        plugins=[AtomicCheckpointIO()],
     )
     log.info("training %s on %d classes for %d epochs in %d stage(s)", cfg.model.backbone.name,
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
