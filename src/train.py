@@ -30,6 +30,20 @@ def _monitoring_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
     return next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
 
 
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` is this run directory's ``checkpoints/last.ckpt`` (resume a killed run in place:
+    ``ckpt_path=last hydra.run.dir=RUN``); any other value is a checkpoint path, or None."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path=last resumes from {last}, which does not exist; pass the run directory of the run to "
+            "resume (hydra.run.dir=outputs/train/runs/<time>) or a checkpoint path (ckpt_path=RUN/checkpoints/last.ckpt)"
+        )
+    return str(last)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model described by ``cfg``; return the final and best validation metrics.
 
@@ -41,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
@@ -63,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     log.info("training %s on %d classes for %d epochs in %d stage(s)", cfg.model.backbone.name,
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     checkpoint = _monitoring_checkpoint(trainer)
