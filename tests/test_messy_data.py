@@ -141,3 +141,15 @@ def _task(name: str, output_dir: Path, overrides: list[str]):
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def test_failures_in_dataloader_workers_are_counted_in_the_main_process(image_root):
+    from torch.utils.data import DataLoader
+
+    paths = sorted((image_root / "coat").glob("*.png"))[:6]
+    dataset = ImageDataset([Sample(p, 0) for p in paths], lambda image: __import__("torch").zeros(1))
+    paths[2].unlink()
+    paths[4].write_bytes(b"GIF89a")
+    batches = list(DataLoader(dataset, batch_size=2, num_workers=2))
+    assert sum(len(images) for images, _ in batches) == 6  # every slot filled with a readable image
+    assert dataset.failures.value == 2

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What a file that is not a readable image raises in PIL: unidentified or truncated files are
-# OSErrors, a decompression bomb its own error; ValueError for modes PIL cannot convert.
-UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+# OSErrors, a decompression bomb its own error; ValueError for modes PIL cannot convert; broken
+# PNG chunks raise SyntaxError and some cut-short headers EOFError (found by tests/test_scan_properties.py).
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 # Larger images are refused unread (PIL's own guard warns at 89 MP and only fails at 179 MP): a
 # 100 MP RGB image is 300 MB decoded, per worker, and no classifier input needs it.
 MAX_IMAGE_PIXELS = 100_000_000
