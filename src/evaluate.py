@@ -100,19 +100,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     loaded = load_classifier(ckpt_path)
+    scan = FileScan()
     if cfg.data.root is None:
         root = Path(loaded.config.data.root).expanduser()
         samples, unknown = split_csv_samples(ckpt_path, loaded)
         source = f"validation split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
+        # The split lists files that were readable at training time; check they still are.
+        readable = set(scan.keep_readable([s.path for s in samples]))
+        samples = [s for s in samples if s.path in readable]
     else:
         root = Path(cfg.data.root).expanduser()
-        scan = FileScan()
         samples, unknown = folder_samples(root, loaded.classes, scan)
         source = str(root)
-        if scan.bad:
-            scan.write_csv(output_dir / "bad_files.csv", root)
-            (log.warning if scan.unreadable else log.info)("%s: %s; listed in %s", root, scan.summary(),
-                                                            output_dir / "bad_files.csv")
+    if scan.bad:
+        scan.write_csv(output_dir / "bad_files.csv", root)
+        (log.warning if scan.unreadable else log.info)("%s: %s; listed in %s", source, scan.summary(),
+                                                        output_dir / "bad_files.csv")
     if unknown:
         log.warning("left out %d image(s) of %d label(s) the model does not know (it knows %s): %s",
                     sum(unknown.values()), len(unknown), ", ".join(loaded.classes),
@@ -124,8 +127,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
 
     predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta)
-    loader = DataLoader(ImageDataset(samples, loaded.transform), batch_size=cfg.data.batch_size,
-                        num_workers=cfg.data.num_workers)
+    # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
+    dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating")
     interpretation = Interpretation(loaded.classes, log_probs, targets)
     metrics = interpretation.metrics()
@@ -136,7 +140,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(ckpt_path),
         "data": source,
         "images": len(samples),
-        "bad_files": len(scan.unreadable) if cfg.data.root is not None else 0,
+        "bad_files": len(scan.unreadable),
         "tta": bool(cfg.tta),
         "unknown_labels": dict(sorted(unknown.items())),
         "most_confused": most_confused,

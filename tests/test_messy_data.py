@@ -124,6 +124,12 @@ def test_train_evaluate_and_predict_on_the_messy_folder(messy_root, tmp_path):
     assert evaluated["images"] == sum(GOOD_PER_CLASS.values()) - 1
     assert len(_rows(tmp_path / "eval" / "bad_files.csv")) == 12 + 1
 
+    # the run's own validation split: the image truncated during training is left out, not replaced
+    valid_rows = [r for r in _rows(run / "split.csv") if r["subset"] == "valid"]
+    from_split = evaluate(_task("evaluate", tmp_path / "eval_split", [f"ckpt_path={ckpt}", "data.num_workers=0"]))
+    assert from_split["images"] == len(valid_rows) - 1
+    assert [r["reason"].split(":")[0] for r in _rows(tmp_path / "eval_split" / "bad_files.csv")] == ["not an image"]
+
     output = tmp_path / "pred" / "predictions.csv"
     predicted = predict(_task("predict", tmp_path / "pred", [f"ckpt_path={ckpt}", f"input={messy_root}",
                                                             f"output={output}"]))
