@@ -159,3 +159,17 @@ def test_failures_in_dataloader_workers_are_counted_in_the_main_process(image_ro
     batches = list(DataLoader(dataset, batch_size=2, num_workers=2))
     assert sum(len(images) for images, _ in batches) == 6  # every slot filled with a readable image
     assert dataset.failures.value == 2
+
+
+def test_split_folders_are_scanned_too(tmp_path):
+    from tests.conftest import copy_sample
+
+    root = tmp_path / "images"
+    copy_sample(root / "train", classes=2, per_class=4)
+    copy_sample(root / "valid", classes=2, per_class=2)
+    bad = next((root / "valid").rglob("*.png"))
+    bad.write_bytes(b"")
+    scan = FileScan()
+    index = index_folder(root, 0.2, seed=0, scan=scan)
+    assert index.layout == "split_folders" and (len(index.train), len(index.valid)) == (8, 3)
+    assert [(b.path, b.kind) for b in scan.unreadable] == [(bad, "empty file")]
