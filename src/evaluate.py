@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 
 from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images
+from src.data.scan import FileScan
+from src.config_checks import check_inference_config
 from src.inference.predictor import Predictor, run_loader
 from src.interpretation import Interpretation
 from src.models.loading import LoadedClassifier, load_classifier
@@ -57,15 +59,22 @@ def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[S
     return samples, unknown
 
 
-def folder_samples(root: Path, classes: list[str]) -> tuple[list[Sample], Counter]:
-    """Every image of ``root/<class>/``; images of classes the model does not know are counted apart."""
+def folder_samples(root: Path, classes: list[str], scan: FileScan | None = None) -> tuple[list[Sample], Counter]:
+    """Every image of ``root/<class>/``; images of classes the model does not know are counted apart.
+
+    With ``scan``, unreadable files are left out and recorded in ``scan.bad``.
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; expected a folder of class folders")
     samples, unknown = [], Counter()
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = list_images(folder)
+        if scan is not None:
+            scan.note_unlisted(folder)
+            images = scan.keep_readable(images)
         if folder.name not in classes:
-            unknown[folder.name] += len(images)
+            if images:  # an empty folder is no unknown label
+                unknown[folder.name] += len(images)
             continue
         samples += [Sample(path, classes.index(folder.name)) for path in images]
     return samples, unknown
@@ -86,18 +95,27 @@ def _write_predictions_csv(path: Path, samples: list[Sample], interpretation: In
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path``; write the interpretation files to ``cfg.paths.output_dir``; return the metrics."""
+    check_inference_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     loaded = load_classifier(ckpt_path)
+    scan = FileScan()
     if cfg.data.root is None:
         root = Path(loaded.config.data.root).expanduser()
         samples, unknown = split_csv_samples(ckpt_path, loaded)
         source = f"validation split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
+        # The split lists files that were readable at training time; check they still are.
+        readable = set(scan.keep_readable([s.path for s in samples]))
+        samples = [s for s in samples if s.path in readable]
     else:
         root = Path(cfg.data.root).expanduser()
-        samples, unknown = folder_samples(root, loaded.classes)
+        samples, unknown = folder_samples(root, loaded.classes, scan)
         source = str(root)
+    if scan.bad:
+        scan.write_csv(output_dir / "bad_files.csv", root)
+        (log.warning if scan.unreadable else log.info)("%s: %s; listed in %s", source, scan.summary(),
+                                                        output_dir / "bad_files.csv")
     if unknown:
         log.warning("left out %d image(s) of %d label(s) the model does not know (it knows %s): %s",
                     sum(unknown.values()), len(unknown), ", ".join(loaded.classes),
@@ -109,8 +127,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
 
     predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta)
-    loader = DataLoader(ImageDataset(samples, loaded.transform), batch_size=cfg.data.batch_size,
-                        num_workers=cfg.data.num_workers)
+    # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
+    dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating")
     interpretation = Interpretation(loaded.classes, log_probs, targets)
     metrics = interpretation.metrics()
@@ -121,6 +140,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(ckpt_path),
         "data": source,
         "images": len(samples),
+        "bad_files": len(scan.unreadable),
         "tta": bool(cfg.tta),
         "unknown_labels": dict(sorted(unknown.items())),
         "most_confused": most_confused,

@@ -17,6 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from src.config_checks import check_inference_config
 from src.inference.predictor import FileResult, Predictor
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def write_predictions_csv(path: Path, results: list[FileResult], classes: list[s
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every file of ``cfg.input``; write the CSV; return the results and where they went."""
+    check_inference_config(cfg)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta)
     if not 1 <= cfg.topk <= len(predictor.classes):
         raise ValueError(f"topk={cfg.topk}; the model has {len(predictor.classes)} classes, so use 1 to "

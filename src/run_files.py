@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,31 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+# A checkpoint of a ResNet50 with its AdamW state is ~300 MB: less free space than this fails the
+# first checkpoint, so it is refused at start-up instead of after the first epoch.
+MIN_FREE_BYTES = 512 * 2**20
+
+
+def check_writable(output_dir: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Create ``output_dir`` and prove it takes a file and has room for checkpoints, or raise ``OSError``."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_probe"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise OSError(
+            f"paths.output_dir={str(output_dir)!r} is not writable ({type(error).__name__}: {error}); "
+            "choose a folder you can write to, e.g. paths.output_dir=/tmp/run, or free disk space"
+        ) from error
+    free = shutil.disk_usage(output_dir).free
+    if free < min_free_bytes:
+        raise OSError(
+            f"paths.output_dir={str(output_dir)!r} has {free / 2**20:.0f} MiB free; checkpoints need at least "
+            f"{min_free_bytes / 2**20:.0f} MiB; free disk space or write the run elsewhere (paths.output_dir=...)"
+        )
 
 
 @rank_zero_only

@@ -20,9 +20,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.checkpoint_io import AtomicCheckpointIO
+from src.config_checks import check_train_config
 from src.lr_find import lr_find, with_max_lr
+from src.run_files import check_writable, write_json, write_resolved_config
 from src.tuning.lr_find import SUGGESTIONS
-from src.run_files import write_json, write_resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,30 @@ def _monitoring_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
     return next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
 
 
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` is this run directory's ``checkpoints/last.ckpt`` (resume a killed run in place:
+    ``ckpt_path=last hydra.run.dir=RUN``); any other value is a checkpoint path, or None."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path=last resumes from {last}, which does not exist; pass the run directory of the run to "
+            "resume (hydra.run.dir=outputs/train/runs/<time>) or a checkpoint path (ckpt_path=RUN/checkpoints/last.ckpt)"
+        )
+    return str(last)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model described by ``cfg``; return the final and best validation metrics.
 
     The run directory (``cfg.paths.output_dir``) receives ``config.yaml`` (resolved),
     ``split.csv``, ``checkpoints/``, ``tensorboard/`` and ``metrics.json``.
     """
+    check_train_config(cfg)  # every config problem at once, before any data is read
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if cfg.get("lr_find"):
         _use_lr_finder_suggestion(cfg)
     if cfg.get("seed") is not None:  # after the finder: the same run as with that lr typed in
@@ -61,17 +79,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, max_epochs=schedule.total_epochs
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, max_epochs=schedule.total_epochs,
+        plugins=[AtomicCheckpointIO()],
     )
     log.info("training %s on %d classes for %d epochs in %d stage(s)", cfg.model.backbone.name,
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     checkpoint = _monitoring_checkpoint(trainer)
     if checkpoint is not None and checkpoint.best_model_score is not None:  # restored on resume too
         metrics["val/error_rate_best"] = float(checkpoint.best_model_score)
+    skipped = datamodule.skipped_during_training
+    if skipped:
+        log.warning("%d image(s) became unreadable during training and were replaced by the next image "
+                    "(see the warnings above)", skipped)
     summary = {
+        "bad_files": len(datamodule.scan.unreadable),
+        "skipped_during_training": skipped,
         "final": {k: v for k, v in metrics.items() if not k.endswith("_best")},
         "best": {"val/error_rate": metrics.get("val/error_rate_best", math.nan)},
         "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
@@ -82,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(_hparams_for_tensorboard(cfg), metrics=metrics)
-    return {**metrics, "output_dir": str(output_dir)}
+    return {**metrics, "output_dir": str(output_dir), "skipped_during_training": skipped}
 
 
 def _use_lr_finder_suggestion(cfg: DictConfig) -> None:

@@ -59,3 +59,76 @@ def tiny_cfg(tmp_path: Path, image_root: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     return cfg
+
+
+def _bomb_png(path: Path, side: int = 10_001) -> None:
+    """A valid 1-bit PNG of ``side`` x ``side`` pixels (100 MP) that is ~15 kB on disk: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+# What make_messy_folder plants, by how the scan reports it (kind in bad_files.csv).
+MESSY_UNREADABLE = {"truncated or corrupt": 1, "empty file": 1, "not an image": 1, "too large": 1,
+                    "broken symlink": 1, "symlink loop": 2}
+MESSY_IGNORED = {"hidden": 2, "not an image file name": 2, "symlinked folder": 1}
+
+
+def make_messy_folder(dest: Path) -> Path:
+    """Real Fashion-MNIST photos in class folders with spaces and non-ASCII names, mixed with every
+    kind of file a scraped folder holds: good-but-odd images (16-bit PNG, CMYK JPEG, palette GIF,
+    RGBA WebP, 1x1, EXIF-rotated, duplicates, a symlink to an image), bad ones (truncated JPEG,
+    zero bytes, text named .jpg, a 100 MP bomb, a dangling symlink, a symlink loop), files that are
+    not images (.txt, Thumbs.db, .DS_Store, ._x.jpg), a folder symlink loop and an empty class."""
+    from PIL import Image
+
+    copy_sample(dest, classes=3, per_class=12)
+    names = sorted(p.name for p in dest.iterdir())
+    boots, bags, coats = (dest / n for n in ("ankle boot", "sacs à main", "Mäntel 外套"))
+    for old, new in zip(names, (boots, bags, coats)):
+        (dest / old).rename(new)
+    (dest / "empty class").mkdir()
+    photo = Image.open(next(boots.glob("*.png"))).convert("L")
+    rgb = photo.convert("RGB").resize((40, 30))
+    # good, odd images
+    Image.fromarray((__import__("numpy").asarray(photo, dtype="uint16") * 257)).save(boots / "sixteen bit.png")
+    rgb.convert("CMYK").save(boots / "cmyk.jpg")
+    rgb.convert("P").save(bags / "palette.gif")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(coats / "alpha.webp")
+    rgb.resize((1, 1)).save(coats / "one pixel.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    rgb.save(bags / "rotated.jpg", exif=exif)
+    shutil.copy(next(bags.glob("train_*.png")), bags / "duplicate.png")
+    (coats / "link to a boot.png").symlink_to(next(boots.glob("train_*.png")))
+    # bad files
+    rgb.resize((200, 200)).save(boots / "whole.jpg")
+    (boots / "truncated.jpg").write_bytes((boots / "whole.jpg").read_bytes()[:600])
+    (boots / "whole.jpg").unlink()
+    (bags / "zero bytes.png").write_bytes(b"")
+    (bags / "notes.jpg").write_text("this is a text file with an image extension\n")
+    _bomb_png(coats / "bomb.png")
+    (coats / "gone.png").symlink_to(dest / "deleted.png")
+    (coats / "loop a.png").symlink_to(coats / "loop b.png")
+    (coats / "loop b.png").symlink_to(coats / "loop a.png")
+    (coats / "again").symlink_to(coats, target_is_directory=True)
+    # not images
+    (boots / "readme.txt").write_text("scraped 2024\n")
+    (bags / "Thumbs.db").write_bytes(b"\0" * 64)
+    (bags / ".DS_Store").write_bytes(b"\0" * 64)
+    (coats / "._alpha.jpg").write_bytes(b"\0" * 64)
+    return dest
+
+
+@pytest.fixture
+def messy_root(tmp_path: Path) -> Path:
+    return make_messy_folder(tmp_path / "messy")

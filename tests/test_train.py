@@ -10,6 +10,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf, open_dict
 
+from src.config_checks import ConfigError
 from src.train import train
 from tests.conftest import CONFIG_DIR, compose_config
 
@@ -157,8 +158,8 @@ def test_bad_inputs_fail_before_training_with_the_key_named(tiny_cfg, tmp_path):
     for key, (value, error, text) in cases.items():
         cfg = copy.deepcopy(tiny_cfg)
         OmegaConf.update(cfg, key, value)
-        # Hydra wraps errors raised while building objects; the message is kept.
-        with pytest.raises((error, InstantiationException), match=text):
+        # check_train_config lists it (ConfigError); Hydra wraps errors raised while building objects.
+        with pytest.raises((error, ConfigError, InstantiationException), match=text):
             train(cfg)
     for stages, text in [
         ([], "schedule.stages is empty"),

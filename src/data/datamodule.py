@@ -21,7 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from src.data.dataset import ImageDataset
-from src.data.image_files import Sample, scan_class_folders
+from src.config_checks import ON_BAD_FILE
+from src.data.image_files import MAX_IMAGE_PIXELS, Sample, scan_class_folders
+from src.data.scan import FileScan
 from src.data.split import stratified_split, write_split_csv
 from src.data.transforms import EvalTransform, TrainTransform
 
@@ -43,9 +45,9 @@ class FolderIndex:
     test: list[Sample] = field(default_factory=list)
 
 
-def _scan_subset(folder: Path, classes: list[str], subset: str) -> list[Sample]:
+def _scan_subset(folder: Path, classes: list[str], subset: str, scan: FileScan | None) -> list[Sample]:
     """Samples of a valid/test folder, labelled with the training classes."""
-    found, samples = scan_class_folders(folder) if any(folder.iterdir()) else ([], [])
+    found, samples = scan_class_folders(folder, scan) if any(folder.iterdir()) else ([], [])
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise ValueError(
@@ -55,17 +57,20 @@ def _scan_subset(folder: Path, classes: list[str], subset: str) -> list[Sample]:
     return [Sample(s.path, classes.index(found[s.label])) for s in samples]
 
 
-def index_folder(root: Path, valid_pct: float, seed: int) -> FolderIndex:
-    """Scan ``root`` in either layout (see the module docstring) and split it."""
+def index_folder(root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
+    """Scan ``root`` in either layout (see the module docstring) and split it.
+
+    With ``scan``, unreadable files are left out before the split (and recorded in ``scan.bad``).
+    """
     root = Path(root)
     train_dir = root / "train"
     valid_dir = next((root / n for n in VALID_FOLDER_NAMES if (root / n).is_dir()), None)
     if train_dir.is_dir() and valid_dir is not None:
-        classes, train = scan_class_folders(train_dir)
-        valid = _scan_subset(valid_dir, classes, "validation")
-        test = _scan_subset(root / "test", classes, "test") if (root / "test").is_dir() else []
+        classes, train = scan_class_folders(train_dir, scan)
+        valid = _scan_subset(valid_dir, classes, "validation", scan)
+        test = _scan_subset(root / "test", classes, "test", scan) if (root / "test").is_dir() else []
         return FolderIndex("split_folders", classes, train, valid, test)
-    classes, samples = scan_class_folders(root)
+    classes, samples = scan_class_folders(root, scan)
     train, valid = stratified_split(samples, valid_pct, seed)
     return FolderIndex("class_folders", classes, train, valid)
 
@@ -84,6 +89,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting).
         batch_size, num_workers, pin_memory: DataLoader settings.
         split_csv: where to record the split (``path,label,subset``); None to skip.
+        on_bad_file: ``skip`` leaves unreadable files out (listed in ``bad_files_csv``, one-line
+            summary in the log); ``error`` stops before training, naming them.
+        bad_files_csv: where to list the files left out (``path,reason``); None to skip.
+        max_image_pixels: larger images are bad files, never decoded (decompression-bomb guard).
+        scan_workers: threads checking the files before training.
     """
 
     def __init__(
@@ -101,6 +111,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         split_csv: str | Path | None = None,
+        on_bad_file: str = "skip",
+        bad_files_csv: str | Path | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        scan_workers: int = 8,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -116,6 +130,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_csv = Path(split_csv) if split_csv else None
+        if on_bad_file not in ON_BAD_FILE:
+            raise ValueError(f"data.on_bad_file={on_bad_file!r}; expected one of {', '.join(ON_BAD_FILE)}")
+        self.on_bad_file = on_bad_file
+        self.bad_files_csv = Path(bad_files_csv) if bad_files_csv else None
+        self.scan = FileScan(max_pixels=max_image_pixels, workers=scan_workers)
         self.train_transform = TrainTransform(
             size, self.mean, self.std, resize_method, interpolation, **(augment or {})
         )
@@ -124,7 +143,32 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     @cached_property
     def index(self) -> FolderIndex:
-        return index_folder(self.root, self.valid_pct, self.seed)
+        index = index_folder(self.root, self.valid_pct, self.seed, self.scan)
+        self._report_bad_files()
+        return index
+
+    def _report_bad_files(self) -> None:
+        if self.scan.bad:
+            self._write_bad_files_csv()
+        where = f"; listed in {self.bad_files_csv}" if self.scan.bad and self.bad_files_csv else ""
+        unreadable = self.scan.unreadable
+        if unreadable and self.on_bad_file == "error":
+            raise ValueError(
+                f"{len(unreadable)} unreadable image file(s) under data.root={str(self.root)!r}, e.g. "
+                f"{unreadable[0].path} ({unreadable[0].kind}: {unreadable[0].reason}){where}. Remove or fix "
+                "them, or set data.on_bad_file=skip to train without them"
+            )
+        (log.warning if unreadable else log.info)("%s: %s%s", self.root, self.scan.summary(), where)
+
+    @rank_zero_only
+    def _write_bad_files_csv(self) -> None:
+        if self.bad_files_csv is not None:
+            self.scan.write_csv(self.bad_files_csv, self.root)
+
+    @property
+    def skipped_during_training(self) -> int:
+        """Files that became unreadable after the scan and were replaced in a batch (all subsets)."""
+        return sum(dataset.failures.value for dataset in self.datasets.values())
 
     @property
     def classes(self) -> list[str]:
@@ -139,9 +183,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             return
         index = self.index
         self.datasets = {
-            "train": ImageDataset(index.train, self.train_transform),
-            "valid": ImageDataset(index.valid, self.eval_transform),
-            "test": ImageDataset(index.test, self.eval_transform),
+            subset: ImageDataset(samples, transform, skip_unreadable=self.on_bad_file == "skip")
+            for subset, samples, transform in [("train", index.train, self.train_transform),
+                                               ("valid", index.valid, self.eval_transform),
+                                               ("test", index.test, self.eval_transform)]
         }
         log.info(
             "%s: %d classes, %d training and %d validation images (%s layout)",

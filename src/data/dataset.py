@@ -1,23 +1,56 @@
-"""A map-style dataset over (path, label) samples."""
+"""A map-style dataset over (path, label) samples, surviving files that go bad after the scan."""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from src.data.image_files import Sample, load_rgb
+from src.data.image_files import UNREADABLE_IMAGE_ERRORS, Sample, load_rgb
+
+log = logging.getLogger(__name__)
+
+# Consecutive unreadable files before giving up: past this the folder is gone, not one file.
+MAX_REPLACEMENTS = 16
 
 
 class ImageDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], transform: Callable) -> None:
+    """``(image tensor, label)`` of each sample.
+
+    A file that cannot be read any more (deleted, truncated or replaced since the scan) is, with
+    ``skip_unreadable``, replaced by the next readable sample, with a warning; ``failures`` counts
+    them across DataLoader worker processes (shared memory), so the run can report the total.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, skip_unreadable: bool = True) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
+        self.failures = multiprocessing.Value("i", 0)
+        self._warned: set = set()  # per process: one warning per file, every failure counted
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        sample = self.samples[index]
-        return self.transform(load_rgb(sample.path)), sample.label
+        for attempt in range(min(MAX_REPLACEMENTS, len(self.samples))):
+            sample = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                return self.transform(load_rgb(sample.path)), sample.label
+            except UNREADABLE_IMAGE_ERRORS as error:
+                if not self.skip_unreadable:
+                    raise OSError(f"{sample.path} became unreadable after the scan ({type(error).__name__}: "
+                                  f"{error}); data.on_bad_file=skip leaves such files out and goes on") from error
+                with self.failures.get_lock():
+                    self.failures.value += 1
+                if sample.path not in self._warned:
+                    self._warned.add(sample.path)
+                    log.warning("skipped %s, unreadable since the scan (%s: %s); using the next image instead",
+                                sample.path, type(error).__name__, error)
+        raise OSError(
+            f"{MAX_REPLACEMENTS} images in a row from {self.samples[index].path} on are unreadable; "
+            "is the data folder still there? Check data.root and restart"
+        )

@@ -5,10 +5,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
+if TYPE_CHECKING:
+    from src.data.scan import FileScan
+
 log = logging.getLogger(__name__)
+
+# What a file that is not a readable image raises in PIL: unidentified or truncated files are
+# OSErrors, a decompression bomb its own error; ValueError for modes PIL cannot convert; broken
+# PNG chunks raise SyntaxError and some cut-short headers EOFError (found by tests/test_scan_properties.py).
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# Larger images are refused unread (PIL's own guard warns at 89 MP and only fails at 179 MP): a
+# 100 MP RGB image is 300 MB decoded, per worker, and no classifier input needs it.
+MAX_IMAGE_PIXELS = 100_000_000
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -25,7 +37,11 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively), sorted so every file system lists them alike."""
+    """Image files below ``folder`` (recursively), sorted so every file system lists them alike.
+
+    Symlinked files are followed; symlinked folders are not (``rglob`` does not descend into
+    them), so a symlink loop cannot make the listing run forever.
+    """
     return sorted(
         p
         for p in folder.rglob("*")
@@ -33,10 +49,11 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def scan_class_folders(root: Path) -> tuple[list[str], list[Sample]]:
+def scan_class_folders(root: Path, scan: FileScan | None = None) -> tuple[list[str], list[Sample]]:
     """Classes (sorted folder names) and samples of a folder of class folders.
 
-    Empty class folders are left out with a warning. Raises when nothing usable is there.
+    With ``scan``, every image is checked first and unreadable ones are left out (and recorded in
+    ``scan.bad``). Empty class folders are left out with a warning. Raises when nothing usable is there.
     """
     if not root.exists():
         raise FileNotFoundError(f"data.root={str(root)!r} does not exist; point data.root at a folder of class folders")
@@ -50,9 +67,14 @@ def scan_class_folders(root: Path) -> tuple[list[str], list[Sample]]:
             f"data.root={str(root)!r} has no class folders; expected {root}/<class name>/<image files>"
         )
     images_by_class = {folder.name: list_images(folder) for folder in folders}
+    if scan is not None:
+        for folder in folders:
+            scan.note_unlisted(folder)
+        readable = set(scan.keep_readable([p for images in images_by_class.values() for p in images]))
+        images_by_class = {name: [p for p in images if p in readable] for name, images in images_by_class.items()}
     empty = [name for name, images in images_by_class.items() if not images]
     if empty:
-        log.warning("left out %d class folder(s) with no images under %s: %s", len(empty), root, ", ".join(empty))
+        log.warning("left out %d class folder(s) with no readable images under %s: %s", len(empty), root, ", ".join(empty))
     classes = [name for name, images in images_by_class.items() if images]
     if not classes:
         raise ValueError(
@@ -68,9 +90,17 @@ def scan_class_folders(root: Path) -> tuple[list[str], list[Sample]]:
     return classes, samples
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB: EXIF orientation applied; grayscale, palette, RGBA, CMYK converted."""
+def load_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image as RGB: EXIF orientation applied; grayscale, palette, RGBA, CMYK converted.
+
+    Raises ``Image.DecompressionBombError`` for an image over ``max_pixels``, before decoding it.
+    """
     with Image.open(path) as image:
+        if image.size[0] * image.size[1] > max_pixels:
+            raise Image.DecompressionBombError(
+                f"{path}: {image.size[0]}x{image.size[1]} pixels is over the limit of {max_pixels} "
+                "(a decompression-bomb guard); resize the image or raise data.max_image_pixels"
+            )
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
             # Composite on white: transparent areas of product photos are background, not black.

@@ -18,16 +18,13 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.image_files import load_rgb
+from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
 from src.data.transforms import EvalTransform
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
 from src.models.loading import load_classifier
 
 log = logging.getLogger(__name__)
 
-# What a file that is not a readable image raises in PIL: unidentified or truncated files are
-# OSErrors, a decompression bomb its own error; ValueError for modes PIL cannot convert.
-UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def best_device() -> torch.device:

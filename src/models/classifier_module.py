@@ -22,6 +22,10 @@ from src.optim.param_groups import layer_group_param_groups
 from src.optim.stages import StageSchedule, layer_group_lrs
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite: training cannot recover, so it stops, naming where."""
+
+
 class ImageClassifierModule(L.LightningModule):
     """Single-label image classification with fastai's training recipe.
 
@@ -77,9 +81,23 @@ class ImageClassifierModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         loss = self.criterion(self(images), labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self._non_finite_message(loss, batch_idx))
         self.train_loss(loss)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
+
+    def _non_finite_message(self, loss: torch.Tensor, batch_idx: int) -> str:
+        index = self.schedule.stage_index_at_epoch(self.current_epoch)
+        stage = self.schedule.stages[index]
+        lrs = ", ".join(f"{g['lr']:.3g}" for g in self.optimizers().optimizer.param_groups) if self._trainer else "?"
+        return (
+            f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch "
+            f"{batch_idx}) of stage {index} {stage.name!r}, learning rates [{lrs}]; stopped before this step "
+            "changed the weights. The checkpoints of earlier epochs are kept (RUN/checkpoints/last.ckpt). "
+            f"Lower schedule.stages[{index}].lr, or look for images or labels with bad values, then resume "
+            "with ckpt_path=RUN/checkpoints/last.ckpt"
+        )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
+from src.models.safe_load import safe_torch_load
 
 NET_PREFIX = "net."
 
@@ -35,7 +36,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(path)!r} is not a file; expected RUN/checkpoints/best.ckpt or last.ckpt")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = safe_torch_load(path, "ckpt_path")
     hparams = checkpoint.get("hyper_parameters", {})
     if "classes" not in hparams or not hparams.get("run_config"):
         raise ValueError(

@@ -14,6 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
+from src.models.safe_load import safe_torch_load
+
 log = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -37,7 +39,7 @@ def _load_state_dict_file(model: nn.Module, path: Path, name: str) -> None:
             f"model.backbone.weights={str(path)!r} is not a file. Expected 'imagenet', null, or the path "
             f"of a {name} state_dict saved with torch.save(model.state_dict(), path)."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_torch_load(path, "model.backbone.weights")
     if isinstance(state, dict) and "state_dict" in state:  # a Lightning/trainer checkpoint
         state = state["state_dict"]
     # The classifier layer is dropped by the cut, so it may be absent or of any class count.

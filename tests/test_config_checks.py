@@ -1,0 +1,168 @@
+"""Config validation: every problem at once, each naming key, value, expectation and fix."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import DictConfig, open_dict
+
+from src.config_checks import ConfigError, check_train_config
+from src.train import train
+from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config
+
+BASE = compose_config([*TINY_OVERRIDES, f"data.root={SAMPLE}"])
+RESNET_GROUPS = 3  # layer1-2, layer3-4, head
+
+
+def _cfg(**changes) -> DictConfig:
+    cfg = copy.deepcopy(BASE)
+    with open_dict(cfg):
+        for dotted, value in changes.items():
+            *parents, leaf = dotted.split("__")
+            node = cfg
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+    return cfg
+
+
+def _problems(cfg: DictConfig) -> dict[str, str]:
+    with pytest.raises(ConfigError) as raised:
+        check_train_config(cfg)
+    return {p.key: str(p) for p in raised.value.problems}
+
+
+def test_the_shipped_configs_pass():
+    check_train_config(BASE)
+    check_train_config(compose_config(["experiment=resnet50", f"data.root={SAMPLE}"]))
+
+
+def test_every_problem_is_listed_once_in_one_error(tmp_path):
+    file_root = tmp_path / "photos.zip"
+    file_root.write_text("not a folder")
+    cfg = _cfg(data__root=str(file_root), data__valid_pct=1.5, data__batch_size=0, data__size=16,
+               trainer__precision="fp8")
+    with open_dict(cfg):
+        cfg.schedule.stages = [{"name": "head", "epochs": 1, "lr": -1e-3, "freeze_to": -1},
+                               {"name": "all", "epochs": 1, "lr": [1e-4, 0.0], "freeze_to": 5}]
+    with pytest.raises(ConfigError) as raised:
+        check_train_config(cfg)
+    message = str(raised.value)
+    keys = [p.key for p in raised.value.problems]
+    assert keys == ["data.root", "data.valid_pct", "data.batch_size", "data.size", "trainer.precision",
+                    "schedule.stages[0].lr", "schedule.stages[1].lr", "schedule.stages[1].freeze_to"]
+    assert message.startswith("8 problem(s) in the config")
+    assert len(message.splitlines()) == 9  # the header and one line per problem
+    assert f"data.root={str(file_root)!r}: expected a folder with one subfolder per class, not a file" in message
+    assert "data.valid_pct=1.5: expected a fraction strictly between 0 and 1" in message
+    assert "trainer.precision='fp8'" in message and "bf16-mixed" in message
+    assert "freeze_to=5: expected a layer group of the model, which has 3: -2 to 2" in message
+
+
+def test_train_refuses_a_bad_config_before_reading_data_or_writing(tmp_path):
+    cfg = _cfg(data__batch_size=0, paths__output_dir=str(tmp_path / "run"))
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="data.batch_size=0"):
+        train(cfg)
+    assert time.perf_counter() - start < 5
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_root_is_named(tmp_path):
+    problems = _problems(_cfg(data__root=str(tmp_path / "nowhere")))
+    assert list(problems) == ["data.root"] and "an existing folder" in problems["data.root"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lr=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10)),
+    valid_pct=st.floats(-2, 3, allow_nan=False),
+    batch_size=st.integers(-5, 600),
+    size=st.integers(-10, 600),
+)
+def test_property_each_bad_value_gives_exactly_its_problem(lr, valid_pct, batch_size, size):
+    cfg = _cfg(data__valid_pct=valid_pct, data__batch_size=batch_size, data__size=size)
+    with open_dict(cfg):
+        cfg.schedule.stages = [{"name": "s", "epochs": 1, "lr": lr, "freeze_to": 0}]
+    expected = set()
+    if not (lr > 0 and lr != float("inf")):  # NaN fails every comparison
+        expected.add("schedule.stages[0].lr")
+    if not 0 < valid_pct < 1:
+        expected.add("data.valid_pct")
+    if batch_size < 1:
+        expected.add("data.batch_size")
+    if size < 32:
+        expected.add("data.size")
+    if not expected:
+        check_train_config(cfg, num_layer_groups=RESNET_GROUPS)
+        return
+    with pytest.raises(ConfigError) as raised:
+        check_train_config(cfg, num_layer_groups=RESNET_GROUPS)
+    assert {p.key for p in raised.value.problems} == expected
+    for problem in raised.value.problems:
+        assert problem.expected and problem.fix and problem.key in str(problem)
+
+
+@settings(max_examples=40, deadline=None)
+@given(freeze_to=st.integers(-20, 20), groups=st.integers(1, 6))
+def test_property_freeze_to_must_name_an_existing_group(freeze_to, groups):
+    cfg = _cfg()
+    with open_dict(cfg):
+        cfg.schedule.stages = [{"name": "s", "epochs": 1, "lr": 1e-3, "freeze_to": freeze_to}]
+    if -groups < freeze_to < groups:
+        check_train_config(cfg, num_layer_groups=groups)
+    else:
+        with pytest.raises(ConfigError, match=rf"freeze_to={freeze_to}: expected a layer group"):
+            check_train_config(cfg, num_layer_groups=groups)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed", "64-true", 32, "bf16"])
+def test_lightning_precisions_pass(precision):
+    check_train_config(_cfg(trainer__precision=precision), num_layer_groups=RESNET_GROUPS)
+
+
+def test_the_layer_groups_come_from_the_configured_backbone():
+    from src.config_checks import model_layer_groups
+
+    assert model_layer_groups(BASE.model) == RESNET_GROUPS
+
+
+def test_unwritable_output_dir_is_refused_at_start_up(tmp_path):
+    from src.run_files import check_writable
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(OSError, match="is not writable.*choose a folder you can write to"):
+        check_writable(blocked / "run")
+    with pytest.raises(OSError, match="MiB free; checkpoints need at least"):
+        check_writable(tmp_path / "run", min_free_bytes=2**62)
+    check_writable(tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []  # the probe is gone
+
+
+def test_a_root_given_as_relative_path_is_resolved_from_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("images").mkdir()
+    check_train_config(_cfg(data__root="images"), num_layer_groups=RESNET_GROUPS)
+
+
+def test_evaluate_and_predict_check_their_config_first(tmp_path):
+    from src.evaluate import evaluate
+    from src.predict import predict
+
+    cfg = compose_config([f"ckpt_path={tmp_path}/none.ckpt", "data.batch_size=0", f"data.root={tmp_path}/x.png"],
+                         config_name="evaluate")
+    (tmp_path / "x.png").write_bytes(b"")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+    with pytest.raises(ConfigError, match=r"2 problem\(s\)(.|\n)*data.batch_size=0(.|\n)*data.root="):
+        evaluate(cfg)
+    cfg = compose_config([f"ckpt_path={tmp_path}/none.ckpt", f"input={tmp_path}", "batch_size=-1"],
+                         config_name="predict")
+    with pytest.raises(ConfigError, match="batch_size=-1: expected a whole number >= 1"):
+        predict(cfg)
