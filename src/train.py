@@ -121,6 +121,11 @@ def _use_lr_finder_suggestion(cfg: DictConfig) -> None:
     log.info("lr_find: stage %r trains at lr=%s (%s suggestion)", first.get("name", 0), first.lr, suggestion)
 
 
+def _describe_stage(stage: DictConfig) -> str:
+    lr = OmegaConf.to_object(stage.lr) if OmegaConf.is_config(stage.lr) else stage.lr
+    return f"{stage.epochs}ep lr={lr} freeze_to={stage.get('freeze_to', 0)}"
+
+
 def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
     """The knobs people compare runs by, flattened (TensorBoard's hparams tab takes scalars)."""
     return {
@@ -130,8 +135,7 @@ def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
         "batch_size": cfg.data.batch_size,
         "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
         "dropout": cfg.model.head.dropout,
-        "stages": " | ".join(f"{s.epochs}ep lr={list(s.lr) if not isinstance(s.lr, float) else s.lr} "
-                             f"freeze_to={s.freeze_to}" for s in cfg.schedule.stages),
+        "stages": " | ".join(_describe_stage(stage) for stage in cfg.schedule.stages),
         "precision": str(cfg.trainer.precision),
         "seed": cfg.get("seed"),
     }
