@@ -185,3 +185,12 @@ def test_checkpoint_rebuilds_the_trained_network_without_the_data(tiny_cfg):
     assert not loaded.net.training
     image = loaded.transform(torch.zeros(3, 50, 40, dtype=torch.uint8))
     assert image.shape == (3, 32, 32)
+
+
+def test_stage_description_for_tensorboard_accepts_stages_without_freeze_to():
+    from src.train import _describe_stage
+
+    assert _describe_stage(OmegaConf.create({"epochs": 2, "lr": 0.01})) == "2ep lr=0.01 freeze_to=0"
+    assert _describe_stage(OmegaConf.create({"epochs": 1, "lr": [1e-6, 1e-4], "freeze_to": -1})) == (
+        "1ep lr=[1e-06, 0.0001] freeze_to=-1"
+    )
