@@ -49,7 +49,7 @@ def test_ckpt_path_last_names_the_run_directory_when_there_is_none(tmp_path):
     assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
 
 
-@pytest.mark.slow
+# In the default suite (about 40 s on 2 idle cores): resuming after a crash is a promise users rely on.
 def test_kill_9_mid_epoch_then_ckpt_path_last_finishes_like_an_uninterrupted_run(tmp_path):
     root = copy_sample(tmp_path / "images")
     whole = _train(tmp_path / "whole", root)
