@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train inspect inspect-demo test test-slow tensorboard sample clean
+.PHONY: help install train inspect inspect-demo test test-slow tensorboard sample bench bench-data clean
 
 help: ## Show this list
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,20 @@ tensorboard: $(STAMP) ## Open TensorBoard on every run under outputs/
 sample: $(STAMP) ## Rebuild data/fashion-mnist-sample from Debian's dataset-fashion-mnist
 	rm -rf data/fashion-mnist-sample
 	$(BIN)/python scripts/make_fashion_mnist_folder.py data/fashion-mnist-sample --per-class 500
+
+BENCH_DATA := data/fashion-mnist-full data/fashion-mnist-jpeg400
+
+data/fashion-mnist-full: | $(STAMP)
+	$(BIN)/python scripts/make_fashion_mnist_folder.py $@.tmp && mv $@.tmp $@
+
+data/fashion-mnist-jpeg400: | $(STAMP)
+	$(BIN)/python scripts/make_fashion_mnist_folder.py $@.tmp --per-class 300 --image-size 400 --format jpeg && mv $@.tmp $@
+
+bench-data: $(BENCH_DATA) ## Write the benchmark folders (all 60,000 PNGs; 3,000 400x400 JPEGs)
+
+bench: $(STAMP) $(BENCH_DATA) ## Benchmark training speed against the bare-loop floor and the data pipeline
+	$(BIN)/python -m src.bench bench=resnet18_64
+	$(BIN)/python -m src.bench bench=resnet50_224
 
 clean: ## Remove runs under outputs/ (keeps the venv)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

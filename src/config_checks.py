@@ -22,7 +22,7 @@ from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_ST
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # What Lightning's Trainer(precision=...) accepts (its own Literal types, so they stay in step).
-PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), *map(str, typing.get_args(_PRECISION_INPUT_INT)), "bf16")
+PRECISIONS = ("auto", *typing.get_args(_PRECISION_INPUT_STR), *map(str, typing.get_args(_PRECISION_INPUT_INT)), "bf16")
 MIN_IMAGE_SIZE = 32  # a ResNet downsamples by 32: below that its last feature map is empty
 ON_BAD_FILE = ("skip", "error")
 
@@ -141,7 +141,7 @@ def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> 
     precision = cfg.trainer.get("precision")
     if str(precision) not in PRECISIONS:
         problems.append(Problem("trainer.precision", precision, "one of " + ", ".join(PRECISIONS),
-                                "use 32-true on the CPU, bf16-mixed or 16-mixed on a GPU"))
+                                "auto picks bf16-mixed where the hardware has native bf16, else 32-true"))
     lr = cfg.get("optimizer", {}).get("lr")
     if lr is not None and (not _is_number(lr) or not math.isfinite(lr) or lr <= 0):
         problems.append(Problem("optimizer.lr", lr, "a positive number", "remove it (the stages set the rates)"))

@@ -23,6 +23,7 @@ from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images
 from src.data.scan import FileScan
 from src.config_checks import check_inference_config
+from src.hardware import resolve_num_workers
 from src.inference.predictor import Predictor, run_loader
 from src.interpretation import Interpretation
 from src.models.loading import LoadedClassifier, load_classifier
@@ -128,8 +129,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta)
     # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
-    dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False, decode_size=loaded.transform.size)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=resolve_num_workers(cfg.data.num_workers))
     log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating")
     interpretation = Interpretation(loaded.classes, log_probs, targets)
     metrics = interpretation.metrics()

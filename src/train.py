@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.checkpoint_io import AtomicCheckpointIO
 from src.config_checks import check_train_config
+from src.hardware import resolve_precision
 from src.lr_find import lr_find, with_max_lr
 from src.run_files import check_writable, write_json, write_resolved_config
 from src.tuning.lr_find import SUGGESTIONS
@@ -67,6 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     schedule = instantiate(cfg.schedule)
     with open_dict(cfg):
         cfg.model.classes = datamodule.classes  # the one source of the class list and count
+        # config.yaml and the checkpoint record the precision that ran, not `auto`
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     write_resolved_config(output_dir / "config.yaml", cfg)
     model = instantiate(
         cfg.model,
@@ -86,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}
     checkpoint = _monitoring_checkpoint(trainer)
     if checkpoint is not None and checkpoint.best_model_score is not None:  # restored on resume too
         metrics["val/error_rate_best"] = float(checkpoint.best_model_score)
@@ -97,7 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "bad_files": len(datamodule.scan.unreadable),
         "skipped_during_training": skipped,
-        "final": {k: v for k, v in metrics.items() if not k.endswith("_best")},
+        "final": {k: v for k, v in metrics.items() if k.startswith("val/") and not k.endswith("_best")},
+        "performance": {k: v for k, v in metrics.items() if k.startswith("perf/")},  # the last epoch's
         "best": {"val/error_rate": metrics.get("val/error_rate_best", math.nan)},
         "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
         "epochs": trainer.current_epoch,

@@ -26,6 +26,7 @@ from src.data.image_files import MAX_IMAGE_PIXELS, Sample, scan_class_folders
 from src.data.scan import FileScan
 from src.data.split import stratified_split, write_split_csv
 from src.data.transforms import EvalTransform, TrainTransform
+from src.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
         mean, std: per-channel normalisation (ImageNet's by default, what pretrained bodies expect).
         augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting).
-        batch_size, num_workers, pin_memory: DataLoader settings.
+        batch_size, num_workers, pin_memory: DataLoader settings (``num_workers=auto``: see
+            :func:`src.hardware.resolve_num_workers`).
         split_csv: where to record the split (``path,label,subset``); None to skip.
         on_bad_file: ``skip`` leaves unreadable files out (listed in ``bad_files_csv``, one-line
             summary in the log); ``error`` stops before training, naming them.
@@ -108,7 +110,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         std: tuple[float, ...] = IMAGENET_STD,
         augment: dict | None = None,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool | None = None,
         split_csv: str | Path | None = None,
         on_bad_file: str = "skip",
@@ -119,15 +121,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.root = Path(root).expanduser()
         self.valid_pct = valid_pct
         self.seed = seed
         self.size = size
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_csv = Path(split_csv) if split_csv else None
         if on_bad_file not in ON_BAD_FILE:
@@ -183,7 +183,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             return
         index = self.index
         self.datasets = {
-            subset: ImageDataset(samples, transform, skip_unreadable=self.on_bad_file == "skip")
+            subset: ImageDataset(samples, transform, skip_unreadable=self.on_bad_file == "skip", decode_size=self.size)
             for subset, samples, transform in [("train", index.train, self.train_transform),
                                                ("valid", index.valid, self.eval_transform),
                                                ("test", index.test, self.eval_transform)]

@@ -25,10 +25,13 @@ class ImageDataset(Dataset):
     them across DataLoader worker processes (shared memory), so the run can report the total.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable, skip_unreadable: bool = True) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable, skip_unreadable: bool = True, decode_size: int | None = None
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.decode_size = decode_size  # JPEGs decode at reduced scale down to this (load_rgb's min_size)
         self.failures = multiprocessing.Value("i", 0)
         self._warned: set = set()  # per process: one warning per file, every failure counted
 
@@ -39,7 +42,7 @@ class ImageDataset(Dataset):
         for attempt in range(min(MAX_REPLACEMENTS, len(self.samples))):
             sample = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.transform(load_rgb(sample.path)), sample.label
+                return self.transform(load_rgb(sample.path, min_size=self.decode_size)), sample.label
             except UNREADABLE_IMAGE_ERRORS as error:
                 if not self.skip_unreadable:
                     raise OSError(f"{sample.path} became unreadable after the scan ({type(error).__name__}: "

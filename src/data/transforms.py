@@ -75,6 +75,7 @@ class TrainTransform(v2.Compose):
             steps.append(v2.RandomApply([v2.ColorJitter(brightness=max_lighting)], p=p_lighting))
             steps.append(v2.RandomApply([v2.ColorJitter(contrast=max_lighting)], p=p_lighting))
         super().__init__([*steps, *_to_normalized_tensor(mean, std)])
+        self.size = size
 
 
 class EvalTransform(v2.Compose):
@@ -89,3 +90,4 @@ class EvalTransform(v2.Compose):
         interpolation: str = "bilinear",
     ) -> None:
         super().__init__([*_resize(size, resize_method, interpolation), v2.CenterCrop(size), *_to_normalized_tensor(mean, std)])
+        self.size = size

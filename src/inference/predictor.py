@@ -91,7 +91,7 @@ class _Files(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
         try:
-            return index, self.transform(load_rgb(self.paths[index]))
+            return index, self.transform(load_rgb(self.paths[index], min_size=self.transform.size))
         except UNREADABLE_IMAGE_ERRORS as error:
             return index, f"not a readable image: {type(error).__name__}: {error}"
 
@@ -138,7 +138,7 @@ class Predictor:
         if isinstance(item, Image.Image):
             return self.transform(item.convert("RGB"))
         if isinstance(item, (str, Path)):
-            return self.transform(load_rgb(Path(item)))
+            return self.transform(load_rgb(Path(item), min_size=self.transform.size))
         raise TypeError(f"cannot predict a {type(item).__name__}; pass a PIL image or the path of an image file")
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

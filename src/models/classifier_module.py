@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.hardware import resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.optim.one_cycle import StagedOneCycleLR
 from src.optim.param_groups import layer_group_param_groups
@@ -39,6 +40,10 @@ class ImageClassifierModule(L.LightningModule):
         bn_weight_decay: apply weight decay to BatchNorm and bias parameters too (fastai's ``bn_wd``).
         run_config: the resolved run configuration as YAML text, stored in checkpoints so the
             model can be rebuilt without the data folder or the original overrides.
+        channels_last: run the network in NHWC memory format (``auto``: with bf16/fp16 precision,
+            see :mod:`src.hardware`).
+        compile: ``torch.compile`` the network when training starts (the weights and checkpoint
+            keys stay those of the plain network).
     """
 
     def __init__(
@@ -50,6 +55,8 @@ class ImageClassifierModule(L.LightningModule):
         classes: Sequence[str],
         bn_weight_decay: bool = True,
         run_config: str | None = None,
+        channels_last: bool | str = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "schedule"], logger=False)
@@ -64,13 +71,24 @@ class ImageClassifierModule(L.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_error_rate_best = MinMetric()
         self.val_error_rate_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
+        self.memory_format = torch.contiguous_format  # set from channels_last once the precision is known
+        self._compiled = False
+
+    def configure_model(self) -> None:
+        # Here, not in __init__: `auto` depends on the trainer's precision, known only now.
+        if resolve_channels_last(self.hparams.channels_last, self.trainer.precision):
+            self.memory_format = torch.channels_last
+            self.net.to(memory_format=self.memory_format)
+        if self.hparams.compile and not self._compiled:
+            self.net.compile()  # in place: parameter names and checkpoints are unchanged
+            self._compiled = True
 
     @property
     def classes(self) -> list[str]:
         return list(self.hparams.classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(images.contiguous(memory_format=self.memory_format))
 
     def on_train_start(self) -> None:
         # The sanity check's validation batches must not count towards the best error rate.

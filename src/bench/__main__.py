@@ -1,0 +1,17 @@
+"""``python -m src.bench [bench=resnet18_64|resnet50_224] [any training override]`` (``make bench``)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from src.bench.run import run_bench
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    run_bench(cfg)
+
+
+if __name__ == "__main__":
+    main()

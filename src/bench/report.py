@@ -1,0 +1,52 @@
+"""The benchmark's table, for people (the JSON next to it is for scripts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _verdict(target: dict) -> str:
+    return "met" if target["met"] else "MISSED"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    s, m, v = result["settings"], result["machine"], result["versions"]
+    ratios, targets, train = result["ratios"], result["targets"], result["train"]
+    memory = "channels_last" if s["channels_last"] else "contiguous"
+    where = m["gpu"] or f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads)"
+    lines = [
+        f"bench {s['case']}: {s['backbone']} ({s['weights'] or 'random'} weights), {s['size']} px, batch "
+        f"{s['batch_size']}, {s['precision']}, {memory}, {'compiled' if s['compile'] else 'eager'}, "
+        f"{s['num_workers']} loader worker(s), {s['training_images']:,} training images",
+        f"on {where}; torch {v['torch']}, torchvision {v['torchvision']}, lightning {v['lightning']}, "
+        f"pillow {v['pillow']}",
+        "",
+        f"{'':34}{'images/s':>10}",
+        f"{'Floor: bare PyTorch loop':34}{_number(result['floor']['images_per_s']):>10}",
+        f"{'Data: pipeline, one worker':34}{_number(result['data']['images_per_s']):>10}",
+        f"{'Train: src.train fit':34}{_number(train['images_per_s']):>10}"
+        f"   epoch {_number(train['epoch_s'])} s for {train['batches']} batches, validation {_number(train['val_s'])} s apart",
+        f"{'Train / Floor':34}{_number(ratios['train_over_floor'], 3):>10}"
+        f"   target >= {targets['train_over_floor']['target']:.2f}: {_verdict(targets['train_over_floor'])}",
+        f"{'Data / Train':34}{_number(ratios['data_over_train'], 1):>10}"
+        f"   target >= {targets['data_over_train']['target']:.0f}: {_verdict(targets['data_over_train'])}",
+    ]
+    if result["variants"]:
+        lines += ["", "Floor by precision, memory format and compilation:"]
+        for variant in result["variants"]:
+            mark = "  (the default here)" if variant["default"] else ""
+            lines.append(f"  {variant['name']:32}{_number(variant['images_per_s']):>10}"
+                         f"   {variant['vs_default']:.2f}x, {variant['warmup_s']:.0f} s warm-up{mark}")
+    accuracy = result["accuracy"]
+    if "skipped" in accuracy:
+        lines += ["", f"Accuracy check: skipped ({accuracy['skipped']})"]
+    else:
+        errors = ", ".join(f"{name} {error:.4f}" for name, error in accuracy["error_rate"].items())
+        lines += ["", f"Accuracy check after {accuracy['train_batches']} batches: validation error {errors}; "
+                      f"difference {accuracy['difference_pp']:+.2f} pp (tolerance {accuracy['tolerance_pp']:.0f} pp: "
+                      f"{'within' if accuracy['within_tolerance'] else 'OUTSIDE'})"]
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""``run_bench(cfg)``: Data, Floor and Train speeds of one training config, in one process.
+
+The config is a training config (``conf/bench.yaml`` includes ``conf/train.yaml``) plus ``bench``
+settings, so the numbers are for exactly what ``python -m src.train`` would run with the same
+overrides. See README "Performance" for what each line means and the numbers measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from src.bench.environment import machine, versions
+from src.bench.measure import data_speed, floor_speed
+from src.bench.report import format_report
+from src.hardware import device_type, resolve_channels_last, resolve_precision
+from src.run_files import write_json
+from src.train import train
+
+log = logging.getLogger(__name__)
+
+TRAIN_OVER_FLOOR_TARGET = 0.90
+DATA_OVER_TRAIN_TARGET = 3.0
+ACCURACY_TOLERANCE_PP = 1.0  # percentage points of validation error rate
+
+
+def parse_variant(variant: str) -> dict[str, Any]:
+    """``"bf16-mixed+channels_last+compile"`` -> precision and flags for :func:`floor_speed`."""
+    precision, *flags = str(variant).split("+")
+    unknown = sorted(set(flags) - {"channels_last", "compile"})
+    if unknown:
+        raise ValueError(f"bench.variants entry {variant!r} has unknown flag(s) {unknown}; expected "
+                         "PRECISION[+channels_last][+compile], e.g. bf16-mixed+channels_last")
+    return {"precision": precision, "channels_last": "channels_last" in flags, "compile": "compile" in flags}
+
+
+def variant_name(precision: str, channels_last: bool, compile: bool) -> str:
+    return "+".join([str(precision), *(["channels_last"] if channels_last else []), *(["compile"] if compile else [])])
+
+
+def _fresh_module(cfg: DictConfig, classes: list[str]):
+    model_cfg = copy.deepcopy(cfg.model)
+    with open_dict(model_cfg):
+        model_cfg.classes = classes
+    return instantiate(model_cfg, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
+
+
+def _train_config(cfg: DictConfig, output_dir: Path, train_batches: int, val_batches: int,
+                  precision: str | None = None) -> DictConfig:
+    """The run's config, shortened to ``train_batches`` of the first stage's first epoch."""
+    train_cfg = copy.deepcopy(cfg)
+    with open_dict(train_cfg):
+        del train_cfg["bench"]
+        first = train_cfg.schedule.stages[0]
+        first.epochs = 1
+        train_cfg.schedule.stages = [first]
+        train_cfg.trainer.limit_train_batches = train_batches
+        train_cfg.trainer.limit_val_batches = val_batches
+        train_cfg.paths.output_dir = str(output_dir)
+        if "throughput" in train_cfg.get("callbacks", {}):
+            train_cfg.callbacks.throughput.warmup_steps = cfg.bench.warmup_steps
+        # drawn after training over the whole validation set: minutes, and never part of the timing
+        train_cfg.get("callbacks", {}).pop("interpretation", None)
+        if precision is not None:
+            train_cfg.trainer.precision = precision
+    return train_cfg
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator and denominator else None
+
+
+def run_bench(cfg: DictConfig) -> dict[str, Any]:
+    """Measure, print the table, write ``bench.output`` (JSON) and return what was written."""
+    bench = cfg.bench
+    output_dir = Path(cfg.paths.output_dir)
+    accelerator = cfg.trainer.accelerator
+    device = device_type(accelerator)
+    precision = resolve_precision(cfg.trainer.precision, accelerator)
+    channels_last = resolve_channels_last(cfg.model.channels_last, precision)
+    compile_net = bool(cfg.model.compile)
+    batch_size, size = cfg.data.batch_size, cfg.data.size
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    classes = datamodule.classes
+    settings = {
+        "case": bench.case, "backbone": cfg.model.backbone.name, "weights": cfg.model.backbone.weights,
+        "size": size, "batch_size": batch_size, "precision": precision, "channels_last": channels_last,
+        "compile": compile_net, "num_workers": datamodule.num_workers, "device": device,
+        "data_root": str(datamodule.root), "training_images": len(datamodule.index.train), "classes": len(classes),
+        "warmup_steps": bench.warmup_steps, "steps": bench.steps,
+    }
+    log.info("bench: data pipeline, %d batches", bench.data_batches)
+    data = data_speed(datamodule.datasets["train"], batch_size, warmup=1, batches=bench.data_batches, seed=cfg.seed)
+
+    torch_device = torch.device(device)
+    log.info("bench: floor, %s", variant_name(precision, channels_last, compile_net))
+    floor = floor_speed(_fresh_module(cfg, classes), batch_size, size, precision, torch_device,
+                        channels_last=channels_last, compile=compile_net,
+                        warmup=bench.warmup_steps, steps=bench.steps)
+
+    log.info("bench: src.train fit, %d + %d batches", bench.warmup_steps, bench.steps)
+    trained = train(_train_config(cfg, output_dir / "train", bench.warmup_steps + bench.steps, bench.val_batches))
+    train_speed = trained.get("perf/train_images_per_s")
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "versions": versions(),
+        "settings": settings,
+        "data": {**data.as_dict(), "images_per_s_per_worker": data.images_per_s},
+        "floor": floor.as_dict(),
+        "train": {
+            "images_per_s": train_speed,
+            "epoch_s": trained.get("perf/train_epoch_s"),
+            "val_s": trained.get("perf/val_s"),
+            "batches": bench.warmup_steps + bench.steps,
+            "run_dir": trained["output_dir"],
+        },
+    }
+    ratios = {
+        "train_over_floor": _ratio(train_speed, floor.images_per_s),
+        "data_over_train": _ratio(data.images_per_s, train_speed),
+    }
+    result["ratios"] = ratios
+    result["targets"] = {
+        "train_over_floor": {"target": TRAIN_OVER_FLOOR_TARGET,
+                             "met": ratios["train_over_floor"] is not None
+                             and ratios["train_over_floor"] >= TRAIN_OVER_FLOOR_TARGET},
+        "data_over_train": {"target": DATA_OVER_TRAIN_TARGET,
+                            "met": ratios["data_over_train"] is not None
+                            and ratios["data_over_train"] >= DATA_OVER_TRAIN_TARGET},
+    }
+    result["variants"] = _floor_variants(cfg, classes, torch_device, floor.images_per_s,
+                                         variant_name(precision, channels_last, compile_net))
+    result["accuracy"] = _accuracy_check(cfg, output_dir, precision)
+    write_json(Path(bench.output), result)
+    print(format_report(result))
+    print(f"written: {bench.output}")
+    return result
+
+
+def _floor_variants(cfg: DictConfig, classes: list[str], device: torch.device, default_speed: float, default_name: str) -> list[dict]:
+    variants = []
+    for entry in cfg.bench.variants or []:
+        options = parse_variant(entry)
+        name = variant_name(**options)
+        log.info("bench: floor variant %s", name)
+        speed = floor_speed(_fresh_module(cfg, classes), cfg.data.batch_size, cfg.data.size, device=device,
+                            warmup=1, steps=cfg.bench.variant_steps, **options)
+        variants.append({"name": name, "default": name == default_name, **speed.as_dict(),
+                         "vs_default": speed.images_per_s / default_speed})
+    return variants
+
+
+def _accuracy_check(cfg: DictConfig, output_dir: Path, precision: str) -> dict[str, Any]:
+    """Validation error rate after the same short schedule in fp32 and in ``compare``."""
+    settings = cfg.bench.accuracy
+    enabled = settings.enabled
+    compare = precision if enabled == "auto" else settings.compare
+    if enabled == "auto" and str(precision) in ("32-true", "32"):
+        return {"skipped": f"the default precision here is {precision}, the reference itself; "
+                           "bench.accuracy.enabled=true compares bench.accuracy.compare with it"}
+    if enabled is False:
+        return {"skipped": "bench.accuracy.enabled=false"}
+    errors = {}
+    for run_precision in ("32-true", compare):
+        log.info("bench: accuracy check, %s", run_precision)
+        metrics = train(_train_config(cfg, output_dir / f"accuracy-{run_precision}", settings.train_batches,
+                                      settings.val_batches, precision=run_precision))
+        errors[run_precision] = metrics["val/error_rate"]
+    difference_pp = 100 * (errors[compare] - errors["32-true"])
+    return {
+        "train_batches": settings.train_batches, "val_batches": settings.val_batches,
+        "error_rate": errors, "compared": compare, "difference_pp": difference_pp,
+        "tolerance_pp": ACCURACY_TOLERANCE_PP, "within_tolerance": abs(difference_pp) <= ACCURACY_TOLERANCE_PP,
+    }

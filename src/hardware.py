@@ -1,0 +1,76 @@
+"""The fastest correct settings for the machine a run is on: precision, memory format, workers.
+
+``auto`` in the config means "what measured fastest on this kind of hardware" (``make bench``,
+README "Performance"):
+
+- ``trainer.precision: auto`` is ``bf16-mixed`` where the chip multiplies bf16 natively (a CUDA GPU
+  of compute capability 8.0 or newer; a CPU with AMX or AVX512-BF16) and ``32-true`` elsewhere.
+  On a CPU without them bf16 is emulated: ResNet18 trained 38x slower in bf16 than in fp32 on the
+  AVX2-only machine this project is developed on.
+- ``model.channels_last: auto`` follows the precision: NHWC feeds the bf16/fp16 kernels of tensor
+  cores and AMX, but made fp32 training 3x slower on that AVX2 CPU.
+- ``data.num_workers: auto`` is one loader process per core but one (the main process trains on
+  the cores too), at least one, at most 8.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+REDUCED_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16")
+MAX_AUTO_WORKERS = 8
+
+
+def device_type(accelerator: str) -> str:
+    """``cuda`` where the trainer's accelerator setting will pick a CUDA GPU, else ``cpu``."""
+    if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def has_native_bf16(device: str) -> bool:
+    """Whether ``device`` ('cuda' or 'cpu') computes bf16 in hardware rather than emulating it."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    # torch.cpu's feature probes (oneDNN uses AMX and AVX512-BF16 for bf16 matmuls and convolutions)
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(precision: str | int, accelerator: str) -> str | int:
+    """``auto`` -> ``bf16-mixed`` on native-bf16 hardware, else ``32-true``; other values as given."""
+    if precision != AUTO:
+        return precision
+    device = device_type(accelerator)
+    chosen = "bf16-mixed" if has_native_bf16(device) else "32-true"
+    log.info("trainer.precision=auto: %s (%s %s native bf16)", chosen, device,
+             "has" if chosen == "bf16-mixed" else "has no")
+    return chosen
+
+
+def resolve_channels_last(channels_last: bool | str, precision: str | int) -> bool:
+    """``auto`` -> channels_last with reduced precision (where NHWC kernels win), else as given."""
+    if channels_last == AUTO:
+        return str(precision) in REDUCED_PRECISIONS
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"model.channels_last={channels_last!r}; expected true, false or auto")
+    return channels_last
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and SLURM set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``auto`` -> one loader process per core but one, within [1, 8]; a number as given."""
+    if num_workers == AUTO:
+        return max(1, min(MAX_AUTO_WORKERS, available_cores() - 1))
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ValueError(f"data.num_workers={num_workers!r}; expected a whole number >= 0 or auto")
+    return num_workers

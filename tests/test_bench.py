@@ -1,0 +1,68 @@
+"""`python -m src.bench`: the benchmark runs end to end (smoke case) and writes its table and JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.bench.run import parse_variant, variant_name
+from tests.conftest import PROJECT_ROOT, copy_sample
+
+
+def test_smoke_benchmark_writes_table_and_json(tmp_path):
+    root = copy_sample(tmp_path / "images", classes=3, per_class=12)
+    run_dir = tmp_path / "bench"
+    completed = subprocess.run(
+        [sys.executable, "-m", "src.bench", "bench=smoke", f"data.root={root}", f"hydra.run.dir={run_dir}",
+         "data.num_workers=0", "~callbacks.progress_bar", "~callbacks.model_summary",
+         # the accuracy check runs bf16-mixed: emulated on most CPUs, so only two batches
+         "bench.accuracy.enabled=true", "bench.variants=[32-true,32-true+channels_last]"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads((run_dir / "bench.json").read_text())
+
+    assert result["settings"] | {"backbone": "resnet18", "size": 32, "batch_size": 8, "precision": "32-true"} \
+        == result["settings"]
+    assert result["settings"]["training_images"] == 3 * (12 - round(0.2 * 12))
+    assert result["machine"]["cores"] >= 1 and result["versions"]["torch"]
+    for phase in ("floor", "data"):
+        assert result[phase]["images_per_s"] > 0 and result[phase]["images"] > 0
+    assert result["floor"]["images"] == 2 * 8  # bench.steps batches of data.batch_size
+    assert result["data"]["images"] == 2 * 8  # bench.data_batches
+    train = result["train"]
+    assert train["images_per_s"] > 0 and train["epoch_s"] > 0 and train["val_s"] > 0 and train["batches"] == 3
+    assert result["ratios"]["train_over_floor"] == pytest.approx(train["images_per_s"] / result["floor"]["images_per_s"])
+    assert result["ratios"]["data_over_train"] == pytest.approx(result["data"]["images_per_s"] / train["images_per_s"])
+    assert result["targets"]["train_over_floor"] == {
+        "target": 0.9, "met": result["ratios"]["train_over_floor"] >= 0.9}
+    assert [v["name"] for v in result["variants"]] == ["32-true", "32-true+channels_last"]
+    assert [v["default"] for v in result["variants"]] == [True, False]
+    accuracy = result["accuracy"]
+    assert set(accuracy["error_rate"]) == {"32-true", "bf16-mixed"}
+    assert accuracy["difference_pp"] == pytest.approx(
+        100 * (accuracy["error_rate"]["bf16-mixed"] - accuracy["error_rate"]["32-true"]))
+    # the training run is a real src.train run, with its own run directory
+    assert json.loads((Path(train["run_dir"]) / "metrics.json").read_text())["performance"]["perf/train_images_per_s"] \
+        == pytest.approx(train["images_per_s"])
+    for line in ("Floor: bare PyTorch loop", "Data: pipeline, one worker", "Train: src.train fit", "Train / Floor",
+                 "Data / Train", "32-true+channels_last", "Accuracy check after 2 batches"):
+        assert line in completed.stdout
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("32-true", {"precision": "32-true", "channels_last": False, "compile": False}),
+    ("bf16-mixed+channels_last+compile", {"precision": "bf16-mixed", "channels_last": True, "compile": True}),
+])
+def test_variant_names_round_trip(variant, expected):
+    assert parse_variant(variant) == expected
+    assert variant_name(**expected) == variant
+
+
+def test_unknown_variant_flag_is_named():
+    with pytest.raises(ValueError, match=r"'32-true\+nhwc'.*PRECISION\[\+channels_last\]"):
+        parse_variant("32-true+nhwc")

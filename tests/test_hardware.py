@@ -1,0 +1,59 @@
+"""`auto` settings: precision, memory format and loader workers chosen from the hardware."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from src import hardware
+from src.data.image_files import load_rgb
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
+def test_auto_precision_is_bf16_only_on_native_bf16_hardware(monkeypatch, native, expected):
+    monkeypatch.setattr(hardware, "has_native_bf16", lambda device: native)
+    assert hardware.resolve_precision("auto", "cpu") == expected
+
+
+def test_explicit_precision_is_kept(monkeypatch):
+    monkeypatch.setattr(hardware, "has_native_bf16", lambda device: True)
+    assert hardware.resolve_precision("32-true", "auto") == "32-true"
+
+
+def test_cpu_bf16_probe_matches_torch():
+    expected = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert hardware.has_native_bf16("cpu") == expected
+
+
+@pytest.mark.parametrize("value, precision, expected", [
+    ("auto", "bf16-mixed", True), ("auto", "16-mixed", True), ("auto", "32-true", False),
+    (True, "32-true", True), (False, "bf16-mixed", False),
+])
+def test_channels_last_auto_follows_precision(value, precision, expected):
+    assert hardware.resolve_channels_last(value, precision) is expected
+
+
+def test_bad_channels_last_names_the_key():
+    with pytest.raises(ValueError, match="model.channels_last='yes'; expected true, false or auto"):
+        hardware.resolve_channels_last("yes", "32-true")
+
+
+def test_auto_workers_leave_a_core_to_training(monkeypatch):
+    for cores, expected in [(1, 1), (2, 1), (4, 3), (64, 8)]:
+        monkeypatch.setattr(hardware, "available_cores", lambda cores=cores: cores)
+        assert hardware.resolve_num_workers("auto") == expected
+    assert hardware.resolve_num_workers(0) == 0
+    with pytest.raises(ValueError, match="data.num_workers=-1"):
+        hardware.resolve_num_workers(-1)
+
+
+def test_jpeg_decodes_at_reduced_scale_but_never_below_the_size(tmp_path):
+    big = tmp_path / "photo.jpg"
+    Image.new("RGB", (1000, 800), (200, 30, 30)).save(big, quality=90)
+    assert load_rgb(big).size == (1000, 800)
+    assert load_rgb(big, min_size=224).size == (500, 400)  # 1/4 would be 250x200: below 224
+    assert load_rgb(big, min_size=64).size == (125, 100)  # 1/8, the smallest scale
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (1000, 800)).save(png)
+    assert load_rgb(png, min_size=64).size == (1000, 800)  # only JPEG decoders scale

@@ -1,0 +1,37 @@
+"""Speed settings of a real training run: throughput logged, channels_last applied, auto resolved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from src.models.loading import load_classifier
+from src.train import train
+
+
+def test_run_records_its_speed_and_the_settings_that_ran(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.model.channels_last = True
+        tiny_cfg.callbacks.throughput.warmup_steps = 1
+        del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch
+    assert tiny_cfg.trainer.precision == "auto"
+    metrics = train(tiny_cfg)
+    run = Path(tiny_cfg.paths.output_dir)
+
+    performance = json.loads((run / "metrics.json").read_text())["performance"]
+    assert set(performance) == {"perf/train_images_per_s", "perf/train_epoch_s", "perf/val_s"}
+    assert all(value > 0 for value in performance.values())
+    assert metrics["perf/train_images_per_s"] == performance["perf/train_images_per_s"]
+    # auto is resolved before the run: config.yaml says what ran (no native bf16 here, or bf16 where there is)
+    assert OmegaConf.load(run / "config.yaml").trainer.precision in ("32-true", "bf16-mixed")
+
+    # the weights trained in NHWC (the checkpoint keeps their strides) and load like any others
+    state = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    first_conv = state["net.backbone.0.weight"]
+    assert first_conv.is_contiguous(memory_format=torch.channels_last) and not first_conv.is_contiguous()
+    loaded = load_classifier(run / "checkpoints/last.ckpt")
+    images = torch.randn(2, 3, 32, 32)
+    assert loaded.net(images).shape == (2, 3)
