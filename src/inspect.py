@@ -27,6 +27,7 @@ from src.data.datamodule import ImageFolderDataModule
 from src.data.image_files import load_rgb
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
+from src.models.components.timm_body import TimmBody
 from src.models.loading import eval_transform_for, load_classifier
 from src.visualize.cam import cam_figure, grad_cam
 from src.visualize.features import RESNET_BODY_NAMES, features_figure, stage_outputs
@@ -129,10 +130,19 @@ def _split_normalize(transform: EvalTransform, image) -> tuple[torch.Tensor, tor
     return unnormalized, normalize(unnormalized)
 
 
-def _cam_layer(net: ImageClassifier, name: str) -> torch.nn.Module:
-    if name not in RESNET_BODY_NAMES[4:]:
-        raise ValueError(f"cam_layer={name!r}; choose one of {', '.join(RESNET_BODY_NAMES[4:])}")
-    return net.backbone[RESNET_BODY_NAMES.index(name)]
+def cam_layers(backbone: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The stages Grad-CAM can look at, first to last: layer1-layer4 of a ResNet, timm's feature_info stages."""
+    if isinstance(backbone, TimmBody):
+        return backbone.stages()
+    return {name: backbone[RESNET_BODY_NAMES.index(name)] for name in RESNET_BODY_NAMES[4:]}
+
+
+def _cam_layer(net: ImageClassifier, name: str | None) -> tuple[str, torch.nn.Module]:
+    layers = cam_layers(net.backbone)
+    name = list(layers)[-1] if name is None else name  # the last stage by default (layer4)
+    if name not in layers:
+        raise ValueError(f"cam_layer={name!r}; choose one of {', '.join(layers)}")
+    return name, layers[name]
 
 
 def _top_losses(net: ImageClassifier, datamodule: ImageFolderDataModule, count: int) -> list[tuple[int, float]]:
@@ -183,12 +193,13 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     paths["tensor"].write_text(tensor_report(str(image_path), unnormalized, image, mean, std, batch_shape))
 
     name = f"({label})" if label else f"({image_path.name})"
-    paths["kernels"] = _save(kernels_figure(unnormalized, net.backbone[0].weight, name), output_dir / "kernels.png")
+    first_conv = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    paths["kernels"] = _save(kernels_figure(unnormalized, first_conv.weight, name), output_dir / "kernels.png")
     outputs = stage_outputs(net.eval().backbone, image)
     paths["features"] = _save(features_figure(unnormalized, outputs), output_dir / "features.png")
     paths["pooling"] = _save(pooling_figure(net, image, classes), output_dir / "pooling.png")
 
-    layer = _cam_layer(net, cfg.cam_layer)
+    cam_name, layer = _cam_layer(net, cfg.cam_layer)
     cam, logits = grad_cam(net, layer, image)
     probability, predicted = logits.softmax(0).max(0)
     pictures, cams = [unnormalized], [cam]
@@ -202,7 +213,7 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
             pictures.append(denormalize(valid_image.unsqueeze(0), mean, std)[0])
             cams.append(cam_i)
             titles.append(f"{classes[pred]} / {classes[valid_label]}\nloss {loss:.2f} / p {p:.2f}")
-    suptitle = (f"Grad-CAM at {cfg.cam_layer} of the predicted class"
+    suptitle = (f"Grad-CAM at {cam_name} of the predicted class"
                 + (": the chosen image, then the top losses (predicted / actual, loss / probability)"
                    if len(pictures) > 1 else ""))
     paths["cam"] = _save(cam_figure(pictures, cams, titles, suptitle), output_dir / "cam.png")

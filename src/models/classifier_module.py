@@ -31,7 +31,7 @@ class ImageClassifierModule(L.LightningModule):
     """Single-label image classification with fastai's training recipe.
 
     Args:
-        backbone: the body (``num_features`` and ``layer_groups()``), e.g. a ``ResNetBody``.
+        backbone: the body (``num_features`` and ``layer_groups()``), a ``ResNetBody`` or ``TimmBody``.
         head: keyword arguments of :func:`~src.models.components.head.create_head` (hidden
             widths, dropout, concat_pool); the class count comes from ``classes``.
         optimizer: a partial optimizer taking ``params`` (AdamW with fastai's betas by default).

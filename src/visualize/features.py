@@ -1,4 +1,4 @@
-"""Feature maps after the stem and after each ResNet stage: how stride halves the map as channels grow."""
+"""Feature maps after the stem and after each stage: how stride halves the map as channels grow."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from src.models.components.timm_body import TimmBody
+
 # The children of a ResNetBody (torchvision's resnet children before avgpool and fc).
 RESNET_BODY_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 # The maps worth looking at: the first convolution (after its BN and ReLU), the stem and the stages.
@@ -17,12 +19,15 @@ SHOWN = ("relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 SHOWN_TITLES = {"relu": "conv1 (stride 2)", "maxpool": "stem: maxpool (stride 2)"}
 
 
-def stage_outputs(backbone: nn.Sequential, image: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Run one normalised (3, H, W) image through ``backbone`` and keep the outputs in ``SHOWN``."""
-    if len(backbone) != len(RESNET_BODY_NAMES):
+def stage_outputs(backbone: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run one normalised (3, H, W) image through ``backbone`` and keep the outputs in ``SHOWN``
+    (a ResNetBody), or those of the stages timm lists in ``feature_info`` (a TimmBody)."""
+    if isinstance(backbone, TimmBody):
+        return _hooked_outputs(backbone, backbone.stages(), image)
+    if not isinstance(backbone, nn.Sequential) or len(backbone) != len(RESNET_BODY_NAMES):
         raise ValueError(
-            f"expected a ResNetBody with {len(RESNET_BODY_NAMES)} children ({', '.join(RESNET_BODY_NAMES)}), "
-            f"got {len(backbone)}; feature maps are drawn for torchvision ResNets only"
+            f"expected a ResNetBody with {len(RESNET_BODY_NAMES)} children ({', '.join(RESNET_BODY_NAMES)}) "
+            f"or a TimmBody, got {type(backbone).__name__}"
         )
     outputs: dict[str, torch.Tensor] = {}
     x = image.unsqueeze(0)
@@ -32,6 +37,24 @@ def stage_outputs(backbone: nn.Sequential, image: torch.Tensor) -> dict[str, tor
             if name in SHOWN:
                 outputs[name] = x[0].clone()  # ReLUs are in place: keep a copy
     return outputs
+
+
+def _hooked_outputs(backbone: nn.Module, stages: dict[str, nn.Module], image: torch.Tensor) -> dict[str, torch.Tensor]:
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            outputs[name] = output[0].detach().clone()  # later in-place activations must not change it
+        return hook
+
+    handles = [module.register_forward_hook(keep(name)) for name, module in stages.items()]
+    try:
+        with torch.no_grad():
+            backbone(image.unsqueeze(0))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: outputs[name] for name in stages}
 
 
 def _label_single_pixel(ax: plt.Axes, fmap: torch.Tensor) -> None:

@@ -1,4 +1,7 @@
-"""torchvision ResNet bodies cut before pooling (fastai's ``cut=-2``), with explicit weight loading.
+"""Bodies cut before pooling (fastai's ``cut=-2``), with explicit weight loading.
+
+``build_backbone`` is what ``conf/model/resnet.yaml`` instantiates: a torchvision ResNet body for
+``resnet18`` ... ``resnet152`` (the default), a timm CNN for ``timm/<name>`` (optional extra).
 
 ``weights`` is ``"imagenet"`` (torchvision's pretrained weights and cache), ``None`` (random
 initialisation) or a path to a state_dict file. Nothing falls back silently: if ImageNet weights
@@ -7,16 +10,15 @@ cannot be fetched, the error says which overrides work offline.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from src.models.safe_load import safe_torch_load
-
-log = logging.getLogger(__name__)
+from src.models.components.timm_body import PREFIX as TIMM_PREFIX
+from src.models.components.timm_body import TimmBody  # imports timm only when one is built
+from src.models.components.weights_file import load_state_dict_file
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Number of leading body children in fastai's first layer group for a ResNet:
@@ -33,36 +35,13 @@ def _offline_hint(name: str) -> str:
     )
 
 
-def _load_state_dict_file(model: nn.Module, path: Path, name: str) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.backbone.weights={str(path)!r} is not a file. Expected 'imagenet', null, or the path "
-            f"of a {name} state_dict saved with torch.save(model.state_dict(), path)."
-        )
-    state = safe_torch_load(path, "model.backbone.weights")
-    if isinstance(state, dict) and "state_dict" in state:  # a Lightning/trainer checkpoint
-        state = state["state_dict"]
-    # The classifier layer is dropped by the cut, so it may be absent or of any class count.
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path} does not hold {name} weights: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} of another shape "
-            f"{mismatched[:3]}. Save it from torchvision.models.{name}(), or set model.backbone.name "
-            "to the architecture it was saved from."
-        )
-    model.load_state_dict(state, strict=False)
-    log.info("loaded %s weights from %s", name, path)
-
-
 def build_resnet(name: str, weights: str | Path | None) -> nn.Module:
     """A full torchvision ResNet ``name`` with ``weights`` applied ('imagenet', None or a file)."""
     if name not in RESNETS:
-        raise ValueError(f"unknown model.backbone.name={name!r}; choose one of {', '.join(RESNETS)}")
+        raise ValueError(
+            f"unknown model.backbone.name={name!r}; choose one of {', '.join(RESNETS)}, "
+            "or a timm CNN as timm/<name> (e.g. timm/convnext_tiny)"
+        )
     if weights is None:
         return torchvision.models.get_model(name, weights=None)
     if str(weights).lower() == "imagenet":
@@ -74,7 +53,8 @@ def build_resnet(name: str, weights: str | Path | None) -> nn.Module:
                 f"could not fetch torchvision's ImageNet weights for {name} ({error}). " + _offline_hint(name)
             ) from error
     model = torchvision.models.get_model(name, weights=None)
-    _load_state_dict_file(model, Path(weights).expanduser(), name)
+    load_state_dict_file(model, Path(weights).expanduser(), name, classifier="fc",
+                         saved_from=f"torchvision.models.{name}()")
     return model
 
 
@@ -96,3 +76,11 @@ class ResNetBody(nn.Sequential):
         """fastai's split of a ResNet body: the stem to layer2, then layer3 and layer4."""
         children = list(self.children())
         return [nn.Sequential(*children[:RESNET_GROUP_SPLIT]), nn.Sequential(*children[RESNET_GROUP_SPLIT:])]
+
+
+def build_backbone(name: str = "resnet50", weights: str | Path | None = None) -> nn.Module:
+    """The body ``model.backbone.name`` names: ``ResNetBody`` for torchvision's ResNets, ``TimmBody``
+    for ``timm/<name>``. Both expose ``name``, ``num_features`` and ``layer_groups()``."""
+    if name.startswith(TIMM_PREFIX):
+        return TimmBody(name, weights)
+    return ResNetBody(name, weights)

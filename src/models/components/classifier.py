@@ -28,7 +28,7 @@ class ImageClassifier(nn.Module):
         if not hasattr(backbone, "num_features") or not hasattr(backbone, "layer_groups"):
             raise TypeError(
                 f"backbone {type(backbone).__name__} must expose num_features and layer_groups(); "
-                "use src.models.components.backbones.ResNetBody"
+                "use src.models.components.backbones.build_backbone (a ResNetBody or TimmBody)"
             )
         self.backbone = backbone
         self.num_classes = num_classes
