@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images
 from src.data.scan import FileScan
-from src.config_checks import check_inference_config
 from src.data.split import label_text
+from src.config_checks import check_inference_config
 from src.inference.predictor import Predictor, run_loader
 from src.interpretation import MULTI_LABEL_SKIPPED, Interpretation, MultiLabelInterpretation
 from src.models.loading import LoadedClassifier, load_classifier

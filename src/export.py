@@ -26,6 +26,7 @@ from torch import nn
 
 from src.inference.probabilities import class_probabilities
 from src.models.loading import load_classifier
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.run_files import write_json
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ServingModel(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         multi_label: bool = False,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         super().__init__()
         self.net = net.eval()

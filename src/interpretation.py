@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
-from src.models.fbeta import FBETA_BETA, fbeta_per_sample
+from src.models.multi_label_metrics import FBETA_BETA, fbeta_per_sample
 
 TOP_K = 5
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 from src.config_checks import ConfigError, check_train_config
 from src.data.labels import LabelSource, index_labels
 from src.evaluate import evaluate
-from src.models.fbeta import fbeta_per_sample
+from src.models.multi_label_metrics import fbeta_per_sample
 from src.models.loading import read_checkpoint
 from src.predict import predict
 from src.train import train
@@ -200,6 +200,14 @@ def test_bad_label_tables_are_named_with_the_fix(labelled, table, source, messag
     (labelled / "labels.csv").write_text(table)
     with pytest.raises(ValueError, match=message):
         index_labels(labelled, LabelSource("csv", "labels.csv", **source), valid_pct=0.2, seed=0)
+
+
+def test_a_tsv_with_the_tab_written_as_backslash_t(labelled):
+    (labelled / "labels.tsv").write_text("file\tbreed\n" + "".join(f"img/00{i}.png\t{'ab'[i % 2]}\n" for i in range(6)))
+    index = index_labels(labelled, LabelSource("csv", "labels.tsv", path_column="file", label_column="breed",
+                                               csv_delimiter="\\t"), valid_pct=0.34, seed=0)
+    assert index.classes == ["a", "b"] and (len(index.train), len(index.valid)) == (4, 2)
+    assert {s.path.name: s.label for s in index.train + index.valid} == {f"00{i}.png": i % 2 for i in range(6)}
 
 
 def test_label_settings_are_checked_before_training(labelled):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from src.data.image_files import Sample, list_images, scan_class_folders
+from src.data.image_files import IMAGE_EXTENSIONS, Sample, list_images, scan_class_folders
 from src.data.scan import BadFile, FileScan
 from src.data.split import random_split, stratified_split
 
@@ -64,6 +64,11 @@ class LabelSource:
     def multi_label(self) -> bool:
         return self.label_delim is not None
 
+    @property
+    def delimiter(self) -> str:
+        """``csv_delimiter``, with the two characters ``\\t`` read as a tab (Hydra's command line keeps them)."""
+        return "\t" if self.csv_delimiter == "\\t" else self.csv_delimiter
+
     def problems(self) -> list[tuple[str, Any, str, str]]:
         """``(key, value, expected, fix)`` of every setting that cannot work (the config checks show them)."""
         found = []
@@ -89,7 +94,7 @@ class LabelSource:
         if self.label_delim == "":
             found.append(("data.label_delim", self.label_delim, "a separator such as ' ' or ';', or null",
                           "set data.label_delim=' ' (fastai's planet), or null for one label per image"))
-        if len(self.csv_delimiter) != 1:
+        if len(self.delimiter) != 1:
             found.append(("data.csv_delimiter", self.csv_delimiter, "one character", "',' for CSV, '\\t' for TSV"))
         return found
 
@@ -180,7 +185,7 @@ def read_label_table(root: Path, source: LabelSource) -> list[LabelledFile]:
                                 "data.root (or absolute): point data.csv_path at the table of labels")
     # utf-8-sig: a table saved by Excel starts with a byte-order mark that would stick to the first column name.
     with table.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=source.csv_delimiter)
+        reader = csv.DictReader(f, delimiter=source.delimiter)
         columns = reader.fieldnames or []
         for key in ("path_column", "label_column", "valid_column"):
             name = getattr(source, key)
@@ -242,11 +247,13 @@ def label_file_names(root: Path, pattern: str, scan: FileScan | None = None) -> 
                     " (listed in bad_files.csv)" if scan is not None else "")
         if scan is not None:
             scan.bad += unmatched
+    if not unmatched and not rows:
+        raise ValueError(f"no images under data.root={str(root)!r}; expected files ending in "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
     if not rows:
         raise ValueError(f"data.pattern={pattern!r} matches none of the image paths under data.root={str(root)!r}, "
                          f"e.g. {unmatched[0].path.relative_to(root).as_posix()!r}; group 1 must capture the label "
-                         r"from the path relative to data.root, e.g. '([^/]+)_\d+\.jpg$'" if unmatched else
-                         f"no images under data.root={str(root)!r}")
+                         r"from the path relative to data.root, e.g. '([^/]+)_\d+\.jpg$'")
     return rows
 
 

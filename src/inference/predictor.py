@@ -24,8 +24,10 @@ from src.data.transforms import EvalTransform
 from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
 from src.models.loading import load_classifier
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
 
 log = logging.getLogger(__name__)
+
 
 def best_device() -> torch.device:
     """CUDA, then Apple's MPS, then the CPU."""
@@ -127,10 +129,9 @@ class Predictor:
         device: str | torch.device | None = None,
         tta: bool = False,
         multi_label: bool = False,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold={threshold}; expected a probability strictly between 0 and 1, e.g. 0.5")
+        check_threshold("threshold", threshold)
         self.device = resolve_device(device)
         self.net = net.eval().to(self.device)
         self.classes = list(classes)

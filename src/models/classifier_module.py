@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from src.models.components.classifier import ImageClassifier
-from src.models.fbeta import fbeta_per_sample
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold, fbeta_per_sample
 from src.optim.one_cycle import StagedOneCycleLR
 from src.optim.param_groups import layer_group_param_groups
 from src.optim.stages import StageSchedule, layer_group_lrs
@@ -59,11 +59,10 @@ class ImageClassifierModule(L.LightningModule):
         bn_weight_decay: bool = True,
         run_config: str | None = None,
         multi_label: bool = False,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         super().__init__()
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"model.threshold={threshold}; expected a probability strictly between 0 and 1, e.g. 0.5")
+        check_threshold("model.threshold", threshold)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "schedule"], logger=False)
         self.net = ImageClassifier(backbone, num_classes=len(classes), **head)
         self.optimizer_factory = optimizer

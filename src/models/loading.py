@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.models.safe_load import safe_torch_load
 
 NET_PREFIX = "net."
@@ -34,7 +35,7 @@ class LoadedClassifier:
     config: DictConfig
     transform: EvalTransform
     multi_label: bool = False
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
 
     @property
     def label_delim(self) -> str | None:
@@ -73,4 +74,4 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     net.load_state_dict(state)
     # Checkpoints from before multi-label support are single-label.
     return LoadedClassifier(net.eval(), classes, config, eval_transform_for(config),
-                            bool(hparams.get("multi_label", False)), float(hparams.get("threshold", 0.5)))
+                            bool(hparams.get("multi_label", False)), float(hparams.get("threshold", DEFAULT_THRESHOLD)))

@@ -1,4 +1,4 @@
-"""fastai v1's multi-label metrics, per image: the F-beta of the predicted set of classes.
+"""fastai v1's multi-label settings and its per-image F-beta of the predicted set of classes.
 
 torchmetrics' ``MultilabelFBetaScore`` averages over classes (micro, macro, weighted) but has no
 "samples" average (scikit-learn's ``average="samples"``, the planet competition's score), so it is
@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import torch
 
+# fastai's accuracy_thresh default: a class is predicted when its sigmoid is above it.
+DEFAULT_THRESHOLD = 0.5
 # fastai's planet example (and the Kaggle competition) scored F2: recall weighs more than precision.
 FBETA_BETA = 2.0
 EPS = 1e-9  # fastai's: an image with no predicted (or no true) class scores 0, not NaN
+
+
+def check_threshold(key: str, threshold: float) -> None:
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"{key}={threshold}; expected a probability strictly between 0 and 1, e.g. {DEFAULT_THRESHOLD}")
 
 
 def fbeta_per_sample(
