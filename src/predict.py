@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 
 from src.config_checks import check_inference_config
 from src.inference.predictor import FileResult, Predictor
-from src.models.loading import load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,7 @@ def write_predictions_csv(
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every file of ``cfg.input``; write the CSV; return the results and where they went."""
     check_inference_config(cfg)
-    loaded = load_classifier(cfg.ckpt_path)
-    predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta,
-                          multi_label=loaded.multi_label,
-                          threshold=loaded.threshold if cfg.get("threshold") is None else cfg.threshold)
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta, threshold=cfg.get("threshold"))
     if not 1 <= cfg.topk <= len(predictor.classes):
         raise ValueError(f"topk={cfg.topk}; the model has {len(predictor.classes)} classes, so use 1 to "
                          f"{len(predictor.classes)}")
@@ -89,7 +85,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"input={cfg.input!r} holds no files; expected images (e.g. .jpg, .png)")
     results = list(predictor.predict_files(files, cfg.batch_size, cfg.num_workers, progress=len(files) > 1))
     output = Path(cfg.output).expanduser() if cfg.output else Path(cfg.paths.output_dir) / "predictions.csv"
-    write_predictions_csv(output, results, predictor.classes, cfg.topk, loaded.label_delim or " ")
+    write_predictions_csv(output, results, predictor.classes, cfg.topk, predictor.label_delim)
     failed = [r for r in results if r.error]
     for result in failed:
         log.error("%s: %s", result.path, result.error)

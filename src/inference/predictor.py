@@ -119,6 +119,7 @@ class Predictor:
         device: where to run; None for CUDA, MPS or the CPU, whichever is there.
         tta: blend in fastai's test-time augmentation (9 forward passes per image).
         multi_label: the network gives a sigmoid per class; every class above ``threshold`` is predicted.
+        label_delim: multi-label: what joins several class names in text (the training ``data.label_delim``).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class Predictor:
         tta: bool = False,
         multi_label: bool = False,
         threshold: float = DEFAULT_THRESHOLD,
+        label_delim: str = " ",
     ) -> None:
         check_threshold("threshold", threshold)
         self.device = resolve_device(device)
@@ -139,6 +141,7 @@ class Predictor:
         self.tta = tta
         self.multi_label = multi_label
         self.threshold = threshold
+        self.label_delim = label_delim
 
     @classmethod
     def from_checkpoint(
@@ -147,7 +150,7 @@ class Predictor:
         """The checkpoint's model; ``threshold`` (multi-label) defaults to the one it was trained with."""
         loaded = load_classifier(path)
         return cls(loaded.net, loaded.classes, loaded.transform, device=device, tta=tta, multi_label=loaded.multi_label,
-                   threshold=loaded.threshold if threshold is None else threshold)
+                   threshold=loaded.threshold if threshold is None else threshold, label_delim=loaded.label_delim or " ")
 
     def _prediction(self, probabilities: torch.Tensor) -> Prediction:
         if self.multi_label:
