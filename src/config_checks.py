@@ -21,6 +21,8 @@ from hydra.utils import instantiate
 from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src.data.labels import LabelSource
+
 # What Lightning's Trainer(precision=...) accepts (its own Literal types, so they stay in step).
 PRECISIONS = ("auto", *typing.get_args(_PRECISION_INPUT_STR), *map(str, typing.get_args(_PRECISION_INPUT_INT)), "bf16")
 MIN_IMAGE_SIZE = 32  # a ResNet downsamples by 32: below that its last feature map is empty
@@ -67,6 +69,20 @@ def check_data_root(key: str, value: Any, required: bool = True) -> list[Problem
     if not path.exists():
         return [Problem(key, str(value), "an existing folder", f"check the path, or create {path}/<class>/<images>")]
     return []
+
+
+def check_labels(data: DictConfig) -> list[Problem]:
+    """The label source's settings (``data.labels`` and the keys it reads), and that a CSV of labels exists."""
+    keys = ("labels", "csv_path", "path_column", "label_column", "valid_column", "csv_delimiter", "label_delim", "pattern")
+    source = LabelSource(**{key: data.get(key, getattr(LabelSource, key)) for key in keys})
+    problems = [Problem(*problem) for problem in source.problems()]
+    if not problems and source.labels == "csv" and data.get("root") is not None:
+        table = Path(source.csv_path).expanduser()
+        table = table if table.is_absolute() else Path(str(data.root)).expanduser() / table
+        if not table.is_file():
+            problems.append(Problem("data.csv_path", source.csv_path, f"a table of labels ({table} is not a file)",
+                                    "the path is relative to data.root: fix it or give an absolute path"))
+    return problems
 
 
 def _lr_values(lr: Any) -> list[Any]:
@@ -125,6 +141,7 @@ def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> 
     problems: list[Problem] = []
     data = cfg.data
     problems += check_data_root("data.root", data.get("root"))
+    problems += check_labels(data)
     valid_pct = data.get("valid_pct")
     if not _is_number(valid_pct) or not 0.0 < valid_pct < 1.0:
         problems.append(Problem("data.valid_pct", valid_pct, "a fraction strictly between 0 and 1",

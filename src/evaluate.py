@@ -3,7 +3,9 @@
 By default the images are the validation split of the run that wrote the checkpoint (its
 ``split.csv``); with ``data.root`` every image in a folder of class folders is evaluated. The run
 directory receives ``metrics.json``, ``predictions.csv``, ``most_confused.txt``,
-``confusion_matrix.png`` and ``top_losses.png`` (fastai's ``ClassificationInterpretation``).
+``confusion_matrix.png`` and ``top_losses.png`` (fastai's ``ClassificationInterpretation``). A
+multi-label model gets its metrics (accuracy_thresh, F-beta, per-class precision/recall/F1) and
+``predictions.csv``; the single-label pictures are skipped, with a note in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from torch.utils.data import DataLoader
 from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images
 from src.data.scan import FileScan
+from src.data.split import label_text
 from src.config_checks import check_inference_config
 from src.hardware import resolve_num_workers
 from src.inference.predictor import Predictor, run_loader
-from src.interpretation import Interpretation
+from src.interpretation import MULTI_LABEL_SKIPPED, Interpretation, MultiLabelInterpretation
 from src.models.loading import LoadedClassifier, load_classifier
 from src.run_files import write_json
 from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
@@ -34,7 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[Sample], Counter]:
-    """The validation rows of the run's ``split.csv`` (next to ``checkpoints/``), as samples."""
+    """The validation rows of the run's ``split.csv`` (next to ``checkpoints/``), as samples.
+
+    A multi-label model's label cells hold class names joined by its ``data.label_delim``.
+    """
     split_csv = ckpt_path.resolve().parent.parent / "split.csv"
     if not split_csv.is_file():
         raise FileNotFoundError(
@@ -47,10 +53,12 @@ def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[S
         for row in csv.DictReader(f):
             if row["subset"] != "valid":
                 continue
-            if row["label"] not in loaded.classes:
+            names = [n for n in row["label"].split(loaded.label_delim) if n] if loaded.multi_label else [row["label"]]
+            if any(name not in loaded.classes for name in names):
                 unknown[row["label"]] += 1
                 continue
-            samples.append(Sample(root / row["path"], loaded.classes.index(row["label"])))
+            indices = tuple(sorted(loaded.classes.index(name) for name in names))
+            samples.append(Sample(root / row["path"], indices if loaded.multi_label else indices[0]))
     missing = [s.path for s in samples if not s.path.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -81,6 +89,26 @@ def folder_samples(root: Path, classes: list[str], scan: FileScan | None = None)
     return samples, unknown
 
 
+def _shown(path: Path, root: Path) -> str:
+    return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
+
+
+def _write_multi_label_predictions_csv(
+    path: Path, samples: list[Sample], interpretation: MultiLabelInterpretation, root: Path, label_delim: str
+) -> None:
+    """path, label and prediction (class names joined by ``label_delim``), the predicted classes' probabilities, loss."""
+    classes = interpretation.classes
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "prediction", "probability", "loss"])
+        for sample, probs, predicted, loss in zip(samples, interpretation.probabilities, interpretation.predicted,
+                                                  interpretation.losses.tolist()):
+            indices = predicted.nonzero().flatten().tolist()
+            writer.writerow([_shown(sample.path, root), label_text(sample.label, classes, label_delim),
+                             label_text(tuple(indices), classes, label_delim),
+                             label_delim.join(f"{float(probs[i]):.6f}" for i in indices), f"{loss:.6f}"])
+
+
 def _write_predictions_csv(path: Path, samples: list[Sample], interpretation: Interpretation, root: Path) -> None:
     classes, probabilities = interpretation.classes, interpretation.probabilities
     with path.open("w", newline="") as f:
@@ -89,8 +117,7 @@ def _write_predictions_csv(path: Path, samples: list[Sample], interpretation: In
         for sample, prediction, probs, loss in zip(
             samples, interpretation.predictions.tolist(), probabilities, interpretation.losses.tolist()
         ):
-            shown = sample.path.relative_to(root) if sample.path.is_relative_to(root) else sample.path
-            writer.writerow([shown.as_posix(), classes[sample.label], classes[prediction],
+            writer.writerow([_shown(sample.path, root), classes[sample.label], classes[prediction],
                              f"{float(probs[prediction]):.6f}", f"{loss:.6f}"])
 
 
@@ -110,6 +137,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         readable = set(scan.keep_readable([s.path for s in samples]))
         samples = [s for s in samples if s.path in readable]
     else:
+        if loaded.multi_label:
+            raise ValueError(
+                f"data.root={cfg.data.root!r}: class folders give one label per image, and {ckpt_path} is a multi-label "
+                "model; evaluate it on its run's validation split (leave data.root=null)"
+            )
         root = Path(cfg.data.root).expanduser()
         samples, unknown = folder_samples(root, loaded.classes, scan)
         source = str(root)
@@ -127,25 +159,38 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "expected DIR/<class name>/<image files> with the class names the model was trained on"
         )
 
-    predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta)
+    threshold = loaded.threshold if cfg.get("threshold") is None else cfg.threshold
+    predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta,
+                          multi_label=loaded.multi_label, threshold=threshold)
     # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
-    dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False, decode_size=loaded.transform.size)
+    dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False,
+                           num_labels=len(loaded.classes) if loaded.multi_label else None,
+                           decode_size=loaded.transform.size)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=resolve_num_workers(cfg.data.num_workers))
-    log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating")
-    interpretation = Interpretation(loaded.classes, log_probs, targets)
-    metrics = interpretation.metrics()
-    most_confused = interpretation.most_confused()
-
-    write_json(output_dir / "metrics.json", {
-        **metrics,
+    log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating",
+                                    multi_label=loaded.multi_label)
+    run = {
         "checkpoint": str(ckpt_path),
         "data": source,
         "images": len(samples),
         "bad_files": len(scan.unreadable),
         "tta": bool(cfg.tta),
         "unknown_labels": dict(sorted(unknown.items())),
-        "most_confused": most_confused,
-    })
+    }
+    if loaded.multi_label:
+        multi = MultiLabelInterpretation(loaded.classes, log_probs, targets, threshold)
+        metrics = multi.metrics()
+        log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)
+        write_json(output_dir / "metrics.json", {**metrics, **run, "multi_label": True, "skipped": MULTI_LABEL_SKIPPED})
+        _write_multi_label_predictions_csv(output_dir / "predictions.csv", samples, multi, root, loaded.label_delim)
+        log.info("%s: error_rate %.4f (1 - accuracy_thresh), fbeta %.4f on %d images", source, metrics["error_rate"],
+                 metrics["fbeta"], len(samples))
+        return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir)}
+
+    interpretation = Interpretation(loaded.classes, log_probs, targets)
+    metrics = interpretation.metrics()
+    most_confused = interpretation.most_confused()
+    write_json(output_dir / "metrics.json", {**metrics, **run, "most_confused": most_confused})
     _write_predictions_csv(output_dir / "predictions.csv", samples, interpretation, root)
     (output_dir / "most_confused.txt").write_text(
         "".join(f"{actual}\t{predicted}\t{count}\n" for actual, predicted, count in most_confused)
@@ -173,7 +218,8 @@ def main(cfg: DictConfig) -> float:
         print("left out (labels the model does not know): "
               + ", ".join(f"{label} ({n} images)" for label, n in sorted(metrics["unknown_labels"].items())))
     print(f"error_rate: {metrics['error_rate']:.4f}  accuracy: {metrics['accuracy']:.4f}  "
-          f"loss: {metrics['loss']:.4f}  ({metrics['images']} images)")
+          f"loss: {metrics['loss']:.4f}" + (f"  fbeta: {metrics['fbeta']:.4f}" if "fbeta" in metrics else "")
+          + f"  ({metrics['images']} images)")
     return metrics["error_rate"]
 
 

@@ -1,7 +1,9 @@
 """Export a checkpoint for serving: ``python -m src.export ckpt_path=RUN/checkpoints/best.ckpt format=onnx|torchscript``.
 
 The exported model takes uint8 RGB images (N, 3, H, W), resizes them (bilinear, both sides) to
-the training size, normalises them as in training and returns class probabilities (N, classes).
+the training size, normalises them as in training and returns class probabilities (N, classes):
+softmax, or for a multi-label model an independent sigmoid per class (every class above the
+``threshold`` in ``classes.json`` is predicted).
 Feed images at the training size for the same numbers as ``src.predict``: the resize is then a
 no-op, whereas on other sizes the training transform's crop and antialiasing are not copied.
 Batch size, height and width are dynamic in the ONNX file. ``classes.json`` next to it names the
@@ -22,7 +24,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from src.inference.probabilities import class_probabilities
 from src.models.loading import load_classifier
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.run_files import write_json
 
 log = logging.getLogger(__name__)
@@ -33,22 +37,32 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 class ServingModel(nn.Module):
     """uint8 RGB images (N, 3, H, W) in, class probabilities (N, classes) out."""
 
-    def __init__(self, net: nn.Module, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        multi_label: bool = False,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
         super().__init__()
         self.net = net.eval()
         self.size = size
+        self.multi_label = multi_label
+        self.threshold = threshold  # multi-label: not applied here, written to classes.json for the caller
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.net((x - self.mean) / self.std).softmax(dim=1)
+        return class_probabilities(self.net((x - self.mean) / self.std), self.multi_label)
 
 
 def serving_model(ckpt_path: str | Path) -> tuple[ServingModel, list[str], int]:
     loaded = load_classifier(ckpt_path)
     data = loaded.config.data
-    return ServingModel(loaded.net, data.size, data.mean, data.std).eval(), loaded.classes, data.size
+    return ServingModel(loaded.net, data.size, data.mean, data.std, loaded.multi_label, loaded.threshold).eval(), loaded.classes, data.size
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -58,6 +72,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model, classes, size = serving_model(cfg.ckpt_path)
+    multi_label = model.multi_label
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
     path = output_dir / FORMATS[cfg.format]
     if cfg.format == "onnx":
@@ -74,8 +89,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     write_json(output_dir / "classes.json", {
         "classes": classes,
         "input": f"uint8 RGB (N, 3, H, W), best at H = W = {size}",
-        "output": f"probabilities (N, {len(classes)}) in the order of classes",
+        "output": f"probabilities (N, {len(classes)}) in the order of classes"
+                  + (": independent sigmoids (multi-label), predict every class above threshold" if multi_label
+                     else " (softmax)"),
         "size": size,
+        "multi_label": multi_label,
+        **({"threshold": model.threshold} if multi_label else {}),
     })
     log.info("exported %s to %s", cfg.ckpt_path, path)
     return {"model": str(path), "classes": str(output_dir / "classes.json"), "size": size}

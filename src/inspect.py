@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
 from src.data.image_files import load_rgb
+from src.data.split import label_text
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.models.components.timm_body import TimmBody
@@ -184,7 +185,7 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
             raise FileNotFoundError(f"image={str(image_path)!r} is not a file; give the path of a photo")
     else:
         sample = datamodule.index.valid[0]
-        image_path, label = sample.path, classes[sample.label]
+        image_path, label = sample.path, label_text(sample.label, classes)
 
     transform = datamodule.eval_transform if datamodule is not None else eval_transform_for(OmegaConf.create({"data": data}))
     unnormalized, image = _split_normalize(transform, load_rgb(image_path))
@@ -204,7 +205,8 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     probability, predicted = logits.softmax(0).max(0)
     pictures, cams = [unnormalized], [cam]
     titles = [f"{image_path.name}\npred {classes[predicted]} ({probability:.2f})" + (f"\ntrue {label}" if label else "")]
-    if subject.trained and datamodule is not None and cfg.top_losses > 0:
+    # Top losses by cross-entropy are single-label (see src.interpretation.MULTI_LABEL_SKIPPED).
+    if subject.trained and datamodule is not None and cfg.top_losses > 0 and not datamodule.multi_label:
         valid = datamodule.datasets["valid"]
         for index, loss in _top_losses(net, datamodule, cfg.top_losses):
             valid_image, valid_label = valid[index]

@@ -1,7 +1,9 @@
 """fastai's ``ClassificationInterpretation``: metrics, confusion matrix, most confused, top losses.
 
 Built from the log-probabilities and labels of every evaluated image, so the same object serves
-``src.evaluate`` and the end-of-training TensorBoard figures.
+``src.evaluate`` and the end-of-training TensorBoard figures. :class:`MultiLabelInterpretation`
+gives a multi-label model's metrics; the confusion matrix, most confused pairs and top losses
+are single-label pictures (one actual and one predicted class per image) and have no counterpart.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
     multiclass_precision,
     multiclass_recall,
+    multilabel_accuracy,
+    multilabel_f1_score,
+    multilabel_precision,
+    multilabel_recall,
 )
+
+from src.models.multi_label_metrics import FBETA_BETA, fbeta_per_sample
 
 TOP_K = 5
 
@@ -90,3 +98,65 @@ class Interpretation:
     def top_losses(self, k: int) -> list[int]:
         """Indices of the ``k`` images with the highest loss, highest first."""
         return self.losses.topk(min(k, len(self.targets))).indices.tolist()
+
+
+# Written to metrics.json and the log instead of the single-label pictures.
+MULTI_LABEL_SKIPPED = ("confusion matrix, most confused and top losses skipped: they need one actual and one "
+                       "predicted class per image, and a multi-label image has sets of them")
+
+
+@dataclass
+class MultiLabelInterpretation:
+    """Per-image results of a multi-label model: ``log_probabilities`` (N, classes) of the per-class
+    sigmoids and multi-hot ``targets`` (N, classes); a class is predicted above ``threshold``."""
+
+    classes: list[str]
+    log_probabilities: torch.Tensor
+    targets: torch.Tensor
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.log_probabilities.shape != self.targets.shape:
+            raise ValueError(f"predictions {tuple(self.log_probabilities.shape)} and multi-hot labels "
+                             f"{tuple(self.targets.shape)} differ in shape")
+        if len(self.targets) == 0:
+            raise ValueError("nothing to interpret: no images were evaluated")
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.log_probabilities.exp()
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """(N, classes) booleans: the classes above the threshold."""
+        return self.probabilities > self.threshold
+
+    @property
+    def losses(self) -> torch.Tensor:
+        """Binary cross-entropy of each image (mean over its classes), as the training loss."""
+        return F.binary_cross_entropy(self.probabilities, self.targets.float(), reduction="none").mean(dim=1)
+
+    def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
+        """fastai's accuracy_thresh (``accuracy``; ``error_rate`` is 1 minus it), F-beta (``fbeta``, samples
+        average), loss, and per-class precision/recall/F1/support at the threshold."""
+        probs, targets, n = self.probabilities, self.targets.long(), len(self.classes)
+        accuracy = float(multilabel_accuracy(probs, targets, num_labels=n, threshold=self.threshold, average="micro"))
+        metrics: dict = {
+            "error_rate": 1.0 - accuracy,
+            "accuracy": accuracy,
+            "fbeta": float(fbeta_per_sample(probs, targets, self.threshold).mean()),
+            "fbeta_beta": FBETA_BETA,
+            "loss": float(self.losses.mean()),
+            "threshold": self.threshold,
+        }
+        per_class = {
+            name: fn(probs, targets, num_labels=n, threshold=self.threshold, average=None, zero_division=0.0)
+            for name, fn in [("precision", multilabel_precision), ("recall", multilabel_recall),
+                             ("f1", multilabel_f1_score)]
+        }
+        support = targets.sum(dim=0)
+        metrics["per_class"] = {
+            c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
+            for i, c in enumerate(self.classes)
+        }
+        return metrics

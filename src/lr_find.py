@@ -33,6 +33,7 @@ def lr_find(cfg: DictConfig, stage_index: int = 0) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     with open_dict(cfg):
         cfg.model.classes = datamodule.classes
+        cfg.model.multi_label = datamodule.multi_label
     model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
     datamodule.setup("fit")
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"

@@ -3,7 +3,9 @@
 ``input`` is one image, a folder (every file below it, recursively) or a ``.txt`` file listing
 one path per line (relative paths are relative to the list's folder). The result is a CSV with
 the predicted class, its probability and the ``topk`` classes; a file that is not a readable
-image gets a row with the reason in ``error`` and the command exits with status 1.
+image gets a row with the reason in ``error`` and the command exits with status 1. For a
+multi-label model the prediction is every class above ``threshold`` (the checkpoint's by default),
+names and probabilities joined by the training ``data.label_delim``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ def input_files(path: str | Path) -> list[Path]:
     )
 
 
-def write_predictions_csv(path: Path, results: list[FileResult], classes: list[str], topk: int) -> None:
+def write_predictions_csv(
+    path: Path, results: list[FileResult], classes: list[str], topk: int, label_delim: str = " "
+) -> None:
+    """One row per file: the prediction, its probability, the ``topk`` classes, or the error.
+
+    A multi-label prediction's classes (and their probabilities) are joined by ``label_delim``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -57,14 +65,18 @@ def write_predictions_csv(path: Path, results: list[FileResult], classes: list[s
             probs = result.prediction.probabilities
             top = probs.topk(topk)
             cells = [v for p, i in zip(top.values.tolist(), top.indices.tolist()) for v in (classes[i], f"{p:.6f}")]
-            writer.writerow([str(result.path), result.prediction.label,
-                             f"{float(probs[result.prediction.index]):.6f}", *cells, ""])
+            label, index = result.prediction.label, result.prediction.index
+            if isinstance(index, tuple):  # multi-label: every class above the threshold
+                label, probability = label_delim.join(label), label_delim.join(f"{float(probs[i]):.6f}" for i in index)
+            else:
+                probability = f"{float(probs[index]):.6f}"
+            writer.writerow([str(result.path), label, probability, *cells, ""])
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every file of ``cfg.input``; write the CSV; return the results and where they went."""
     check_inference_config(cfg)
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta)
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta, threshold=cfg.get("threshold"))
     if not 1 <= cfg.topk <= len(predictor.classes):
         raise ValueError(f"topk={cfg.topk}; the model has {len(predictor.classes)} classes, so use 1 to "
                          f"{len(predictor.classes)}")
@@ -73,7 +85,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"input={cfg.input!r} holds no files; expected images (e.g. .jpg, .png)")
     results = list(predictor.predict_files(files, cfg.batch_size, cfg.num_workers, progress=len(files) > 1))
     output = Path(cfg.output).expanduser() if cfg.output else Path(cfg.paths.output_dir) / "predictions.csv"
-    write_predictions_csv(output, results, predictor.classes, cfg.topk)
+    write_predictions_csv(output, results, predictor.classes, cfg.topk, predictor.label_delim)
     failed = [r for r in results if r.error]
     for result in failed:
         log.error("%s: %s", result.path, result.error)
@@ -86,9 +98,11 @@ def main(cfg: DictConfig) -> None:
     summary = predict(cfg)
     results = summary["results"]
     if len(results) == 1 and results[0].prediction is not None:
-        label, _, probs = results[0].prediction
+        label, index, probs = results[0].prediction
+        shown = f"{label} ({float(probs[index]):.4f})" if isinstance(index, int) else (
+            "{" + ", ".join(f"{name} {float(probs[i]):.4f}" for name, i in zip(label, index)) + "}")
         top = probs.topk(cfg.topk)
-        print(f"{results[0].path}: {label} ({float(probs.max()):.4f})  top-{cfg.topk}: " + ", ".join(
+        print(f"{results[0].path}: {shown}  top-{cfg.topk}: " + ", ".join(
             f"{summary['classes'][i]} {p:.4f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
     print(f"predictions: {summary['output']} ({len(results)} files, {summary['failed']} failed)")
     if summary["failed"]:

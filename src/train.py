@@ -68,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     schedule = instantiate(cfg.schedule)
     with open_dict(cfg):
         cfg.model.classes = datamodule.classes  # the one source of the class list and count
+        cfg.model.multi_label = datamodule.multi_label
         # config.yaml and the checkpoint record the precision that ran, not `auto`
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     write_resolved_config(output_dir / "config.yaml", cfg)
@@ -106,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
         "epochs": trainer.current_epoch,
         "classes": datamodule.classes,
+        "multi_label": datamodule.multi_label,
     }
     write_json(output_dir / "metrics.json", summary)
     for logger in trainer.loggers:
@@ -142,6 +144,7 @@ def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
         "stages": " | ".join(_describe_stage(stage) for stage in cfg.schedule.stages),
         "precision": str(cfg.trainer.precision),
         "seed": cfg.get("seed"),
+        "labels": cfg.data.get("labels", "folder") + (" (multi-label)" if cfg.model.get("multi_label") else ""),
     }
 
 

@@ -54,6 +54,7 @@ def test_with_max_lr_keeps_the_form_of_a_stage_lr():
 def _model(cfg, classes):
     with open_dict(cfg):
         cfg.model.classes = classes
+        cfg.model.multi_label = False
     return instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
 
 

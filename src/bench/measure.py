@@ -91,7 +91,11 @@ def floor_speed(
     forward = torch.compile(net) if compile else net
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, 3, size, size, generator=generator).to(device, memory_format=memory_format)
-    labels = torch.randint(len(module.classes), (batch_size,), generator=generator).to(device)
+    num_classes = len(module.classes)
+    if module.hparams.get("multi_label"):  # multi-hot float targets, as BCE-with-logits takes them
+        labels = (torch.rand(batch_size, num_classes, generator=generator) < 0.5).float().to(device)
+    else:
+        labels = torch.randint(num_classes, (batch_size,), generator=generator).to(device)
 
     def step() -> None:
         with autocast(precision, device):

@@ -44,10 +44,11 @@ def variant_name(precision: str, channels_last: bool, compile: bool) -> str:
     return "+".join([str(precision), *(["channels_last"] if channels_last else []), *(["compile"] if compile else [])])
 
 
-def _fresh_module(cfg: DictConfig, classes: list[str]):
+def _fresh_module(cfg: DictConfig, classes: list[str], multi_label: bool):
     model_cfg = copy.deepcopy(cfg.model)
     with open_dict(model_cfg):
         model_cfg.classes = classes
+        model_cfg.multi_label = multi_label
     return instantiate(model_cfg, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
 
 
@@ -102,7 +103,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
 
     torch_device = torch.device(device)
     log.info("bench: floor, %s", variant_name(precision, channels_last, compile_net))
-    floor = floor_speed(_fresh_module(cfg, classes), batch_size, size, precision, torch_device,
+    floor = floor_speed(_fresh_module(cfg, classes, datamodule.multi_label), batch_size, size, precision, torch_device,
                         channels_last=channels_last, compile=compile_net,
                         warmup=bench.warmup_steps, steps=bench.steps)
 
@@ -136,7 +137,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
                             "met": ratios["data_over_train"] is not None
                             and ratios["data_over_train"] >= DATA_OVER_TRAIN_TARGET},
     }
-    result["variants"] = _floor_variants(cfg, classes, torch_device, floor.images_per_s,
+    result["variants"] = _floor_variants(cfg, classes, datamodule.multi_label, torch_device, floor.images_per_s,
                                          variant_name(precision, channels_last, compile_net))
     result["accuracy"] = _accuracy_check(cfg, output_dir, precision)
     write_json(Path(bench.output), result)
@@ -145,13 +146,15 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _floor_variants(cfg: DictConfig, classes: list[str], device: torch.device, default_speed: float, default_name: str) -> list[dict]:
+def _floor_variants(
+    cfg: DictConfig, classes: list[str], multi_label: bool, device: torch.device, default_speed: float, default_name: str
+) -> list[dict]:
     variants = []
     for entry in cfg.bench.variants or []:
         options = parse_variant(entry)
         name = variant_name(**options)
         log.info("bench: floor variant %s", name)
-        speed = floor_speed(_fresh_module(cfg, classes), cfg.data.batch_size, cfg.data.size, device=device,
+        speed = floor_speed(_fresh_module(cfg, classes, multi_label), cfg.data.batch_size, cfg.data.size, device=device,
                             warmup=1, steps=cfg.bench.variant_steps, **options)
         variants.append({"name": name, "default": name == default_name, **speed.as_dict(),
                          "vs_default": speed.images_per_s / default_speed})

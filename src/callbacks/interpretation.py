@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from src.callbacks.tensorboard_figures import log_figures, tensorboard_loggers
 from src.inference.predictor import run_loader
-from src.interpretation import Interpretation
+from src.interpretation import MULTI_LABEL_SKIPPED, Interpretation
 from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
+
+log = logging.getLogger(__name__)
 
 
 class InterpretationFigures(L.Callback):
-    """fastai's ``ClassificationInterpretation`` of the final model, as ``src.evaluate`` draws it.
+    """fastai's ``ClassificationInterpretation`` of the final model, as ``src.evaluate`` draws it
+    (single-label models only: a multi-label model gets a note in the log instead).
 
     Args:
         top_losses: images in the top-losses grid.
@@ -29,6 +34,9 @@ class InterpretationFigures(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         if not tensorboard_loggers(trainer) or datamodule is None or not datamodule.datasets.get("valid"):
+            return
+        if getattr(pl_module, "multi_label", False):
+            log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)
             return
         was_training = pl_module.training
         pl_module.eval()

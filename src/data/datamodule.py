@@ -1,17 +1,16 @@
-"""The DataModule: an image folder, its split, augmentation, normalisation and loaders.
+"""The DataModule: an image folder, its labels and split, augmentation, normalisation and loaders.
 
-Two layouts of ``root`` are understood:
-- class folders (fastai's ``train="."``): ``root/<class>/*.jpg``, split at random per class with
-  ``valid_pct`` and ``seed``;
-- split folders: ``root/train/<class>/``, ``root/valid/<class>/`` (or ``val/``) and an optional
-  ``root/test/<class>/`` for ``trainer.test``.
-The class list comes from the (training) folders and is what the model's class count is built from.
+The labels come from ``labels`` (see :mod:`src.data.labels`):
+- ``folder``: class folders (fastai's ``train="."``), ``root/<class>/*.jpg``, split at random per
+  class with ``valid_pct`` and ``seed``; or split folders: ``root/train/<class>/``,
+  ``root/valid/<class>/`` (or ``val/``) and an optional ``root/test/<class>/`` for ``trainer.test``;
+- ``csv``: a table of paths and labels; ``regex``: a capture group of each file's path.
+The class list comes from the labels and is what the model's class count is built from.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -22,9 +21,10 @@ from torch.utils.data import DataLoader
 
 from src.data.dataset import ImageDataset
 from src.config_checks import ON_BAD_FILE
-from src.data.image_files import MAX_IMAGE_PIXELS, Sample, scan_class_folders
+from src.data.image_files import MAX_IMAGE_PIXELS
+from src.data.labels import FolderIndex, LabelSource, index_folder, index_labels  # noqa: F401 (index_folder: API)
 from src.data.scan import FileScan
-from src.data.split import stratified_split, write_split_csv
+from src.data.split import write_split_csv
 from src.data.transforms import EvalTransform, TrainTransform
 from src.hardware import resolve_num_workers
 
@@ -32,56 +32,17 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VALID_FOLDER_NAMES = ("valid", "val")
-
-
-@dataclass
-class FolderIndex:
-    """What a scan of ``root`` found: the classes and the samples of each subset."""
-
-    layout: str  # "class_folders" or "split_folders"
-    classes: list[str]
-    train: list[Sample]
-    valid: list[Sample]
-    test: list[Sample] = field(default_factory=list)
-
-
-def _scan_subset(folder: Path, classes: list[str], subset: str, scan: FileScan | None) -> list[Sample]:
-    """Samples of a valid/test folder, labelled with the training classes."""
-    found, samples = scan_class_folders(folder, scan) if any(folder.iterdir()) else ([], [])
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise ValueError(
-            f"{folder} has class folders that train/ does not: {', '.join(unknown)}. "
-            f"Every {subset} class needs training images; add them to train/ or remove these folders."
-        )
-    return [Sample(s.path, classes.index(found[s.label])) for s in samples]
-
-
-def index_folder(root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
-    """Scan ``root`` in either layout (see the module docstring) and split it.
-
-    With ``scan``, unreadable files are left out before the split (and recorded in ``scan.bad``).
-    """
-    root = Path(root)
-    train_dir = root / "train"
-    valid_dir = next((root / n for n in VALID_FOLDER_NAMES if (root / n).is_dir()), None)
-    if train_dir.is_dir() and valid_dir is not None:
-        classes, train = scan_class_folders(train_dir, scan)
-        valid = _scan_subset(valid_dir, classes, "validation", scan)
-        test = _scan_subset(root / "test", classes, "test", scan) if (root / "test").is_dir() else []
-        return FolderIndex("split_folders", classes, train, valid, test)
-    classes, samples = scan_class_folders(root, scan)
-    train, valid = stratified_split(samples, valid_pct, seed)
-    return FolderIndex("class_folders", classes, train, valid)
 
 
 class ImageFolderDataModule(L.LightningDataModule):
-    """Loads ``root`` as fastai's ``ImageDataBunch.from_folder`` did, with torchvision v2 transforms.
+    """Loads ``root`` as fastai's ``ImageDataBunch.from_folder`` (``from_df``, ``from_name_re``) did,
+    with torchvision v2 transforms.
 
     Args:
-        root: folder of class folders, or of train/valid[/test] folders.
-        valid_pct: fraction of each class held out for validation (class-folder layout only).
+        root: folder of class folders, or of train/valid[/test] folders; with ``labels`` csv or
+            regex, the folder the image paths are relative to.
+        valid_pct: fraction of each class held out for validation (not with split folders or
+            ``valid_column``); of all images for multi-label.
         seed: seed of the split (the same seed always gives the same split).
         size: side of the square images fed to the model.
         resize_method: ``crop`` (shorter side to size, then crop), ``squish`` or ``pad``.
@@ -96,6 +57,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         bad_files_csv: where to list the files left out (``path,reason``); None to skip.
         max_image_pixels: larger images are bad files, never decoded (decompression-bomb guard).
         scan_workers: threads checking the files before training.
+        labels: ``folder``, ``csv`` or ``regex``; ``csv_path``, ``path_column``, ``label_column``,
+            ``valid_column``, ``csv_delimiter``, ``label_delim`` and ``pattern`` as in
+            :class:`~src.data.labels.LabelSource`. ``label_delim`` makes the data multi-label.
     """
 
     def __init__(
@@ -117,6 +81,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         bad_files_csv: str | Path | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         scan_workers: int = 8,
+        labels: str = "folder",
+        csv_path: str | None = None,
+        path_column: str = "name",
+        label_column: str = "label",
+        valid_column: str | None = None,
+        csv_delimiter: str = ",",
+        label_delim: str | None = None,
+        pattern: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -135,6 +107,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.on_bad_file = on_bad_file
         self.bad_files_csv = Path(bad_files_csv) if bad_files_csv else None
         self.scan = FileScan(max_pixels=max_image_pixels, workers=scan_workers)
+        self.label_source = LabelSource(labels, csv_path, path_column, label_column, valid_column, csv_delimiter,
+                                        label_delim, pattern)
+        self.label_source.check()
         self.train_transform = TrainTransform(
             size, self.mean, self.std, resize_method, interpolation, **(augment or {})
         )
@@ -143,7 +118,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     @cached_property
     def index(self) -> FolderIndex:
-        index = index_folder(self.root, self.valid_pct, self.seed, self.scan)
+        index = index_labels(self.root, self.label_source, self.valid_pct, self.seed, self.scan)
         self._report_bad_files()
         return index
 
@@ -178,12 +153,18 @@ class ImageFolderDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def multi_label(self) -> bool:
+        """Several labels per image (``label_delim`` set): the model trains with BCE instead of softmax."""
+        return self.label_source.multi_label
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         index = self.index
         self.datasets = {
-            subset: ImageDataset(samples, transform, skip_unreadable=self.on_bad_file == "skip", decode_size=self.size)
+            subset: ImageDataset(samples, transform, skip_unreadable=self.on_bad_file == "skip",
+                                 num_labels=self.num_classes if self.multi_label else None, decode_size=self.size)
             for subset, samples, transform in [("train", index.train, self.train_transform),
                                                ("valid", index.valid, self.eval_transform),
                                                ("test", index.test, self.eval_transform)]
@@ -193,17 +174,16 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.root, self.num_classes, len(index.train), len(index.valid), index.layout,
         )
         if not index.valid:
-            raise ValueError(
-                f"no validation images under {self.root}: every class has a single image; add images or use "
-                "a train/ and valid/ layout"
-            )
+            fix = (f"mark some rows true in the {self.label_source.valid_column!r} column" if self.label_source.valid_column
+                   else "every class has a single image; add images or use a train/ and valid/ layout")
+            raise ValueError(f"no validation images under {self.root}: {fix}")
         self._write_split_csv()
 
     @rank_zero_only
     def _write_split_csv(self) -> None:
         if self.split_csv is not None:
             subsets = {"train": self.index.train, "valid": self.index.valid, "test": self.index.test}
-            write_split_csv(self.split_csv, self.root, self.classes, subsets)
+            write_split_csv(self.split_csv, self.root, self.classes, subsets, self.label_source.label_delim)
 
     def _loader(self, subset: str, shuffle: bool) -> DataLoader:
         return DataLoader(

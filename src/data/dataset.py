@@ -17,8 +17,16 @@ log = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 16
 
 
+def multi_hot(label: tuple[int, ...], num_labels: int) -> torch.Tensor:
+    """Class indices as the float 0/1 vector BCE-with-logits takes: ``(0, 2), 4 -> [1, 0, 1, 0]``."""
+    target = torch.zeros(num_labels)
+    target[list(label)] = 1.0
+    return target
+
+
 class ImageDataset(Dataset):
-    """``(image tensor, label)`` of each sample.
+    """``(image tensor, label)`` of each sample; with ``num_labels`` (multi-label) the label is the
+    multi-hot float vector of the sample's tuple of class indices.
 
     A file that cannot be read any more (deleted, truncated or replaced since the scan) is, with
     ``skip_unreadable``, replaced by the next readable sample, with a warning; ``failures`` counts
@@ -26,9 +34,15 @@ class ImageDataset(Dataset):
     """
 
     def __init__(
-        self, samples: Sequence[Sample], transform: Callable, skip_unreadable: bool = True, decode_size: int | None = None
+        self,
+        samples: Sequence[Sample],
+        transform: Callable,
+        skip_unreadable: bool = True,
+        num_labels: int | None = None,
+        decode_size: int | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.num_labels = num_labels
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.decode_size = decode_size  # JPEGs decode at reduced scale down to this (load_rgb's min_size)
@@ -38,11 +52,14 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def target(self, sample: Sample) -> int | torch.Tensor:
+        return sample.label if self.num_labels is None else multi_hot(sample.label, self.num_labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         for attempt in range(min(MAX_REPLACEMENTS, len(self.samples))):
             sample = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.transform(load_rgb(sample.path, min_size=self.decode_size)), sample.label
+                return self.transform(load_rgb(sample.path, min_size=self.decode_size)), self.target(sample)
             except UNREADABLE_IMAGE_ERRORS as error:
                 if not self.skip_unreadable:
                     raise OSError(f"{sample.path} became unreadable after the scan ({type(error).__name__}: "

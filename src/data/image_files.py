@@ -27,8 +27,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 
 @dataclass(frozen=True)
 class Sample:
+    """An image and its label: a class index, or for multi-label a sorted tuple of class indices."""
+
     path: Path
-    label: int
+    label: int | tuple[int, ...]
 
 
 def is_image_file(path: Path) -> bool:

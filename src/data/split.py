@@ -1,4 +1,4 @@
-"""Reproducible, stratified train/validation split, and the ``split.csv`` that records it."""
+"""Reproducible train/validation splits (stratified, or random for multi-label), and ``split.csv``."""
 
 from __future__ import annotations
 
@@ -33,8 +33,35 @@ def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> 
     return train, valid
 
 
-def write_split_csv(path: Path, root: Path, classes: Sequence[str], subsets: dict[str, Sequence[Sample]]) -> None:
-    """Write ``path,label,subset`` rows; paths relative to ``root`` where they lie below it."""
+def random_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """``round(valid_pct * n)`` samples (at least one, at most ``n - 1``) to validation, at random.
+
+    The split for multi-label samples: an image has several labels, so there is no class to
+    stratify by (fastai's ``RandomSplitter`` too). Depends only on the sorted samples and ``seed``.
+    """
+    if not 0.0 < valid_pct < 1.0:
+        raise ValueError(f"data.valid_pct must be between 0 and 1 (exclusive), got {valid_pct}")
+    items = sorted(samples, key=lambda s: str(s.path))
+    random.Random(seed).shuffle(items)
+    n_valid = 0 if len(items) < 2 else min(len(items) - 1, max(1, round(valid_pct * len(items))))
+    return items[n_valid:], items[:n_valid]
+
+
+def label_text(label: int | tuple[int, ...], classes: Sequence[str], label_delim: str | None = None) -> str:
+    """The class name of a single label, or the class names of a multi-label joined by ``label_delim``."""
+    if isinstance(label, tuple):
+        return (label_delim or " ").join(classes[i] for i in label)
+    return classes[label]
+
+
+def write_split_csv(
+    path: Path, root: Path, classes: Sequence[str], subsets: dict[str, Sequence[Sample]], label_delim: str | None = None
+) -> None:
+    """Write ``path,label,subset`` rows; paths relative to ``root`` where they lie below it.
+
+    A multi-label sample's label cell holds its class names joined by ``label_delim``, as in the
+    table it was read from.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
@@ -46,5 +73,5 @@ def write_split_csv(path: Path, root: Path, classes: Sequence[str], subsets: dic
                     shown = sample.path.relative_to(root)
                 except ValueError:
                     shown = sample.path
-                writer.writerow([shown.as_posix(), classes[sample.label], subset])
+                writer.writerow([shown.as_posix(), label_text(sample.label, classes, label_delim), subset])
     tmp.replace(path)

@@ -1,7 +1,8 @@
 """Predict with a trained checkpoint: one image, a batch, or many files (fastai's ``learner.predict``).
 
 ``Predictor.from_checkpoint(path)`` loads the network once (see :func:`src.models.loading.load_classifier`);
-``predict`` returns ``(class name, index, probabilities)`` like fastai v1 did.
+``predict`` returns ``(class name, index, probabilities)`` like fastai v1 did; for a multi-label
+model, ``(class names, indices, probabilities)`` of every class above the threshold.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
 from src.data.transforms import EvalTransform
+from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
 from src.models.loading import load_classifier
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
 
 log = logging.getLogger(__name__)
-
 
 
 def best_device() -> torch.device:
@@ -41,32 +43,39 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 @torch.inference_mode()
-def log_probabilities(net: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Log class probabilities of a normalised (N, 3, S, S) batch, with fastai's TTA if ``tta``."""
+def log_probabilities(net: nn.Module, images: torch.Tensor, tta: bool = False, multi_label: bool = False) -> torch.Tensor:
+    """Log class probabilities of a normalised (N, 3, S, S) batch, with fastai's TTA if ``tta``
+    (softmax, or a sigmoid per class if ``multi_label``)."""
     if tta:
-        return tta_log_probabilities(net, images, TTA_BETA, TTA_SCALE)
-    return net(images).log_softmax(dim=1)
+        return tta_log_probabilities(net, images, TTA_BETA, TTA_SCALE, multi_label)
+    return class_log_probabilities(net(images), multi_label)
 
 
 def run_loader(
-    net: nn.Module, loader: Iterable, device: torch.device, tta: bool = False, progress: str | None = None
+    net: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    tta: bool = False,
+    progress: str | None = None,
+    multi_label: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities and labels over a loader of ``(images, labels)`` batches, on the CPU."""
+    """Log-probabilities and labels (multi-hot for multi-label) over a loader of ``(images, labels)`` batches, on the CPU."""
     outputs, targets = [], []
     with Progress(disable=progress is None, transient=True) as bar:
         task = bar.add_task(progress or "", total=len(loader) if hasattr(loader, "__len__") else None)
         for images, labels in loader:
-            outputs.append(log_probabilities(net, images.to(device), tta).float().cpu())
+            outputs.append(log_probabilities(net, images.to(device), tta, multi_label).float().cpu())
             targets.append(torch.as_tensor(labels))
             bar.advance(task)
     return torch.cat(outputs), torch.cat(targets)
 
 
 class Prediction(NamedTuple):
-    """fastai's ``(category, index, probabilities)``."""
+    """fastai's ``(category, index, probabilities)``; multi-label: the tuples of the class names and
+    indices above the threshold (possibly empty), highest probability first."""
 
-    label: str
-    index: int
+    label: str | tuple[str, ...]
+    index: int | tuple[int, ...]
     probabilities: torch.Tensor
 
 
@@ -109,6 +118,8 @@ class Predictor:
         transform: the run's evaluation transform (resize, centre-crop, normalise).
         device: where to run; None for CUDA, MPS or the CPU, whichever is there.
         tta: blend in fastai's test-time augmentation (9 forward passes per image).
+        multi_label: the network gives a sigmoid per class; every class above ``threshold`` is predicted.
+        label_delim: multi-label: what joins several class names in text (the training ``data.label_delim``).
     """
 
     def __init__(
@@ -118,19 +129,33 @@ class Predictor:
         transform: EvalTransform,
         device: str | torch.device | None = None,
         tta: bool = False,
+        multi_label: bool = False,
+        threshold: float = DEFAULT_THRESHOLD,
+        label_delim: str = " ",
     ) -> None:
+        check_threshold("threshold", threshold)
         self.device = resolve_device(device)
         self.net = net.eval().to(self.device)
         self.classes = list(classes)
         self.transform = transform
         self.tta = tta
+        self.multi_label = multi_label
+        self.threshold = threshold
+        self.label_delim = label_delim
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, tta: bool = False) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, tta: bool = False, threshold: float | None = None
+    ) -> Predictor:
+        """The checkpoint's model; ``threshold`` (multi-label) defaults to the one it was trained with."""
         loaded = load_classifier(path)
-        return cls(loaded.net, loaded.classes, loaded.transform, device=device, tta=tta)
+        return cls(loaded.net, loaded.classes, loaded.transform, device=device, tta=tta, multi_label=loaded.multi_label,
+                   threshold=loaded.threshold if threshold is None else threshold, label_delim=loaded.label_delim or " ")
 
     def _prediction(self, probabilities: torch.Tensor) -> Prediction:
+        if self.multi_label:
+            above = [i for i in probabilities.argsort(descending=True).tolist() if probabilities[i] > self.threshold]
+            return Prediction(tuple(self.classes[i] for i in above), tuple(above), probabilities)
         index = int(probabilities.argmax())
         return Prediction(self.classes[index], index, probabilities)
 
@@ -143,7 +168,7 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, classes) of a normalised batch, on the CPU."""
-        return log_probabilities(self.net, images.to(self.device), self.tta).exp().float().cpu()
+        return log_probabilities(self.net, images.to(self.device), self.tta, self.multi_label).exp().float().cpu()
 
     def predict(self, item: Image.Image | str | Path) -> Prediction:
         """``(class name, index, probabilities)`` of one PIL image or image path."""

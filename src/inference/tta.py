@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.inference.probabilities import class_probabilities
+
 TTA_BETA = 0.4
 TTA_SCALE = 1.35
 
@@ -36,11 +38,14 @@ def tta_views(images: torch.Tensor, scale: float = TTA_SCALE) -> list[torch.Tens
 
 
 def tta_log_probabilities(
-    net: nn.Module, images: torch.Tensor, beta: float = TTA_BETA, scale: float = TTA_SCALE
+    net: nn.Module, images: torch.Tensor, beta: float = TTA_BETA, scale: float = TTA_SCALE, multi_label: bool = False
 ) -> torch.Tensor:
-    """Log of fastai's blend ``beta * p(plain) + (1 - beta) * mean(p(view))``, shape (N, classes)."""
+    """Log of fastai's blend ``beta * p(plain) + (1 - beta) * mean(p(view))``, shape (N, classes).
+
+    ``p`` is the softmax, or the per-class sigmoid of a ``multi_label`` network.
+    """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"TTA beta must be between 0 and 1 (the weight of the plain prediction), got {beta}")
-    plain = net(images).softmax(dim=1)
-    views = torch.stack([net(view).softmax(dim=1) for view in tta_views(images, scale)]).mean(0)
+    plain = class_probabilities(net(images), multi_label)
+    views = torch.stack([class_probabilities(net(view), multi_label) for view in tta_views(images, scale)]).mean(0)
     return (beta * plain + (1.0 - beta) * views).clamp_min(torch.finfo(plain.dtype).tiny).log()

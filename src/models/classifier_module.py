@@ -14,10 +14,11 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric, MinMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from src.hardware import resolve_channels_last
 from src.models.components.classifier import ImageClassifier
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold, fbeta_per_sample
 from src.optim.one_cycle import StagedOneCycleLR
 from src.optim.param_groups import layer_group_param_groups
 from src.optim.stages import StageSchedule, layer_group_lrs
@@ -28,7 +29,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class ImageClassifierModule(L.LightningModule):
-    """Single-label image classification with fastai's training recipe.
+    """Single- or multi-label image classification with fastai's training recipe.
+
+    Single-label: cross-entropy, ``val/accuracy`` and ``val/error_rate`` (fastai's ``error_rate``).
+    Multi-label (fastai's planet): BCE-with-logits, ``val/accuracy`` is fastai's ``accuracy_thresh``
+    (the fraction of image x class cells right at ``threshold``), ``val/error_rate`` its complement
+    (so checkpoints keep monitoring it), and ``val/fbeta`` the per-image F2 averaged over images.
 
     Args:
         backbone: the body (``num_features`` and ``layer_groups()``), a ``ResNetBody`` or ``TimmBody``.
@@ -40,6 +46,8 @@ class ImageClassifierModule(L.LightningModule):
         bn_weight_decay: apply weight decay to BatchNorm and bias parameters too (fastai's ``bn_wd``).
         run_config: the resolved run configuration as YAML text, stored in checkpoints so the
             model can be rebuilt without the data folder or the original overrides.
+        multi_label: several labels per image (set from the data, like ``classes``).
+        threshold: multi-label only: a class is predicted when its probability is above it.
         channels_last: run the network in NHWC memory format (``auto``: with bf16/fp16 precision,
             see :mod:`src.hardware`).
         compile: ``torch.compile`` the network when training starts (the weights and checkpoint
@@ -55,20 +63,29 @@ class ImageClassifierModule(L.LightningModule):
         classes: Sequence[str],
         bn_weight_decay: bool = True,
         run_config: str | None = None,
+        multi_label: bool = False,
+        threshold: float = DEFAULT_THRESHOLD,
         channels_last: bool | str = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
+        check_threshold("model.threshold", threshold)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "schedule"], logger=False)
         self.net = ImageClassifier(backbone, num_classes=len(classes), **head)
         self.optimizer_factory = optimizer
         self.schedule = schedule
-        self.criterion = nn.CrossEntropyLoss()
         num_classes = len(classes)
-        # fastai's error_rate is 1 - accuracy over all images (micro average).
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        if multi_label:
+            self.criterion = nn.BCEWithLogitsLoss()
+            # fastai's accuracy_thresh: (sigmoid > thresh) == target over every image x class cell (micro).
+            self.val_accuracy = MultilabelAccuracy(num_labels=num_classes, threshold=threshold, average="micro")
+            self.val_fbeta = MeanMetric()
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+            # fastai's error_rate is 1 - accuracy over all images (micro average).
+            self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_error_rate_best = MinMetric()
         self.val_error_rate_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.memory_format = torch.contiguous_format  # set from channels_last once the precision is known
@@ -87,13 +104,23 @@ class ImageClassifierModule(L.LightningModule):
     def classes(self) -> list[str]:
         return list(self.hparams.classes)
 
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.hparams.multi_label)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
+
+    def _accuracy_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Probabilities, not logits: torchmetrics only applies the sigmoid when a value is outside [0, 1].
+        return (logits.sigmoid(), labels.long()) if self.multi_label else (logits, labels)
 
     def on_train_start(self) -> None:
         # The sanity check's validation batches must not count towards the best error rate.
         self.val_loss.reset()
         self.val_accuracy.reset()
+        if self.multi_label:
+            self.val_fbeta.reset()
         self.val_error_rate_best.reset()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -120,10 +147,13 @@ class ImageClassifierModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
-        self.val_loss(self.criterion(logits, labels), weight=labels.numel())
-        self.val_accuracy(logits, labels)
+        self.val_loss(self.criterion(logits, labels), weight=len(labels))
+        self.val_accuracy(*self._accuracy_inputs(logits, labels))
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/accuracy", self.val_accuracy, on_epoch=True)
+        if self.multi_label:
+            self.val_fbeta(fbeta_per_sample(logits.sigmoid(), labels, self.hparams.threshold))
+            self.log("val/fbeta", self.val_fbeta, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         error_rate = 1.0 - self.val_accuracy.compute()
@@ -136,7 +166,11 @@ class ImageClassifierModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         self.log("test/loss", self.criterion(logits, labels), on_epoch=True)
-        self.log("test/error_rate", (logits.argmax(1) != labels).float().mean(), on_epoch=True)
+        if self.multi_label:
+            wrong = (logits.sigmoid() > self.hparams.threshold) != labels.bool()
+        else:
+            wrong = logits.argmax(1) != labels
+        self.log("test/error_rate", wrong.float().mean(), on_epoch=True)
 
     def steps_per_epoch(self) -> int:
         trainer = self.trainer

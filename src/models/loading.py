@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.models.safe_load import safe_torch_load
 
 NET_PREFIX = "net."
@@ -23,12 +24,22 @@ NET_PREFIX = "net."
 
 @dataclass
 class LoadedClassifier:
-    """A trained network in eval mode, its class names, the run's config and its eval transform."""
+    """A trained network in eval mode, its class names, the run's config and its eval transform.
+
+    ``multi_label`` networks give independent (sigmoid) class probabilities; every class above
+    ``threshold`` is predicted, and ``label_delim`` joins several class names in one cell.
+    """
 
     net: ImageClassifier
     classes: list[str]
     config: DictConfig
     transform: EvalTransform
+    multi_label: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def label_delim(self) -> str | None:
+        return self.config.data.get("label_delim") if self.multi_label else None
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -61,4 +72,6 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     net = ImageClassifier(backbone, num_classes=len(classes), **hparams["head"])
     state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
     net.load_state_dict(state)
-    return LoadedClassifier(net.eval(), classes, config, eval_transform_for(config))
+    # Checkpoints from before multi-label support are single-label.
+    return LoadedClassifier(net.eval(), classes, config, eval_transform_for(config),
+                            bool(hparams.get("multi_label", False)), float(hparams.get("threshold", DEFAULT_THRESHOLD)))

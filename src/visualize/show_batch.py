@@ -21,7 +21,17 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (images * std_t + mean_t).clamp(0, 1)
 
 
-def _draw_grid(figure: Figure | SubFigure, pictures: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> None:
+def label_title(label: int | torch.Tensor, classes: Sequence[str]) -> str:
+    """A class index's name, or the names of a multi-hot vector's classes (multi-label), for a title."""
+    label = torch.as_tensor(label)
+    if label.ndim == 0:
+        return classes[int(label)]
+    return " ".join(classes[i] for i in label.nonzero().flatten().tolist()) or "(no label)"
+
+
+def _draw_grid(
+    figure: Figure | SubFigure, pictures: np.ndarray, labels: Sequence[int | torch.Tensor], classes: Sequence[str]
+) -> None:
     count = len(pictures)
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
@@ -30,7 +40,7 @@ def _draw_grid(figure: Figure | SubFigure, pictures: np.ndarray, labels: Sequenc
         ax.axis("off")
     for ax, picture, label in zip(axes.flat, pictures, labels):
         ax.imshow(picture)
-        ax.set_title(classes[int(label)], fontsize=9)
+        ax.set_title(label_title(label, classes), fontsize=9)
 
 
 def show_batch_figure(

@@ -1,0 +1,299 @@
+"""Where the labels come from: class folders, a CSV table, or a regular expression over file names.
+
+Every source gives the same :class:`FolderIndex` (the classes and the samples of each subset), so
+the split, ``split.csv``, the checkpoints and evaluate/predict/export never depend on the source:
+
+- ``folder`` (fastai's ``from_folder``): class folders, or ``train/`` + ``valid/`` [+ ``test/``] folders;
+- ``csv`` (fastai's ``from_df``/``from_csv``): a path column and a label column, paths relative to
+  ``root``; an optional ``valid_column`` (fastai's ``valid_col``: true/false, 1/0) fixes the split;
+- ``regex`` (fastai's ``from_name_re``): group 1 of ``re.search(pattern, path)``, ``path`` being the
+  image's path relative to ``root`` with forward slashes; files that do not match are left out and
+  listed in ``bad_files.csv``.
+
+With ``label_delim`` (csv and regex) a label cell holds several labels (multi-label, fastai's
+``label_delim`` of the planet example): each ``Sample.label`` is then a sorted tuple of class
+indices and the split is random (there is no single class to stratify by).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from src.data.image_files import IMAGE_EXTENSIONS, Sample, list_images, scan_class_folders
+from src.data.scan import BadFile, FileScan
+from src.data.split import random_split, stratified_split
+
+log = logging.getLogger(__name__)
+
+LABEL_SOURCES = ("folder", "csv", "regex")
+VALID_FOLDER_NAMES = ("valid", "val")
+# What a valid_column cell may hold (pandas writes True/False, other tools 1/0), in any case.
+VALID_TRUE, VALID_FALSE = ("true", "1"), ("false", "0")
+
+
+@dataclass
+class FolderIndex:
+    """What a label source found: the classes and the samples of each subset."""
+
+    layout: str  # "class_folders", "split_folders", "csv" or "regex"
+    classes: list[str]
+    train: list[Sample]
+    valid: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """How to label the images under ``data.root`` (the ``data.*`` keys of the same names)."""
+
+    labels: str = "folder"
+    csv_path: str | None = None
+    path_column: str = "name"
+    label_column: str = "label"
+    valid_column: str | None = None
+    csv_delimiter: str = ","
+    label_delim: str | None = None
+    pattern: str | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.label_delim is not None
+
+    @property
+    def delimiter(self) -> str:
+        """``csv_delimiter``, with the two characters ``\\t`` read as a tab (Hydra's command line keeps them)."""
+        return "\t" if self.csv_delimiter == "\\t" else self.csv_delimiter
+
+    def problems(self) -> list[tuple[str, Any, str, str]]:
+        """``(key, value, expected, fix)`` of every setting that cannot work (the config checks show them)."""
+        found = []
+        if self.labels not in LABEL_SOURCES:
+            return [("data.labels", self.labels, " | ".join(LABEL_SOURCES),
+                     "folder: class folders; csv: data.csv_path; regex: data.pattern over file names")]
+        if self.labels == "csv" and not self.csv_path:
+            found.append(("data.csv_path", self.csv_path, "the CSV of labels (relative to data.root, or absolute)",
+                          "set data.csv_path=labels.csv"))
+        if self.labels != "csv":
+            for key in ("csv_path", "valid_column"):
+                if getattr(self, key) is not None:
+                    found.append((f"data.{key}", getattr(self, key), f"null with data.labels={self.labels}",
+                                  f"only data.labels=csv reads it: set data.labels=csv or remove data.{key}"))
+        if self.labels == "regex":
+            found += _pattern_problems(self.pattern)
+        elif self.pattern is not None:
+            found.append(("data.pattern", self.pattern, f"null with data.labels={self.labels}",
+                          "only data.labels=regex reads it: set data.labels=regex or remove data.pattern"))
+        if self.labels == "folder" and self.label_delim is not None:
+            found.append(("data.label_delim", self.label_delim, "null with data.labels=folder (one class per folder)",
+                          "multi-label needs data.labels=csv (or regex)"))
+        if self.label_delim == "":
+            found.append(("data.label_delim", self.label_delim, "a separator such as ' ' or ';', or null",
+                          "set data.label_delim=' ' (fastai's planet), or null for one label per image"))
+        if len(self.delimiter) != 1:
+            found.append(("data.csv_delimiter", self.csv_delimiter, "one character", "',' for CSV, '\\t' for TSV"))
+        return found
+
+    def check(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(f"{key}={value!r}: expected {expected}; {fix}"
+                                       for key, value, expected, fix in problems))
+
+
+def _pattern_problems(pattern: str | None) -> list[tuple[str, Any, str, str]]:
+    example = r"'([^/]+)_\d+\.jpg$' (Oxford-IIIT Pets: the breed before _<number>.jpg)"
+    if not pattern:
+        return [("data.pattern", pattern, "a regular expression whose group 1 is the label", f"e.g. {example}")]
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as error:
+        return [("data.pattern", pattern, "a valid regular expression", f"fix it ({error})")]
+    if groups < 1:
+        return [("data.pattern", pattern, "a capture group (...) around the label", f"e.g. {example}")]
+    return []
+
+
+def index_labels(root: Path, source: LabelSource, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
+    """Label the images under ``root`` as ``source`` says, and split them (see the module docstring)."""
+    source.check()
+    root = Path(root)
+    if source.labels == "folder":
+        return index_folder(root, valid_pct, seed, scan)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; point data.root at the folder of the images")
+    if source.labels == "csv":
+        rows = read_label_table(root, source)
+    else:
+        rows = label_file_names(root, source.pattern, scan)
+    if scan is not None:
+        readable = set(scan.keep_readable([row.path for row in rows]))
+        rows = [row for row in rows if row.path in readable]
+    return _index_rows(rows, source, valid_pct, seed, root)
+
+
+def _scan_subset(folder: Path, classes: list[str], subset: str, scan: FileScan | None) -> list[Sample]:
+    """Samples of a valid/test folder, labelled with the training classes."""
+    found, samples = scan_class_folders(folder, scan) if any(folder.iterdir()) else ([], [])
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{folder} has class folders that train/ does not: {', '.join(unknown)}. "
+            f"Every {subset} class needs training images; add them to train/ or remove these folders."
+        )
+    return [Sample(s.path, classes.index(found[s.label])) for s in samples]
+
+
+def index_folder(root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
+    """Class folders (split per class with ``valid_pct``, ``seed``), or train/valid[/test] folders.
+
+    With ``scan``, unreadable files are left out before the split (and recorded in ``scan.bad``).
+    """
+    root = Path(root)
+    train_dir = root / "train"
+    valid_dir = next((root / n for n in VALID_FOLDER_NAMES if (root / n).is_dir()), None)
+    if train_dir.is_dir() and valid_dir is not None:
+        classes, train = scan_class_folders(train_dir, scan)
+        valid = _scan_subset(valid_dir, classes, "validation", scan)
+        test = _scan_subset(root / "test", classes, "test", scan) if (root / "test").is_dir() else []
+        return FolderIndex("split_folders", classes, train, valid, test)
+    classes, samples = scan_class_folders(root, scan)
+    train, valid = stratified_split(samples, valid_pct, seed)
+    return FolderIndex("class_folders", classes, train, valid)
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    """One image with its label cell, before the class list exists; ``where`` names it in errors."""
+
+    path: Path
+    label: str
+    where: str
+    is_valid: bool | None = None
+
+
+def read_label_table(root: Path, source: LabelSource) -> list[LabelledFile]:
+    """The rows of ``source.csv_path`` (relative to ``root``, or absolute): path, label and is_valid cells."""
+    table = Path(source.csv_path).expanduser()
+    table = table if table.is_absolute() else root / table
+    if not table.is_file():
+        raise FileNotFoundError(f"data.csv_path={source.csv_path!r}: {table} is not a file; the path is relative to "
+                                "data.root (or absolute): point data.csv_path at the table of labels")
+    # utf-8-sig: a table saved by Excel starts with a byte-order mark that would stick to the first column name.
+    with table.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=source.delimiter)
+        columns = reader.fieldnames or []
+        for key in ("path_column", "label_column", "valid_column"):
+            name = getattr(source, key)
+            if name is not None and name not in columns:
+                raise ValueError(
+                    f"data.{key}={name!r} is not a column of {table} (its columns: {', '.join(columns) or 'none'}, "
+                    f"split at data.csv_delimiter={source.csv_delimiter!r}); set data.{key} to one of them"
+                )
+        rows = []
+        for line, row in enumerate(reader, start=2):  # line 1 is the header
+            where = f"{table.name} line {line}"
+            name = (row[source.path_column] or "").strip()
+            if not name:
+                raise ValueError(f"{where}: the {source.path_column!r} cell is empty; expected the image's path "
+                                 "relative to data.root. Fill it in or delete the row")
+            label = (row[source.label_column] or "").strip()
+            rows.append(LabelledFile(root / name, label, where,
+                                     _is_valid(row[source.valid_column], where, source) if source.valid_column else None))
+    if not rows:
+        raise ValueError(f"{table} has a header but no rows; add one row per image: {source.path_column},{source.label_column}")
+    seen: dict[Path, str] = {}
+    for row in rows:
+        if row.path in seen:
+            raise ValueError(f"{row.where}: {row.path.relative_to(root).as_posix()!r} is also on {seen[row.path]}; an "
+                             "image has one row (for several labels use data.label_delim); delete one of them")
+        seen[row.path] = row.where
+    return rows
+
+
+def _is_valid(cell: str | None, where: str, source: LabelSource) -> bool:
+    value = (cell or "").strip().lower()
+    if value in VALID_TRUE + VALID_FALSE:
+        return value in VALID_TRUE
+    raise ValueError(f"{where}: {source.valid_column}={cell!r}; expected true/false or 1/0 (validation image or not). "
+                     f"Fix the cell, or set data.valid_column=null to split at random with data.valid_pct")
+
+
+def label_file_names(root: Path, pattern: str, scan: FileScan | None = None) -> list[LabelledFile]:
+    """Every image below ``root`` labelled by group 1 of ``re.search(pattern, relative path)``.
+
+    Files it does not match (or where group 1 is empty) are left out with a warning and, with
+    ``scan``, listed in ``scan.bad`` (so in ``bad_files.csv``): never dropped silently.
+    """
+    regex = re.compile(pattern)
+    if scan is not None:
+        scan.note_unlisted(root)
+    rows, unmatched = [], []
+    for path in list_images(root):
+        relative = path.relative_to(root).as_posix()
+        match = regex.search(relative)
+        if match is None or not match.group(1):
+            unmatched.append(BadFile(path, "no label", f"data.pattern {pattern!r} does not match {relative!r}",
+                                     ignored=True))
+        else:
+            rows.append(LabelledFile(path, match.group(1), relative))
+    if unmatched:
+        log.warning("left out %d file(s) under %s whose path data.pattern=%r does not match, e.g. %s%s", len(unmatched),
+                    root, pattern, unmatched[0].path.relative_to(root).as_posix(),
+                    " (listed in bad_files.csv)" if scan is not None else "")
+        if scan is not None:
+            scan.bad += unmatched
+    if not unmatched and not rows:
+        raise ValueError(f"no images under data.root={str(root)!r}; expected files ending in "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+    if not rows:
+        raise ValueError(f"data.pattern={pattern!r} matches none of the image paths under data.root={str(root)!r}, "
+                         f"e.g. {unmatched[0].path.relative_to(root).as_posix()!r}; group 1 must capture the label "
+                         r"from the path relative to data.root, e.g. '([^/]+)_\d+\.jpg$'")
+    return rows
+
+
+def _split_label(row: LabelledFile, label_delim: str | None) -> tuple[str, ...]:
+    if label_delim is None:
+        if not row.label:
+            raise ValueError(f"{row.where}: the label is empty; expected a class name. Fill it in or delete the row")
+        return (row.label,)
+    # An empty multi-label cell is an image with none of the labels (fastai's empty MultiCategory).
+    return tuple(sorted({name.strip() for name in row.label.split(label_delim) if name.strip()}))
+
+
+def _index_rows(rows: list[LabelledFile], source: LabelSource, valid_pct: float, seed: int, root: Path) -> FolderIndex:
+    """Classes (sorted names) and the split of labelled, readable files."""
+    if not rows:
+        raise ValueError(f"no readable images among the files labelled by data.labels={source.labels} under "
+                         f"data.root={str(root)!r}; see bad_files.csv for why each was left out")
+    names = {row.path: _split_label(row, source.label_delim) for row in rows}
+    classes = sorted({name for labels in names.values() for name in labels})
+    if len(classes) < 2:
+        raise ValueError(f"data.labels={source.labels} gives {len(classes)} class(es) ({', '.join(classes)}); a "
+                         "classifier needs at least two: check data.label_column / data.pattern")
+    index = {name: i for i, name in enumerate(classes)}
+
+    def sample(row: LabelledFile) -> Sample:
+        labels = tuple(index[name] for name in names[row.path])
+        return Sample(row.path, labels if source.multi_label else labels[0])
+
+    if source.valid_column is not None:
+        train = [sample(r) for r in rows if not r.is_valid]
+        valid = [sample(r) for r in rows if r.is_valid]
+    else:
+        split = random_split if source.multi_label else stratified_split
+        train, valid = split([sample(r) for r in rows], valid_pct, seed)
+    trained = {i for s in train for i in (s.label if isinstance(s.label, tuple) else (s.label,))}
+    untrained = [c for i, c in enumerate(classes) if i not in trained]
+    if untrained:
+        fix = (f"mark some of their rows as training in the {source.valid_column!r} column" if source.valid_column
+               else "change seed or data.valid_pct")
+        raise ValueError(f"label(s) {', '.join(untrained)} have no training image, only validation ones, so the model "
+                         f"cannot learn them; add training images of them, or {fix}")
+    return FolderIndex(source.labels, classes, sorted(train, key=lambda s: str(s.path)),
+                       sorted(valid, key=lambda s: str(s.path)))
