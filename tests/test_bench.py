@@ -30,9 +30,10 @@ def test_smoke_benchmark_writes_table_and_json(tmp_path):
         == result["settings"]
     assert result["settings"]["training_images"] == 3 * (12 - round(0.2 * 12))
     assert result["machine"]["cores"] >= 1 and result["versions"]["torch"]
-    for phase in ("floor", "data"):
-        assert result[phase]["images_per_s"] > 0 and result[phase]["images"] > 0
-    assert result["floor"]["images"] == 2 * 8  # bench.steps batches of data.batch_size
+    floor = result["floor"]
+    assert floor["images_per_s"] == pytest.approx((floor["before"]["images_per_s"] + floor["after"]["images_per_s"]) / 2)
+    assert floor["before"]["images"] == floor["after"]["images"] == 2 * 8  # bench.steps batches of data.batch_size
+    assert result["data"]["images_per_s"] > 0
     assert result["data"]["images"] == 2 * 8  # bench.data_batches
     train = result["train"]
     assert train["images_per_s"] > 0 and train["epoch_s"] > 0 and train["val_s"] > 0 and train["batches"] == 3

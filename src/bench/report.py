@@ -26,7 +26,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"pillow {v['pillow']}",
         "",
         f"{'':34}{'images/s':>10}",
-        f"{'Floor: bare PyTorch loop':34}{_number(result['floor']['images_per_s']):>10}",
+        f"{'Floor: bare PyTorch loop':34}{_number(result['floor']['images_per_s']):>10}"
+        f"   mean of {_number(result['floor']['before']['images_per_s'])} before and "
+        f"{_number(result['floor']['after']['images_per_s'])} after Train",
         f"{'Data: pipeline, one worker':34}{_number(result['data']['images_per_s']):>10}",
         f"{'Train: src.train fit':34}{_number(train['images_per_s']):>10}"
         f"   epoch {_number(train['epoch_s'])} s for {train['batches']} batches, validation {_number(train['val_s'])} s apart",

@@ -4,8 +4,10 @@ fastai v1 applies to training images: a random crop, a horizontal flip (p=0.5), 
 probability ``p_affine`` each of a rotation (up to ``max_rotate`` degrees), a zoom (1 to
 ``max_zoom``) and a perspective warp (``max_warp``), then with probability ``p_lighting`` each of
 a brightness and a contrast change (``max_lighting``). Validation images are only resized and
-centre-cropped. Differences: torchvision fills uncovered corners with black where fastai
-reflects, and the brightness/contrast factors are multiplicative in [1-m, 1+m].
+centre-cropped. Rotation, zoom and warp are applied as one resampling and lighting with the
+tensor conversion (:mod:`src.data.fused_augment`), as fastai composes them. Differences:
+uncovered corners are black where fastai reflects, and the brightness/contrast factors are
+multiplicative in [1-m, 1+m] (torchvision's ColorJitter).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 from torchvision.transforms import v2
+
+from src.data.fused_augment import LightingToTensor, RandomWarp
 
 RESIZE_METHODS = ("crop", "squish", "pad")
 INTERPOLATIONS = {
@@ -62,19 +66,14 @@ class TrainTransform(v2.Compose):
     ) -> None:
         if max_zoom < 1.0:
             raise ValueError(f"data.augment.max_zoom must be >= 1.0 (1.0 = no zoom), got {max_zoom}")
-        steps: list[v2.Transform] = [*_resize(size, resize_method, interpolation), v2.RandomCrop(size, pad_if_needed=True)]
+        steps: list = [*_resize(size, resize_method, interpolation), v2.RandomCrop(size, pad_if_needed=True)]
         if do_flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
-        if max_rotate > 0:
-            steps.append(v2.RandomApply([v2.RandomRotation(max_rotate)], p=p_affine))
-        if max_zoom > 1.0:
-            steps.append(v2.RandomApply([v2.RandomAffine(degrees=0.0, scale=(1.0, max_zoom))], p=p_affine))
-        if max_warp > 0:
-            steps.append(v2.RandomApply([v2.RandomPerspective(distortion_scale=max_warp, p=1.0)], p=p_affine))
-        if max_lighting > 0:
-            steps.append(v2.RandomApply([v2.ColorJitter(brightness=max_lighting)], p=p_lighting))
-            steps.append(v2.RandomApply([v2.ColorJitter(contrast=max_lighting)], p=p_lighting))
-        super().__init__([*steps, *_to_normalized_tensor(mean, std)])
+        if max_rotate > 0 or max_zoom > 1.0 or max_warp > 0:
+            # rotation, zoom and warp in one resampling (src/data/fused_augment.py)
+            steps.append(RandomWarp(max_rotate, max_zoom, max_warp, p=p_affine))
+        steps.append(LightingToTensor(mean, std, max_lighting, p=p_lighting))
+        super().__init__(steps)
         self.size = size
 
 
