@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
@@ -35,3 +36,14 @@ def test_run_records_its_speed_and_the_settings_that_ran(tiny_cfg):
     loaded = load_classifier(run / "checkpoints/last.ckpt")
     images = torch.randn(2, 3, 32, 32)
     assert loaded.net(images).shape == (2, 3)
+
+
+@pytest.mark.slow  # compiling ResNet18 takes about a minute on 2 cores, per stage and for validation
+def test_compiled_network_trains_and_saves_plain_parameter_names(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.model.compile = True
+        del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch
+    metrics = train(tiny_cfg)
+    assert 0.0 <= metrics["val/error_rate"] <= 1.0
+    state = torch.load(Path(tiny_cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert "net.backbone.0.weight" in state and not any("_orig_mod" in key for key in state)
