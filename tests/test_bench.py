@@ -67,3 +67,35 @@ def test_variant_names_round_trip(variant, expected):
 def test_unknown_variant_flag_is_named():
     with pytest.raises(ValueError, match=r"'32-true\+nhwc'.*PRECISION\[\+channels_last\]"):
         parse_variant("32-true+nhwc")
+
+
+def _write_idx(path: Path, array) -> None:
+    import gzip
+    import struct
+
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.tobytes())
+
+
+def test_benchmark_folders_are_written_at_photo_size(tmp_path):
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("make_folder", PROJECT_ROOT / "scripts/make_fashion_mnist_folder.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    source = tmp_path / "idx"
+    source.mkdir()
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    _write_idx(source / "train-images-idx3-ubyte.gz", images)
+    _write_idx(source / "train-labels-idx1-ubyte.gz", np.array([0, 1, 0, 1, 0, 9], dtype=np.uint8))
+
+    counts = script.write_image_folder(source, tmp_path / "out", per_class=2, image_size=400, image_format="jpeg")
+    assert counts["t-shirt_top"] == 2 and counts["trouser"] == 2 and counts["ankle_boot"] == 1
+    written = sorted((tmp_path / "out" / "trouser").iterdir())
+    assert [p.name for p in written] == ["train_00001.jpg", "train_00003.jpg"]
+    with Image.open(written[0]) as image:
+        assert image.format == "JPEG" and image.size == (400, 400)
