@@ -121,7 +121,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         "machine": machine(),
         "versions": versions(),
         "settings": settings,
-        "data": {**data.as_dict(), "images_per_s_per_worker": data.images_per_s},
+        "data": data.as_dict(),  # one worker's
         "floor": {"images_per_s": floor_mean, "before": floor_before.as_dict(), "after": floor_after.as_dict()},
         "train": {
             "images_per_s": train_speed,
