@@ -11,11 +11,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
+from src.hardware import device_type
 from src.optim.stages import LearningRate
 from src.tuning.lr_find import find_lr, plot_lr_find
 
@@ -32,11 +32,10 @@ def lr_find(cfg: DictConfig, stage_index: int = 0) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
     with open_dict(cfg):
-        cfg.model.classes = datamodule.classes
-        cfg.model.multi_label = datamodule.multi_label
+        cfg.model.merge_with(datamodule.model_fields())
     model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
     datamodule.setup("fit")
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    device = device_type(cfg.trainer.accelerator)
     settings = cfg.lr_finder
     result = find_lr(
         model, datamodule.train_dataloader(), stage_index=stage_index, device=device,

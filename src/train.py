@@ -67,8 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     schedule = instantiate(cfg.schedule)
     with open_dict(cfg):
-        cfg.model.classes = datamodule.classes  # the one source of the class list and count
-        cfg.model.multi_label = datamodule.multi_label
+        cfg.model.merge_with(datamodule.model_fields())  # the one source of the class list and count
         # config.yaml and the checkpoint record the precision that ran, not `auto`
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     write_resolved_config(output_dir / "config.yaml", cfg)

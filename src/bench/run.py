@@ -44,11 +44,11 @@ def variant_name(precision: str, channels_last: bool, compile: bool) -> str:
     return "+".join([str(precision), *(["channels_last"] if channels_last else []), *(["compile"] if compile else [])])
 
 
-def _fresh_module(cfg: DictConfig, classes: list[str], multi_label: bool):
+def _fresh_module(cfg: DictConfig, data_fields: dict):
+    """A newly built LightningModule of ``cfg.model``, with what it takes from the data (``data_fields``)."""
     model_cfg = copy.deepcopy(cfg.model)
     with open_dict(model_cfg):
-        model_cfg.classes = classes
-        model_cfg.multi_label = multi_label
+        model_cfg.merge_with(data_fields)
     return instantiate(model_cfg, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
 
 
@@ -90,12 +90,11 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    classes = datamodule.classes
     settings = {
         "case": bench.case, "backbone": cfg.model.backbone.name, "weights": cfg.model.backbone.weights,
         "size": size, "batch_size": batch_size, "precision": precision, "channels_last": channels_last,
         "compile": compile_net, "num_workers": datamodule.num_workers, "device": device,
-        "data_root": str(datamodule.root), "training_images": len(datamodule.index.train), "classes": len(classes),
+        "data_root": str(datamodule.root), "training_images": len(datamodule.index.train), "classes": datamodule.num_classes,
         "warmup_steps": bench.warmup_steps, "steps": bench.steps,
     }
     log.info("bench: data pipeline, %d batches", bench.data_batches)
@@ -105,7 +104,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
 
     def measure_floor(when: str) -> Speed:
         log.info("bench: floor %s the training run, %s", when, variant_name(precision, channels_last, compile_net))
-        return floor_speed(_fresh_module(cfg, classes, datamodule.multi_label), batch_size, size, precision,
+        return floor_speed(_fresh_module(cfg, datamodule.model_fields()), batch_size, size, precision,
                            torch_device, channels_last=channels_last, compile=compile_net,
                            warmup=bench.warmup_steps, steps=bench.steps)
 
@@ -144,7 +143,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
                             "met": ratios["data_over_train"] is not None
                             and ratios["data_over_train"] >= DATA_OVER_TRAIN_TARGET},
     }
-    result["variants"] = _floor_variants(cfg, classes, datamodule.multi_label, torch_device, floor_mean,
+    result["variants"] = _floor_variants(cfg, datamodule.model_fields(), torch_device, floor_mean,
                                          variant_name(precision, channels_last, compile_net))
     result["accuracy"] = _accuracy_check(cfg, output_dir, precision)
     write_json(Path(bench.output), result)
@@ -154,14 +153,14 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _floor_variants(
-    cfg: DictConfig, classes: list[str], multi_label: bool, device: torch.device, default_speed: float, default_name: str
+    cfg: DictConfig, data_fields: dict, device: torch.device, default_speed: float, default_name: str
 ) -> list[dict]:
     variants = []
     for entry in cfg.bench.variants or []:
         options = parse_variant(entry)
         name = variant_name(**options)
         log.info("bench: floor variant %s", name)
-        speed = floor_speed(_fresh_module(cfg, classes, multi_label), cfg.data.batch_size, cfg.data.size, device=device,
+        speed = floor_speed(_fresh_module(cfg, data_fields), cfg.data.batch_size, cfg.data.size, device=device,
                             warmup=1, steps=cfg.bench.variant_steps, **options)
         variants.append({"name": name, "default": name == default_name, **speed.as_dict(),
                          "vs_default": speed.images_per_s / default_speed})

@@ -158,6 +158,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Several labels per image (``label_delim`` set): the model trains with BCE instead of softmax."""
         return self.label_source.multi_label
 
+    def model_fields(self) -> dict:
+        """What the model config takes from the data (``model.classes``, ``model.multi_label``): the
+        one place it comes from, for every entry point that builds a model from a config."""
+        return {"classes": self.classes, "multi_label": self.multi_label}
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
