@@ -77,8 +77,7 @@ def check_labels(data: DictConfig) -> list[Problem]:
     source = LabelSource(**{key: data.get(key, getattr(LabelSource, key)) for key in keys})
     problems = [Problem(*problem) for problem in source.problems()]
     if not problems and source.labels == "csv" and data.get("root") is not None:
-        table = Path(source.csv_path).expanduser()
-        table = table if table.is_absolute() else Path(str(data.root)).expanduser() / table
+        table = source.table_path(Path(str(data.root)))
         if not table.is_file():
             problems.append(Problem("data.csv_path", source.csv_path, f"a table of labels ({table} is not a file)",
                                     "the path is relative to data.root: fix it or give an absolute path"))

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from src.data.dataset import ImageDataset
-from src.data.image_files import Sample, list_images
+from src.data.image_files import Sample, list_images, relative_posix
 from src.data.scan import FileScan
 from src.data.split import label_text
 from src.config_checks import check_inference_config
@@ -89,10 +89,6 @@ def folder_samples(root: Path, classes: list[str], scan: FileScan | None = None)
     return samples, unknown
 
 
-def _shown(path: Path, root: Path) -> str:
-    return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
-
-
 def _write_multi_label_predictions_csv(
     path: Path, samples: list[Sample], interpretation: MultiLabelInterpretation, root: Path, label_delim: str
 ) -> None:
@@ -104,7 +100,7 @@ def _write_multi_label_predictions_csv(
         for sample, probs, predicted, loss in zip(samples, interpretation.probabilities, interpretation.predicted,
                                                   interpretation.losses.tolist()):
             indices = predicted.nonzero().flatten().tolist()
-            writer.writerow([_shown(sample.path, root), label_text(sample.label, classes, label_delim),
+            writer.writerow([relative_posix(sample.path, root), label_text(sample.label, classes, label_delim),
                              label_text(tuple(indices), classes, label_delim),
                              label_delim.join(f"{float(probs[i]):.6f}" for i in indices), f"{loss:.6f}"])
 
@@ -117,7 +113,7 @@ def _write_predictions_csv(path: Path, samples: list[Sample], interpretation: In
         for sample, prediction, probs, loss in zip(
             samples, interpretation.predictions.tolist(), probabilities, interpretation.losses.tolist()
         ):
-            writer.writerow([_shown(sample.path, root), classes[sample.label], classes[prediction],
+            writer.writerow([relative_posix(sample.path, root), classes[sample.label], classes[prediction],
                              f"{float(probs[prediction]):.6f}", f"{loss:.6f}"])
 
 

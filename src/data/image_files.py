@@ -33,6 +33,11 @@ class Sample:
     label: int | tuple[int, ...]
 
 
+def relative_posix(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` with ``/`` separators, or whole where it is not below ``root``."""
+    return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
+
+
 def is_image_file(path: Path) -> bool:
     """An image by name: a known extension in any case, and not hidden (``.DS_Store``, ``._x.jpg``)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")

@@ -98,6 +98,11 @@ class LabelSource:
             found.append(("data.csv_delimiter", self.csv_delimiter, "one character", "',' for CSV, '\\t' for TSV"))
         return found
 
+    def table_path(self, root: Path) -> Path:
+        """``csv_path``: absolute, or relative to ``root``."""
+        table = Path(self.csv_path).expanduser()
+        return table if table.is_absolute() else Path(root).expanduser() / table
+
     def check(self) -> None:
         problems = self.problems()
         if problems:
@@ -178,8 +183,7 @@ class LabelledFile:
 
 def read_label_table(root: Path, source: LabelSource) -> list[LabelledFile]:
     """The rows of ``source.csv_path`` (relative to ``root``, or absolute): path, label and is_valid cells."""
-    table = Path(source.csv_path).expanduser()
-    table = table if table.is_absolute() else root / table
+    table = source.table_path(root)
     if not table.is_file():
         raise FileNotFoundError(f"data.csv_path={source.csv_path!r}: {table} is not a file; the path is relative to "
                                 "data.root (or absolute): point data.csv_path at the table of labels")

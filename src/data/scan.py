@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from src.data.image_files import MAX_IMAGE_PIXELS, UNREADABLE_IMAGE_ERRORS, is_image_file
+from src.data.image_files import MAX_IMAGE_PIXELS, UNREADABLE_IMAGE_ERRORS, is_image_file, relative_posix
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,5 @@ class FileScan:
             writer = csv.writer(f)
             writer.writerow(["path", "reason"])
             for bad in sorted(self.bad, key=lambda b: str(b.path)):
-                shown = bad.path.relative_to(root) if bad.path.is_relative_to(root) else bad.path
-                writer.writerow([shown.as_posix(), f"{bad.kind}: {bad.reason}"])
+                writer.writerow([relative_posix(bad.path, root), f"{bad.kind}: {bad.reason}"])
         tmp.replace(path)

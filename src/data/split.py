@@ -8,7 +8,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.data.image_files import Sample
+from src.data.image_files import Sample, relative_posix
+
+
+def _check_valid_pct(valid_pct: float) -> None:
+    if not 0.0 < valid_pct < 1.0:
+        raise ValueError(f"data.valid_pct must be between 0 and 1 (exclusive), got {valid_pct}")
+
+
+def _validation_count(n: int, valid_pct: float) -> int:
+    """``round(valid_pct * n)``, at least one and at most ``n - 1`` (none of a single image)."""
+    return 0 if n < 2 else min(n - 1, max(1, round(valid_pct * n)))
 
 
 def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -17,8 +27,7 @@ def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> 
     Every class with at least two images is in validation and keeps one for training. The result
     depends only on the sorted samples and ``seed``, not on the order the file system lists files.
     """
-    if not 0.0 < valid_pct < 1.0:
-        raise ValueError(f"data.valid_pct must be between 0 and 1 (exclusive), got {valid_pct}")
+    _check_valid_pct(valid_pct)
     by_label: dict[int, list[Sample]] = defaultdict(list)
     for sample in sorted(samples, key=lambda s: (s.label, str(s.path))):
         by_label[sample.label].append(sample)
@@ -27,7 +36,7 @@ def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> 
     for label in sorted(by_label):
         items = by_label[label]
         rng.shuffle(items)
-        n_valid = 0 if len(items) < 2 else min(len(items) - 1, max(1, round(valid_pct * len(items))))
+        n_valid = _validation_count(len(items), valid_pct)
         valid += items[:n_valid]
         train += items[n_valid:]
     return train, valid
@@ -39,11 +48,10 @@ def random_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> tupl
     The split for multi-label samples: an image has several labels, so there is no class to
     stratify by (fastai's ``RandomSplitter`` too). Depends only on the sorted samples and ``seed``.
     """
-    if not 0.0 < valid_pct < 1.0:
-        raise ValueError(f"data.valid_pct must be between 0 and 1 (exclusive), got {valid_pct}")
+    _check_valid_pct(valid_pct)
     items = sorted(samples, key=lambda s: str(s.path))
     random.Random(seed).shuffle(items)
-    n_valid = 0 if len(items) < 2 else min(len(items) - 1, max(1, round(valid_pct * len(items))))
+    n_valid = _validation_count(len(items), valid_pct)
     return items[n_valid:], items[:n_valid]
 
 
@@ -69,9 +77,6 @@ def write_split_csv(
         writer.writerow(["path", "label", "subset"])
         for subset, samples in subsets.items():
             for sample in samples:
-                try:
-                    shown = sample.path.relative_to(root)
-                except ValueError:
-                    shown = sample.path
-                writer.writerow([shown.as_posix(), label_text(sample.label, classes, label_delim), subset])
+                writer.writerow([relative_posix(sample.path, root), label_text(sample.label, classes, label_delim),
+                                 subset])
     tmp.replace(path)
