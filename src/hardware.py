@@ -34,6 +34,12 @@ def device_type(accelerator: str) -> str:
     return "cpu"
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for a CUDA device's queued work (a timer reads the CPU clock); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def has_native_bf16(device: str) -> bool:
     """Whether ``device`` ('cuda' or 'cpu') computes bf16 in hardware rather than emulating it."""
     if device == "cuda":

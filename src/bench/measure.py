@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from src.callbacks.staged_finetuning import StagedFineTuning
+from src.hardware import synchronize
 from src.models.classifier_module import ImageClassifierModule
 from src.optim.param_groups import layer_group_param_groups
 
@@ -45,20 +46,15 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(step: Callable[[], None], warmup: int, steps: int, images_per_step: int, device: torch.device) -> Speed:
     start = time.perf_counter()
     for _ in range(warmup):
         step()
-    _synchronize(device)
+    synchronize(device)
     measured = time.perf_counter()
     for _ in range(steps):
         step()
-    _synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - measured
     return Speed(images_per_step * steps / seconds, images_per_step * steps, seconds, measured - start)
 

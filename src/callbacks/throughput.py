@@ -12,12 +12,8 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 
-
-def _synchronize(module: L.LightningModule) -> None:
-    if module.device.type == "cuda":
-        torch.cuda.synchronize(module.device)
+from src.hardware import synchronize
 
 
 class TrainThroughput(L.Callback):
@@ -43,14 +39,14 @@ class TrainThroughput(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if batch_idx == self.warmup_steps:
-            _synchronize(pl_module)
+            synchronize(pl_module.device)
             self.window_start = time.perf_counter()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if batch_idx + 1 == trainer.num_training_batches:  # the window's end: wait for the GPU once
-            _synchronize(pl_module)
+            synchronize(pl_module.device)
         self.last_batch_end = time.perf_counter()
         if self.window_start is not None:
             self.window_images += len(batch[0])
@@ -61,7 +57,7 @@ class TrainThroughput(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and self.val_start is not None:
-            _synchronize(pl_module)
+            synchronize(pl_module.device)
             self.val_seconds = time.perf_counter() - self.val_start
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
