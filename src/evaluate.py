@@ -156,8 +156,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
 
     threshold = loaded.threshold if cfg.get("threshold") is None else cfg.threshold
-    predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta,
-                          multi_label=loaded.multi_label, threshold=threshold)
+    predictor = Predictor.from_loaded(loaded, device=cfg.device, tta=cfg.tta, threshold=threshold,
+                                      precision=cfg.get("precision"))
     # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
     dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False,
                            num_labels=len(loaded.classes) if loaded.multi_label else None,
@@ -171,6 +171,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "images": len(samples),
         "bad_files": len(scan.unreadable),
         "tta": bool(cfg.tta),
+        "precision": predictor.precision,
         "unknown_labels": dict(sorted(unknown.items())),
     }
     if loaded.multi_label:
@@ -181,7 +182,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         _write_multi_label_predictions_csv(output_dir / "predictions.csv", samples, multi, root, loaded.label_delim)
         log.info("%s: error_rate %.4f (1 - accuracy_thresh), fbeta %.4f on %d images", source, metrics["error_rate"],
                  metrics["fbeta"], len(samples))
-        return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir)}
+        return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir),
+                "precision": predictor.precision}
 
     interpretation = Interpretation(loaded.classes, log_probs, targets)
     metrics = interpretation.metrics()
@@ -203,7 +205,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         figure.savefig(output_dir / name, dpi=100)
         plt.close(figure)
     log.info("%s: error_rate %.4f on %d images", source, metrics["error_rate"], len(samples))
-    return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir)}
+    return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir),
+            "precision": predictor.precision}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -215,7 +218,7 @@ def main(cfg: DictConfig) -> float:
               + ", ".join(f"{label} ({n} images)" for label, n in sorted(metrics["unknown_labels"].items())))
     print(f"error_rate: {metrics['error_rate']:.4f}  accuracy: {metrics['accuracy']:.4f}  "
           f"loss: {metrics['loss']:.4f}" + (f"  fbeta: {metrics['fbeta']:.4f}" if "fbeta" in metrics else "")
-          + f"  ({metrics['images']} images)")
+          + f"  ({metrics['images']} images, precision {metrics['precision']})")
     return metrics["error_rate"]
 
 

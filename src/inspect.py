@@ -29,6 +29,8 @@ from src.data.split import label_text
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.models.components.timm_body import TimmBody
+from src.hardware import FULL_PRECISION, normalize_precision
+from src.inference.precision_net import PrecisionNet
 from src.models.loading import eval_transform_for, load_classifier
 from src.visualize.cam import cam_figure, grad_cam
 from src.visualize.features import RESNET_BODY_NAMES, features_figure, stage_outputs
@@ -50,6 +52,8 @@ class Subject:
     data_config: DictConfig
     state: str  # which stage's frozen set the summary shows, in words
     trained: bool
+    precision: str = FULL_PRECISION  # what the predictions (Grad-CAM, top losses) run at
+    channels_last: bool = False
 
 
 def build_net(model_config: DictConfig, num_classes: int) -> ImageClassifier:
@@ -84,12 +88,15 @@ def load_subject(cfg: DictConfig, classes: list[str] | None = None) -> Subject:
         schedule = loaded.config.schedule
         state = freeze_for_stage(loaded.net, schedule, len(schedule.stages) - 1,
                                  f"(the last stage of the run that wrote {cfg.ckpt_path})")
-        return Subject(loaded.net, loaded.classes, loaded.config.data, state, trained=True)
+        precision = loaded.precision_on(torch.device("cpu"), cfg.get("precision"))
+        return Subject(loaded.net, loaded.classes, loaded.config.data, state, trained=True, precision=precision,
+                       channels_last=loaded.channels_last_at(precision))
     if classes is None:
         classes = instantiate(cfg.data, split_csv=None).classes
     net = build_net(cfg.model, len(classes))
     state = freeze_for_stage(net, cfg.schedule, 0, "(before training: the first stage of schedule.stages)")
-    return Subject(net, classes, cfg.data, state, trained=False)
+    precision = normalize_precision(cfg.get("precision") or FULL_PRECISION)
+    return Subject(net, classes, cfg.data, state, trained=False, precision=precision)
 
 
 def model_summary(subject: Subject) -> str:
@@ -146,7 +153,7 @@ def _cam_layer(net: ImageClassifier, name: str | None) -> tuple[str, torch.nn.Mo
     return name, layers[name]
 
 
-def _top_losses(net: ImageClassifier, datamodule: ImageFolderDataModule, count: int) -> list[tuple[int, float]]:
+def _top_losses(net: torch.nn.Module, datamodule: ImageFolderDataModule, count: int) -> list[tuple[int, float]]:
     """(validation index, loss) of the ``count`` validation images the network gets most wrong."""
     losses = []
     with torch.no_grad():
@@ -201,6 +208,9 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     paths["pooling"] = _save(pooling_figure(net, image, classes), output_dir / "pooling.png")
 
     cam_name, layer = _cam_layer(net, cfg.cam_layer)
+    # The predictions from here on run as the network trained (autocast, memory format), so the
+    # probabilities shown are the ones src.evaluate and src.predict give.
+    net = PrecisionNet(net, subject.precision, torch.device("cpu"), subject.channels_last)
     cam, logits = grad_cam(net, layer, image)
     probability, predicted = logits.softmax(0).max(0)
     pictures, cams = [unnormalized], [cam]
@@ -219,8 +229,8 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
                 + (": the chosen image, then the top losses (predicted / actual, loss / probability)"
                    if len(pictures) > 1 else ""))
     paths["cam"] = _save(cam_figure(pictures, cams, titles, suptitle), output_dir / "cam.png")
-    log.info("inspected %s on %s: %s", "checkpoint" if subject.trained else "untrained model", image_path,
-             ", ".join(str(p) for p in paths.values()))
+    log.info("inspected %s on %s at precision %s: %s", "checkpoint" if subject.trained else "untrained model",
+             image_path, subject.precision, ", ".join(str(p) for p in paths.values()))
     return paths
 
 
