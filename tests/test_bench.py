@@ -13,6 +13,9 @@ from src.bench.run import parse_variant, variant_name
 from src.hardware import resolve_precision
 from tests.conftest import PROJECT_ROOT, copy_sample
 
+# What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
+pytestmark = pytest.mark.precision
+
 
 def test_smoke_benchmark_writes_table_and_json(tmp_path):
     root = copy_sample(tmp_path / "images", classes=3, per_class=12)

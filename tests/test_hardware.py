@@ -9,6 +9,9 @@ from PIL import Image
 from src import hardware
 from src.data.image_files import load_rgb
 
+# What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
+pytestmark = pytest.mark.precision
+
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
 def test_auto_precision_is_bf16_only_on_native_bf16_hardware(monkeypatch, native, expected):

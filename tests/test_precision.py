@@ -19,6 +19,9 @@ from src.inspect import inspect_model
 from src.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 
+# What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
+pytestmark = pytest.mark.precision
+
 
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory) -> Path:
