@@ -75,8 +75,9 @@ def has_native_bf16(device: str) -> bool:
         return False
     if device == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    # torch.cpu's feature probes (oneDNN uses AMX and AVX512-BF16 for bf16 matmuls and convolutions)
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    # torch.cpu's public feature probe (oneDNN uses AMX and AVX512-BF16 for bf16 matmuls and convolutions)
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("amx_tile") or capabilities.get("avx512_bf16"))
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str | int:

@@ -25,6 +25,7 @@ def test_explicit_precision_is_kept(monkeypatch):
 
 
 def test_cpu_bf16_probe_matches_torch():
+    # the code reads torch's public torch.cpu.get_capabilities(); torch's private probes must agree
     expected = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     assert hardware.has_native_bf16("cpu") == expected
 

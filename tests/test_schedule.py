@@ -69,6 +69,23 @@ def test_param_groups_split_decay_and_keep_every_parameter_once():
     assert [len(g["params"]) for g in groups] == [1, 1, 1, 3]  # weight | bias | weight | bn w, bn b, bias
 
 
+def test_every_batch_norm_of_torch_is_recognised_without_its_private_base():
+    # BATCH_NORMS replaces torch's private _BatchNorm base: every concrete subclass torch.nn has
+    # must be one of them, or (a lazy one) become one on its first forward.
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from src.optim.param_groups import BATCH_NORMS
+
+    subclasses = [c for c in vars(torch.nn).values() if isinstance(c, type) and issubclass(c, _BatchNorm)]
+    assert len(subclasses) >= 7  # BatchNorm1d/2d/3d, their Lazy versions, SyncBatchNorm
+    for cls in subclasses:
+        assert issubclass(getattr(cls, "cls_to_become", None) or cls, BATCH_NORMS), cls
+    lazy = torch.nn.LazyBatchNorm2d()
+    lazy(torch.randn(2, 3, 4, 4))
+    groups = layer_group_param_groups([lazy], bn_weight_decay=False)
+    assert [len(g["params"]) for g in groups] == [0, 2]  # both BN parameters decay-free
+
+
 def test_staged_scheduler_restarts_the_cycle_and_moves_beta1():
     optimizer, _ = _two_layer_optimizer()
     scheduler = StagedOneCycleLR(optimizer, stage_steps=[10, 10], stage_lrs=[[1e-3, 1e-2], [1e-5, 1e-4]])

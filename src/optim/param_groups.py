@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+
+# torch's public BatchNorm classes (their common base is private); the lazy ones become these on
+# their first forward, before any optimizer sees their parameters.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def layer_group_param_groups(layer_groups: Sequence[nn.Module], bn_weight_decay: bool) -> list[dict]:
@@ -21,7 +25,7 @@ def layer_group_param_groups(layer_groups: Sequence[nn.Module], bn_weight_decay:
     for index, module in enumerate(layer_groups):
         no_decay_ids = set()
         for sub in module.modules():
-            if isinstance(sub, _BatchNorm):
+            if isinstance(sub, BATCH_NORMS):
                 no_decay_ids.update(id(p) for p in sub.parameters(recurse=False))
         for name, param in module.named_parameters():
             if name.endswith("bias"):
