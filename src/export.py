@@ -1,4 +1,4 @@
-"""Export a checkpoint for serving: ``python -m src.export ckpt_path=RUN/checkpoints/best.ckpt format=onnx|torchscript``.
+"""Export a checkpoint for serving: ``python -m src.export ckpt_path=RUN/checkpoints/best.ckpt format=onnx|torch_export``.
 
 The exported model takes uint8 RGB images (N, 3, H, W), resizes them (bilinear, both sides) to
 the training size, normalises them as in training and returns class probabilities (N, classes):
@@ -6,9 +6,15 @@ softmax, or for a multi-label model an independent sigmoid per class (every clas
 ``threshold`` in ``classes.json`` is predicted).
 Feed images at the training size for the same numbers as ``src.predict``: the resize is then a
 no-op, whereas on other sizes the training transform's crop and antialiasing are not copied.
-Batch size, height and width are dynamic in the ONNX file. ``classes.json`` next to it names the
-classes in output order. TorchScript uses ``torch.jit.trace``, which torch now deprecates (a
-FutureWarning); ONNX is the format to prefer.
+Batch size, height and width are dynamic in both formats. ``classes.json`` next to it names the
+classes in output order.
+
+- ``onnx``: ``model.onnx`` for onnxruntime and other ONNX runtimes.
+- ``torch_export``: ``model.pt2``, a ``torch.export`` ExportedProgram: the graph and weights, so
+  ``torch.export.load("model.pt2").module()`` runs it with torch alone, without this project.
+
+TorchScript is not offered: ``torch.jit.trace`` is deprecated (a FutureWarning naming
+``torch.export`` as its replacement).
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from src.run_files import write_json
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2"}
+# Both exporters trace the same graph; these ranges bound the sizes it is valid for.
+MAX_BATCH = 4096
+MIN_SIDE, MAX_SIDE = 8, 8192
 
 
 class ServingModel(nn.Module):
@@ -65,8 +74,18 @@ def serving_model(ckpt_path: str | Path) -> tuple[ServingModel, list[str], int]:
     return ServingModel(loaded.net, data.size, data.mean, data.std, loaded.multi_label, loaded.threshold).eval(), loaded.classes, data.size
 
 
+def dynamic_image_shapes() -> dict[int, torch.export.Dim]:
+    """Batch size, height and width of the ``images`` input left free in the exported graph."""
+    return {0: torch.export.Dim("batch", min=1, max=MAX_BATCH),
+            2: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+            3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
+
+
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Write the serving model of ``cfg.ckpt_path`` in ``cfg.format`` and ``classes.json``; return their paths."""
+    if cfg.format == "torchscript":
+        raise ValueError("format=torchscript is no longer offered: torch deprecates torch.jit.trace; use "
+                         "format=torch_export (model.pt2, loads with torch.export.load) or format=onnx")
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r}; choose one of {', '.join(FORMATS)}")
     output_dir = Path(cfg.paths.output_dir)
@@ -79,13 +98,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         torch.onnx.export(
             model, (example,), str(path), dynamo=True, opset_version=cfg.opset,
             input_names=["images"], output_names=["probabilities"],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096),
-                                       2: torch.export.Dim("height", min=8, max=8192),
-                                       3: torch.export.Dim("width", min=8, max=8192)}},
+            dynamic_shapes={"images": dynamic_image_shapes()},
         )
     else:
-        with torch.inference_mode():
-            torch.jit.trace(model, example).save(str(path))
+        program = torch.export.export(model, (example,), dynamic_shapes={"images": dynamic_image_shapes()})
+        torch.export.save(program, str(path))
     write_json(output_dir / "classes.json", {
         "classes": classes,
         "input": f"uint8 RGB (N, 3, H, W), best at H = W = {size}",

@@ -275,14 +275,42 @@ def test_onnx_export_matches_pytorch_on_real_images(trained, tmp_path, real_imag
     assert session.run(None, {"images": larger.numpy()})[0].shape == (len(images), CLASSES)
 
 
-def test_torchscript_export_and_a_bad_format(trained, tmp_path, real_images_at_training_size):
+def test_torch_export_matches_pytorch_and_loads_without_this_project(trained, tmp_path, real_images_at_training_size):
+    import subprocess
+    import sys
+
     from src.export import export, serving_model
 
     ckpt = trained / "checkpoints" / "best.ckpt"
-    paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=torchscript"]))
-    scripted = torch.jit.load(paths["model"])
+    paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=torch_export"]))
+    assert paths["model"].endswith("model.pt2")
+    images = real_images_at_training_size
     model, _, _ = serving_model(ckpt)
     with torch.inference_mode():
-        assert torch.allclose(scripted(real_images_at_training_size), model(real_images_at_training_size), atol=1e-5)
-    with pytest.raises(ValueError, match="onnx, torchscript"):
+        expected = model(images)
+    torch.save(images, tmp_path / "images.pt")
+    # a fresh interpreter outside the repository, with `src` unimportable: torch alone runs the file
+    script = (
+        "import sys, torch; sys.modules['src'] = None\n"
+        f"program = torch.export.load({paths['model']!r}).module()\n"
+        f"images = torch.load({str(tmp_path / 'images.pt')!r})\n"
+        "with torch.inference_mode():\n"
+        "    for batch in (images, images[:1], torch.nn.functional.interpolate(images.float(), size=(40, 56)).to(torch.uint8)):\n"
+        "        torch.save(program(batch), f'{batch.shape[0]}x{batch.shape[2]}.pt')\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=300)
+    for name, rows in ((f"{len(images)}x32", len(images)), ("1x32", 1)):  # the batch size is dynamic
+        got = torch.load(tmp_path / f"{name}.pt")
+        assert got.shape == (rows, CLASSES)
+        assert (got - expected[:rows]).abs().max() < 1e-4
+    assert torch.load(tmp_path / f"{len(images)}x40.pt").shape == (len(images), CLASSES)  # resized inside
+
+
+def test_torchscript_and_unknown_formats_name_the_ones_offered(trained, tmp_path):
+    from src.export import export
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    with pytest.raises(ValueError, match="format=torchscript is no longer offered.*format=torch_export"):
+        export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=torchscript"]))
+    with pytest.raises(ValueError, match="format='tflite'; choose one of onnx, torch_export"):
         export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=tflite"]))
