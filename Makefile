@@ -3,6 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+# The torch to install when $(VENV) has none; one already there is kept, whatever its build (CUDA,
+# ROCm, CPU). Choose another: `make install TORCH="torch==2.14.1"`, or PyTorch's CPU-only build
+# elsewhere: `make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"`.
+# torch==2.13.0 is the CPU build on this project's build machines' disk (pip's find-links), 20x
+# smaller than the CUDA build the registry serves.
+TORCH ?= torch==2.13.0
+# Pinning the installed torch makes pip pick the torchvision built for it instead of replacing torch.
+KEEP_TORCH = "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')"
 
 .DEFAULT_GOAL := help
 .PHONY: help install train inspect inspect-demo test test-other-cpu test-slow tensorboard sample bench bench-data clean
@@ -12,11 +21,15 @@ help: ## Show this list
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e . $(KEEP_TORCH)
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv (if missing) and install the project with its dev tools
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(KEEP_TORCH)
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP) ## Create .venv (if missing) and install the project with its dev tools (TORCH=... picks the torch build)
 
 train: $(STAMP) ## Train the demo experiment on the committed Fashion-MNIST sample
 	$(BIN)/python -m src.train experiment=demo
@@ -27,13 +40,13 @@ inspect: $(STAMP) ## See how the demo's CNN works on its data, before training (
 inspect-demo: $(STAMP) ## The same from the latest demo checkpoint (run `make train` first)
 	$(BIN)/python -m src.inspect ckpt_path=$$(ls -td outputs/train/runs/*/ | head -1)checkpoints/best.ckpt cam_layer=layer2
 
-test: $(STAMP) ## Run the test suite (CI runs this)
+test: $(DEV_STAMP) ## Run the test suite (CI runs this)
 	$(BIN)/python -m pytest
 
 # IFC_NATIVE_BF16 makes the bf16 probe answer as the other kind of CPU: on a CPU with native bf16 the whole
 # suite runs again with `auto` = 32-true; elsewhere bf16 is emulated (10-25x slower), so only the tests
 # marked `precision` (those whose results depend on what `auto` picks) run again with `auto` = bf16-mixed.
-test-other-cpu: $(STAMP) ## Run the suite as the other kind of CPU would (native bf16 or not); CI runs it after `make test`
+test-other-cpu: $(DEV_STAMP) ## Run the suite as the other kind of CPU would (native bf16 or not); CI runs it after `make test`
 	@if $(BIN)/python -c "import sys; from src.hardware import has_native_bf16; sys.exit(not has_native_bf16('cpu'))"; then \
 		echo "this CPU has native bf16: the suite again as on a CPU without it (IFC_NATIVE_BF16=0)"; \
 		IFC_NATIVE_BF16=0 $(BIN)/python -m pytest; \
@@ -42,7 +55,7 @@ test-other-cpu: $(STAMP) ## Run the suite as the other kind of CPU would (native
 		IFC_NATIVE_BF16=1 $(BIN)/python -m pytest -m "precision and not slow"; \
 	fi
 
-test-slow: $(STAMP) ## Run the slow tests too
+test-slow: $(DEV_STAMP) ## Run the slow tests too
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 tensorboard: $(STAMP) ## Open TensorBoard on every run under outputs/
