@@ -4,14 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
-# The torch to install when $(VENV) has none; one already there is kept, whatever its build (CUDA,
-# ROCm, CPU). Choose another: `make install TORCH="torch==2.14.1"`, or PyTorch's CPU-only build
-# elsewhere: `make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"`.
-# torch==2.13.0 is the CPU build on this project's build machines' disk (pip's find-links), 20x
-# smaller than the CUDA build the registry serves.
-TORCH ?= torch==2.13.0
+# The torch and torchvision to install when $(VENV) has no torch; one already there is kept, whatever
+# its build (CUDA, ROCm, CPU), and pip adds the torchvision built for it. Choose another build:
+# `make install TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"` (CPU
+# only: 1.2 GB instead of 6). The default is the pair cached on this project's build machines.
+# A CPU torch needs a CPU torchvision: the registry's torchvision is built against CUDA torch and
+# fails at import next to a CPU torch (`operator torchvision::nms does not exist`).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 # Pinning the installed torch makes pip pick the torchvision built for it instead of replacing torch.
-KEEP_TORCH = "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')"
+TORCH_VERSION = $(BIN)/python -c "from importlib.metadata import version; print(version('torch'))"
+KEEP_TORCH = "torch==$$($(TORCH_VERSION))"
 
 .DEFAULT_GOAL := help
 .PHONY: help install train inspect inspect-demo test test-other-cpu test-slow tensorboard sample bench bench-data clean
@@ -21,8 +23,11 @@ help: ## Show this list
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(TORCH_VERSION) >/dev/null 2>&1 || $(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e . $(KEEP_TORCH)
+	@$(BIN)/python -c "import torchvision" 2>/dev/null || { echo "torchvision does not load with torch $$($(TORCH_VERSION)): \
+	install the torchvision built for that torch (a CPU torch takes torchvision from PyTorch's CPU index), e.g. \
+	make install TORCH=\"torch torchvision --index-url https://download.pytorch.org/whl/cpu\" in a new venv"; exit 1; }
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
