@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.checkpoint_io import AtomicCheckpointIO
 from src.config_checks import check_train_config
+from src.experiment_trackers import build_loggers, log_run_end
 from src.hardware import resolve_precision
 from src.lr_find import lr_find, with_max_lr
 from src.models.loading import check_resumable
@@ -83,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     schedule.check_freeze_targets(len(model.net.layer_groups()))
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, max_epochs=schedule.total_epochs,
         plugins=[AtomicCheckpointIO()],
@@ -115,6 +116,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(_hparams_for_tensorboard(cfg), metrics=metrics)
+    log_run_end(trainer.loggers, summary["final"], summary["best"], trainer.global_step)
     return {**metrics, "output_dir": str(output_dir), "skipped_during_training": skipped}
 
 

@@ -8,7 +8,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.callbacks.tensorboard_figures import log_figures, tensorboard_loggers
+from src.callbacks.tensorboard_figures import log_figures
+from src.experiment_trackers import figure_loggers
 from src.inference.predictor import run_loader
 from src.interpretation import MULTI_LABEL_SKIPPED, Interpretation
 from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
@@ -33,7 +34,7 @@ class InterpretationFigures(L.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if not tensorboard_loggers(trainer) or datamodule is None or not datamodule.datasets.get("valid"):
+        if not figure_loggers(trainer.loggers) or datamodule is None or not datamodule.datasets.get("valid"):
             return
         if getattr(pl_module, "multi_label", False):
             log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)

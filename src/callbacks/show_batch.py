@@ -7,7 +7,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.callbacks.tensorboard_figures import log_figures, tensorboard_loggers
+from src.callbacks.tensorboard_figures import log_figures
+from src.experiment_trackers import figure_loggers
 from src.visualize.show_batch import show_batch_figure
 
 
@@ -26,7 +27,7 @@ class ShowBatch(L.Callback):
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if not tensorboard_loggers(trainer) or datamodule is None:
+        if not figure_loggers(trainer.loggers) or datamodule is None:
             return
         dataset = datamodule.datasets["train"]
         generator = torch.Generator().manual_seed(self.seed)

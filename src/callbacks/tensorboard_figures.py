@@ -1,20 +1,16 @@
-"""Send matplotlib figures to every TensorBoard logger of a trainer."""
+"""Send matplotlib figures to every logger of a trainer that stores images (TensorBoard, MLflow, W&B)."""
 
 from __future__ import annotations
 
 import lightning as L
 import matplotlib.pyplot as plt
-from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-
-def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
-    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+from src.experiment_trackers import log_figure
 
 
 def log_figures(trainer: L.Trainer, figures: dict[str, Figure]) -> None:
-    """``add_figure`` each ``tag: figure`` at the current step, then free the figures."""
+    """Log each ``tag: figure`` at the current step, then free the figures."""
     for tag, figure in figures.items():
-        for logger in tensorboard_loggers(trainer):
-            logger.experiment.add_figure(tag, figure, global_step=trainer.global_step)
+        log_figure(trainer.loggers, tag, figure, trainer.global_step)
         plt.close(figure)
