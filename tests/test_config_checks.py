@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lightning import Trainer
 from omegaconf import DictConfig, open_dict
 
-from src.config_checks import ConfigError, check_train_config
+from src.config_checks import PRECISIONS, check_train_config
+from src.problems import ConfigError
 from src.train import train
 from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config
 
@@ -124,6 +128,26 @@ def test_property_freeze_to_must_name_an_existing_group(freeze_to, groups):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed", "64-true", 32, "bf16"])
 def test_lightning_precisions_pass(precision):
     check_train_config(_cfg(trainer__precision=precision), num_layer_groups=RESNET_GROUPS)
+
+
+def _trainer_refusal(precision: Any) -> str | None:
+    """Lightning's own error for ``Trainer(precision=precision)`` on the CPU, or None if it builds."""
+    try:
+        Trainer(precision=precision, accelerator="cpu", logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False)
+    except (ValueError, ModuleNotFoundError) as error:
+        return str(error)
+    return None
+
+
+def test_our_precisions_are_the_ones_lightnings_trainer_accepts():
+    refusal = _trainer_refusal("fp8")
+    assert refusal is not None and "Precision 'fp8' is invalid" in refusal
+    allowed = ast.literal_eval(refusal.split("Allowed precision values: ")[1])  # the values it lists in that refusal
+    assert {str(value) for value in allowed} == set(PRECISIONS) - {"auto"}  # auto: src.hardware resolves it first
+    for precision in set(PRECISIONS) - {"auto"}:
+        refusal = _trainer_refusal(precision)  # builds, or needs a package (transformer-engine): never "invalid"
+        assert refusal is None or "is invalid" not in refusal, (precision, refusal)
 
 
 def test_the_layer_groups_come_from_the_configured_backbone():
