@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from lightning import Trainer
 from omegaconf import DictConfig, open_dict
 
@@ -190,3 +192,20 @@ def test_evaluate_and_predict_check_their_config_first(tmp_path):
                          config_name="predict")
     with pytest.raises(ConfigError, match="batch_size=-1: expected a whole number >= 1"):
         predict(cfg)
+
+
+def test_the_components_raise_the_problems_the_check_lists(tmp_path):
+    """One rule each: building the DataModule or the schedule raises what the early check reported."""
+    cfg = _cfg(data__valid_pct=0.0, data__batch_size=0, data__size=16, data__on_bad_file="ignore",
+               paths__output_dir=str(tmp_path))
+    with open_dict(cfg):
+        cfg.schedule.stages = [{"name": "s", "epochs": 0, "lr": [1e-3, 1e-4]}]
+    listed = _problems(cfg)
+    assert list(listed) == ["data.valid_pct", "data.batch_size", "data.size", "data.on_bad_file",
+                            "schedule.stages[0].lr", "schedule.stages[0].epochs"]
+    for component, prefix in [(cfg.data, "data."), (cfg.schedule, "schedule.")]:
+        with pytest.raises(InstantiationException) as raised:  # Hydra wraps what the constructor raised
+            instantiate(component)
+        assert isinstance(raised.value.__cause__, ConfigError)
+        assert {p.key: str(p) for p in raised.value.__cause__.problems} == {
+            key: text for key, text in listed.items() if key.startswith(prefix)}
