@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[Sample], Counter]:
     """The validation rows of the run's ``split.csv`` (next to ``checkpoints/``), as samples.
 
-    A multi-label model's label cells hold class names joined by its ``data.label_delim``.
+    A multi-label model's label cells hold class names joined by its ``data.labels.label_delim``.
     """
     split_csv = ckpt_path.resolve().parent.parent / "split.csv"
     if not split_csv.is_file():

@@ -5,7 +5,7 @@ one path per line (relative paths are relative to the list's folder). The result
 the predicted class, its probability and the ``topk`` classes; a file that is not a readable
 image gets a row with the reason in ``error`` and the command exits with status 1. For a
 multi-label model the prediction is every class above ``threshold`` (the checkpoint's by default),
-names and probabilities joined by the training ``data.label_delim``.
+names and probabilities joined by the training ``data.labels.label_delim``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -146,7 +146,7 @@ def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
         "stages": " | ".join(_describe_stage(stage) for stage in cfg.schedule.stages),
         "precision": str(cfg.trainer.precision),
         "seed": cfg.get("seed"),
-        "labels": cfg.data.get("labels", "folder") + (" (multi-label)" if cfg.model.get("multi_label") else ""),
+        "labels": get_class(cfg.data.labels._target_).name + (" (multi-label)" if cfg.model.get("multi_label") else ""),
     }
 
 

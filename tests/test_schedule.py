@@ -4,6 +4,7 @@ import torch
 from src.optim.one_cycle import StagedOneCycleLR, one_cycle_value
 from src.optim.param_groups import layer_group_param_groups
 from src.optim.stages import Stage, StageSchedule, layer_group_lrs
+from src.problems import ConfigError
 
 
 def test_slice_pair_is_geometric_over_layer_groups():
@@ -19,7 +20,7 @@ def test_plain_number_is_the_same_for_every_group():
 
 
 def test_pair_in_the_wrong_order_says_how_to_write_it():
-    with pytest.raises(ValueError, match=r"wrong order.*\[0\.0001, 1e-06\]"):
+    with pytest.raises(ConfigError, match=r"lr=\[0\.0001, 1e-06\].*wrong order: write \[1e-06, 0\.0001\]"):
         layer_group_lrs([1e-4, 1e-6], 3)
 
 
@@ -30,8 +31,26 @@ def test_bad_learning_rates_are_refused(bad):
 
 
 def test_empty_stage_list_is_refused_with_an_example():
-    with pytest.raises(ValueError, match="schedule.stages is empty"):
+    with pytest.raises(ConfigError, match=r"schedule.stages=\[\]: expected at least one stage; "
+                                          r"schedule.stages is empty: add one, e.g."):
         StageSchedule([])
+
+
+def test_the_constructor_raises_every_problem_the_schedule_lists():
+    stages = [{"epochs": 0, "lr": [1e-3, 1e-4], "freeze_to": 1.5}, {"epochs": 1, "lr": "fast"}]
+    settings = dict(div_factor=0, final_div_factor=1e4, pct_start=1.0, moms=[0.9, 0.8])
+    listed = StageSchedule.problems(stages, **settings)
+    assert [p.key for p in listed] == ["schedule.stages[0].lr", "schedule.stages[0].epochs",
+                                       "schedule.stages[0].freeze_to", "schedule.stages[1].lr", "schedule.pct_start",
+                                       "schedule.div_factor", "schedule.moms"]
+    with pytest.raises(ConfigError) as raised:
+        StageSchedule(stages, **settings)
+    assert raised.value.problems == listed
+
+
+def test_a_stage_with_an_unknown_key_is_a_problem_not_a_crash():
+    problems = StageSchedule.problems([{"epoch": 1, "lr": 1e-3}], 25.0, 1e4, 0.3, [0.95, 0.85, 0.95])
+    assert [p.key for p in problems] == ["schedule.stages[0]"] and "epoch" in problems[0].fix
 
 
 def test_stage_at_epoch_and_total():
@@ -43,7 +62,8 @@ def test_stage_at_epoch_and_total():
 
 def test_freeze_target_outside_the_model_is_refused():
     schedule = StageSchedule([{"epochs": 1, "lr": 1e-3, "freeze_to": 5}])
-    with pytest.raises(ValueError, match="freeze_to=5 but the model has 3 layer groups"):
+    with pytest.raises(ConfigError, match=r"schedule.stages\[0\].freeze_to=5: expected a layer group of the model, "
+                                          r"which has 3: -2 to 2"):
         schedule.check_freeze_targets(3)
 
 

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.labels import upgrade_label_config
 from src.data.transforms import EvalTransform
 from src.hardware import inference_precision, resolve_channels_last
 from src.models.components.classifier import ImageClassifier
@@ -40,7 +41,7 @@ class LoadedClassifier:
 
     @property
     def label_delim(self) -> str | None:
-        return self.config.data.get("label_delim") if self.multi_label else None
+        return self.config.data.labels.get("label_delim") if self.multi_label else None
 
     @property
     def trained_precision(self) -> str | None:
@@ -128,6 +129,7 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     config = OmegaConf.create(hparams["run_config"])
+    upgrade_label_config(config.data)  # runs from before the data/labels config group
     classes = list(hparams["classes"])
     backbone = instantiate(config.model.backbone, weights=None)  # the checkpoint brings the weights
     net = ImageClassifier(backbone, num_classes=len(classes), **hparams["head"])
