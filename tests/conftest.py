@@ -132,3 +132,26 @@ def make_messy_folder(dest: Path) -> Path:
 @pytest.fixture
 def messy_root(tmp_path: Path) -> Path:
     return make_messy_folder(tmp_path / "messy")
+
+
+@pytest.fixture
+def started(monkeypatch) -> list[str]:
+    """What a run did before it stopped: ``image <name>`` for each image file opened, ``trainer``
+    when a Lightning Trainer was built (the test of "failed at start-up", without a clock)."""
+    import lightning as L
+    from PIL import Image
+
+    events = []
+    open_image, build_trainer = Image.open, L.Trainer.__init__
+
+    def opened(fp, *args, **kwargs):
+        events.append(f"image {Path(str(fp)).name}")
+        return open_image(fp, *args, **kwargs)
+
+    def built(self, *args, **kwargs):
+        events.append("trainer")
+        return build_trainer(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", opened)
+    monkeypatch.setattr(L.Trainer, "__init__", built)
+    return events

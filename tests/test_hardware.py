@@ -24,9 +24,31 @@ def test_explicit_precision_is_kept(monkeypatch):
     assert hardware.resolve_precision("32-true", "auto") == "32-true"
 
 
-def test_cpu_bf16_probe_matches_torch():
-    expected = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    assert hardware.has_native_bf16("cpu") == expected
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (False, False, False),  # AVX2 only (the build machine): bf16 is emulated
+    (True, False, True),  # AMX tiles (Xeon Sapphire Rapids+)
+    (False, True, True),  # AVX512-BF16 (Cooper Lake, Zen 4)
+    (True, True, True),
+])
+def test_cpu_has_native_bf16_with_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.delenv("IFC_NATIVE_BF16", raising=False)  # the probe itself, not an override from the environment
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert hardware.has_native_bf16("cpu") is expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cuda_bf16_probe_does_not_count_emulation(monkeypatch, native):
+    monkeypatch.delenv("IFC_NATIVE_BF16", raising=False)
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert hardware.has_native_bf16("cuda") is native
+    assert asked == [False]  # a pre-Ampere GPU emulates bf16: that must not count
 
 
 @pytest.mark.parametrize("value, precision, expected", [

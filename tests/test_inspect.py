@@ -168,17 +168,53 @@ def test_feature_maps_are_the_model_stage_outputs(checkpoint):
     assert torch.allclose(outputs["layer4"], features[0], atol=1e-6)
 
 
-def test_grad_cam_covers_the_image_and_is_not_constant(checkpoint):
+def test_grad_cam_on_a_trained_resnet_gives_the_logits_and_leaves_no_gradients(checkpoint):
     from src.models.loading import load_classifier
 
     net = load_classifier(checkpoint).net
     image = torch.randn(3, SIZE, SIZE)
     cam, logits = grad_cam(net, net.backbone[6], image)  # layer3
     assert cam.shape == (SIZE, SIZE)
-    assert cam.std() > 0 and cam.min() == 0 and cam.max() == pytest.approx(1.0)
     with torch.no_grad():
         assert torch.allclose(logits, net(image.unsqueeze(0))[0], atol=1e-5)
     assert all(p.grad is None for p in net.parameters())  # no gradients left behind
+
+
+class RedOrGreen(torch.nn.Module):
+    """Class 0 is "more red than green", class 1 the opposite: a 1x1 convolution picks the red and
+    the green channel, a 4x4 average pool makes an 8x8 map of a 32 px image (the layer Grad-CAM
+    reads), and the logits are the pooled red minus green and green minus red."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.colours = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1, bias=False), torch.nn.ReLU(), torch.nn.AvgPool2d(4))
+        self.head = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.colours[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))
+            self.head.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.colours(images).mean(dim=(2, 3)))
+
+
+def test_grad_cam_peaks_where_the_class_evidence_is():
+    # A red square top right (the larger: class 0 is predicted) and a green one bottom left, on
+    # whole 4x4 cells of the 8x8 map; asymmetric, so a transposed or flipped map would miss them.
+    image = torch.zeros(3, 32, 32)
+    red, green = (slice(4, 16), slice(16, 28)), (slice(20, 28), slice(4, 12))
+    image[0][red] = 1.0
+    image[1][green] = 1.0
+    net = RedOrGreen()
+    for target, evidence, other in [(0, red, green), (1, green, red), (None, red, green)]:
+        cam, logits = grad_cam(net, net.colours, image, target)
+        assert cam.shape == (32, 32)
+        row, col = divmod(int(cam.argmax()), 32)
+        assert evidence[0].start <= row < evidence[0].stop and evidence[1].start <= col < evidence[1].stop, target
+        inner = (slice(evidence[0].start + 2, evidence[0].stop - 2), slice(evidence[1].start + 2, evidence[1].stop - 2))
+        assert torch.allclose(cam[inner], torch.ones_like(cam[inner]))  # the evidence, away from its blurred edge
+        assert torch.equal(cam[other], torch.zeros_like(cam[other]))  # counter-evidence: cut by the ReLU
+        assert cam[:, :2].eq(0).all() and cam[:2].eq(0).all()  # no colour: no evidence
+    assert logits.argmax() == 0  # target None explains the predicted class, red
 
 
 def test_the_seed_edge_kernel_is_fastais():

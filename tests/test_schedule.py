@@ -108,3 +108,39 @@ def test_staged_scheduler_restarts_the_cycle_and_moves_beta1():
     resumed = StagedOneCycleLR(resumed_optimizer, stage_steps=[10, 10], stage_lrs=[[1e-3, 1e-2], [1e-5, 1e-4]])
     resumed.load_state_dict(scheduler.state_dict())
     assert resumed.get_lr() == pytest.approx(scheduler.get_lr())
+
+
+def _record(optimizer, scheduler, steps: int) -> tuple[list[list[float]], list[float]]:
+    """Each param group's learning rate and the first group's beta1 at each of ``steps`` optimizer steps."""
+    lrs, betas = [], []
+    for step in range(steps):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        betas.append(optimizer.param_groups[0]["betas"][0])
+        if step < steps - 1:
+            optimizer.step()
+            scheduler.step()
+    return lrs, betas
+
+
+def test_each_stage_is_torchs_one_cycle_lr():
+    # A stage of n steps warms up over round(pct_start * n) steps and would reach its end value at
+    # step n, fastai's count (the next stage starts there instead). torch's OneCycleLR over T steps
+    # peaks at step pct_start * T - 1 and ends at step T - 1. So a 19-step stage warming up over
+    # round(0.2 * 19) = 4 steps is torch's cycle of T = 20 with pct_start = 5 / 20, less its last step.
+    stage_lrs = [[1e-3, 1e-2], [1e-5, 1e-4]]
+    optimizer, _ = _two_layer_optimizer()
+    staged = StagedOneCycleLR(optimizer, stage_steps=[19, 19], stage_lrs=stage_lrs, div_factor=25.0,
+                              final_div_factor=1e4, pct_start=0.2, moms=(0.95, 0.85, 0.95))
+    lrs, betas = _record(optimizer, staged, 2 * 19 + 1)  # and one step past the end: the final value holds
+    for index, peaks in enumerate(stage_lrs):
+        reference_optimizer, _ = _two_layer_optimizer()
+        reference = torch.optim.lr_scheduler.OneCycleLR(
+            reference_optimizer, max_lr=[peaks[0], peaks[0], peaks[1], peaks[1]],  # two param groups per layer group
+            total_steps=20, pct_start=0.25, anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4,
+            three_phase=False, cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
+        )
+        expected_lrs, expected_betas = _record(reference_optimizer, reference, 20)
+        stage = slice(19 * index, 19 * index + 19)
+        assert lrs[stage] == [pytest.approx(row, rel=1e-9, abs=0) for row in expected_lrs[:19]], f"stage {index}"
+        assert betas[stage] == pytest.approx(expected_betas[:19], rel=1e-9, abs=0), f"stage {index}"
+    assert lrs[-1] == pytest.approx(expected_lrs[-1], rel=1e-9, abs=0) and betas[-1] == pytest.approx(0.95)

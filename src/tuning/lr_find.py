@@ -1,12 +1,13 @@
 """fastai's learning-rate finder (Leslie Smith's LR range test) on a model in one of its stages.
 
-A small loop of its own rather than Lightning's ``Tuner.lr_find``: the module's
-``configure_optimizers`` installs the staged one-cycle scheduler, which would fight the finder's
-exponential ramp. Here every layer-group parameter group gets the same learning rate, as in
-fastai's ``learn.lr_find()`` with its default scalar ``start_lr``/``end_lr``; the semantics are
-fastai's: ``lr_i = start_lr * (end_lr / start_lr) ** (i / num_steps)``, loss smoothed by an
-exponential moving average (beta 0.98) with bias correction, stop when the smoothed loss passes
-``stop_factor`` times its minimum, weights (and BatchNorm statistics) restored afterwards.
+A small loop of its own rather than Lightning's ``Tuner.lr_find`` (which swaps the module's
+schedulers for its ramp): that one keeps going through a NaN loss (NaN > 4 x best is false),
+searches only in the frozen set training starts in (not a later stage's) and suggests only the
+steepest point, not fastai's ``valley``. Here every layer-group parameter group gets the same
+learning rate, as in fastai's ``learn.lr_find()`` with its default scalar ``start_lr``/``end_lr``;
+the semantics are fastai's: ``lr_i = start_lr * (end_lr / start_lr) ** (i / num_steps)``, loss
+smoothed by an exponential moving average (beta 0.98) with bias correction, stop when the smoothed
+loss passes ``stop_factor`` times its minimum, weights (and BatchNorm statistics) restored afterwards.
 """
 
 from __future__ import annotations
