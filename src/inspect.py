@@ -29,13 +29,14 @@ from src.data.split import label_text
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.models.components.timm_body import TimmBody
+from src.models.freezing import first_trainable_group, freeze_layer_groups
 from src.models.loading import eval_transform_for, load_classifier
 from src.visualize.cam import cam_figure, grad_cam
 from src.visualize.features import RESNET_BODY_NAMES, features_figure, stage_outputs
 from src.visualize.kernels import kernels_figure
 from src.visualize.pooling import pooling_figure
 from src.visualize.show_batch import denormalize, normalized_and_denormalized_figure
-from src.visualize.summary import apply_stage_freezing, summary_table
+from src.visualize.summary import summary_table
 from src.visualize.tensor_report import tensor_report
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ def freeze_for_stage(net: ImageClassifier, schedule: DictConfig, index: int, whe
     """Apply stage ``index`` of ``schedule``'s freezing to ``net``; describe the trainable state."""
     stage = schedule.stages[index]
     freeze_to = stage.get("freeze_to", 0)
-    apply_stage_freezing(net, freeze_to, schedule.train_bn)
+    freeze_layer_groups(net.layer_groups(), freeze_to, schedule.train_bn)
     count = len(net.layer_groups())
-    frozen = freeze_to % count
+    frozen = first_trainable_group(freeze_to, count)
     if frozen == 0:
         groups = f"all {count} layer groups trainable"
     else:

@@ -14,11 +14,12 @@ from omegaconf import DictConfig, open_dict
 
 from src.callbacks.staged_finetuning import count_parameters
 from src.inspect import build_net, inspect_model, load_subject, model_summary
+from src.models.freezing import freeze_layer_groups
 from src.train import train
 from src.visualize.cam import grad_cam
 from src.visualize.features import RESNET_BODY_NAMES, SHOWN, stage_outputs
 from src.visualize.kernels import KERNELS, SEED_EDGE, convolve
-from src.visualize.summary import apply_stage_freezing, layer_rows
+from src.visualize.summary import layer_rows
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, copy_sample
 
 SIZE = 64  # layer3 is 4 x 4 and layer4 2 x 2 at 64 px: Grad-CAM has a map with detail
@@ -90,7 +91,7 @@ def test_inspect_before_training_writes_every_artefact(tmp_path, image_root):
 
     summary = paths["summary"].read_text()
     net = build_net(cfg.model, 3)
-    apply_stage_freezing(net, freeze_to=-1, train_bn=True)  # the default schedule's first stage: body frozen
+    freeze_layer_groups(net.layer_groups(), freeze_to=-1, train_bn=True)  # the default schedule's first stage: body frozen
     trainable = count_parameters(net, trainable_only=True)
     assert totals(summary) == (count_parameters(net), trainable, count_parameters(net) - trainable)
     assert "before training" in summary and "stage 1/2 'head'" in summary

@@ -25,8 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from src.callbacks.staged_finetuning import StagedFineTuning  # noqa: E402
-from src.optim.param_groups import layer_group_param_groups  # noqa: E402
+from src.models.freezing import freeze_layer_groups  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +126,8 @@ def find_lr(
     saved = copy.deepcopy(model.state_dict())
     frozen = {name: p.requires_grad for name, p in model.named_parameters()}
     model.to(device)
-    StagedFineTuning().apply_stage(model, stage_index % len(stages))
-    optimizer = model.optimizer_factory(
-        params=layer_group_param_groups(model.net.layer_groups(), model.hparams.bn_weight_decay)
-    )
+    freeze_layer_groups(model.net.layer_groups(), stages[stage_index].freeze_to, model.schedule.train_bn)
+    optimizer = model.layer_group_optimizer()
     model.train()
     lrs: list[float] = []
     losses: list[float] = []
