@@ -133,7 +133,7 @@ def test_the_layer_groups_come_from_the_configured_backbone():
 
 
 def test_unwritable_output_dir_is_refused_at_start_up(tmp_path):
-    from src.run_files import check_writable
+    from src.runs.run_files import check_writable
 
     blocked = tmp_path / "file"
     blocked.write_text("")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src import hardware
+from src.runs import hardware
 from src.data.image_files import load_rgb
 
 

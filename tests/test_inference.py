@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from src.evaluate import evaluate
-from src.interpretation import Interpretation
+from src.inference.interpretation import Interpretation
 from src.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 

@@ -26,7 +26,7 @@ from src.data.labels import FolderIndex, LabelSource, index_folder, index_labels
 from src.data.scan import FileScan
 from src.data.split import write_split_csv
 from src.data.transforms import EvalTransform, TrainTransform
-from src.hardware import resolve_num_workers
+from src.runs.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         mean, std: per-channel normalisation (ImageNet's by default, what pretrained bodies expect).
         augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting).
         batch_size, num_workers, pin_memory: DataLoader settings (``num_workers=auto``: see
-            :func:`src.hardware.resolve_num_workers`).
+            :func:`src.runs.hardware.resolve_num_workers`).
         split_csv: where to record the split (``path,label,subset``); None to skip.
         on_bad_file: ``skip`` leaves unreadable files out (listed in ``bad_files_csv``, one-line
             summary in the log); ``error`` stops before training, naming them.

@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
-from src.hardware import resolve_channels_last
+from src.runs.hardware import resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold, fbeta_per_sample
 from src.optim.one_cycle import StagedOneCycleLR
@@ -49,7 +49,7 @@ class ImageClassifierModule(L.LightningModule):
         multi_label: several labels per image (set from the data, like ``classes``).
         threshold: multi-label only: a class is predicted when its probability is above it.
         channels_last: run the network in NHWC memory format (``auto``: with bf16/fp16 precision,
-            see :mod:`src.hardware`).
+            see :mod:`src.runs.hardware`).
         compile: ``torch.compile`` the network when training starts (the weights and checkpoint
             keys stay those of the plain network).
     """

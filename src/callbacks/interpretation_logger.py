@@ -10,8 +10,8 @@ from typing_extensions import override
 
 from src.callbacks.tensorboard_figures import log_figures, tensorboard_loggers
 from src.inference.predictor import run_loader
-from src.interpretation import MULTI_LABEL_SKIPPED, Interpretation
-from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
+from src.inference.interpretation import MULTI_LABEL_SKIPPED, Interpretation
+from src.visualize.interpretation_figures import confusion_matrix_figure, top_losses_figure
 
 log = logging.getLogger(__name__)
 
