@@ -30,10 +30,6 @@ from src.runs.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 class ImageFolderDataModule(L.LightningDataModule):
     """Loads ``root`` as fastai's ``ImageDataBunch.from_folder`` (``from_df``, ``from_name_re``) did,
     with torchvision v2 transforms.
@@ -47,7 +43,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         size: side of the square images fed to the model.
         resize_method: ``crop`` (shorter side to size, then crop), ``squish`` or ``pad``.
         interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
-        mean, std: per-channel normalisation (ImageNet's by default, what pretrained bodies expect).
+        mean, std: per-channel normalisation (``conf/data/image_folder.yaml`` gives ImageNet's, what
+            pretrained bodies expect).
         augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting).
         batch_size, num_workers, pin_memory: DataLoader settings (``num_workers=auto``: see
             :func:`src.runs.hardware.resolve_num_workers`).
@@ -70,8 +67,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         size: int = 224,
         resize_method: str = "crop",
         interpolation: str = "bilinear",
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
         augment: dict | None = None,
         batch_size: int = 64,
         num_workers: int | str = 0,

@@ -68,16 +68,20 @@ class Stage:
 
 
 class StageSchedule:
-    """The ordered stages of a run and the one-cycle settings every stage uses (fastai defaults)."""
+    """The ordered stages of a run, the one-cycle settings every stage uses and ``train_bn``.
+
+    The settings' values (fastai's defaults) are written once, in ``conf/schedule/fastai.yaml``.
+    """
 
     def __init__(
         self,
         stages: Sequence[Stage | dict],
-        div_factor: float = 25.0,
-        final_div_factor: float = 1e4,
-        pct_start: float = 0.3,
-        moms: Sequence[float] = (0.95, 0.85, 0.95),
-        train_bn: bool = True,
+        *,
+        div_factor: float,
+        final_div_factor: float,
+        pct_start: float,
+        moms: Sequence[float],
+        train_bn: bool,
     ) -> None:
         self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
         if not self.stages:
