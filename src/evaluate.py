@@ -102,7 +102,9 @@ class EvaluationImages:
     unreadable: int
 
 
-def images_to_evaluate(cfg: DictConfig, ckpt_path: Path, loaded: LoadedClassifier, output_dir: Path) -> EvaluationImages:
+def images_to_evaluate(
+    cfg: DictConfig, ckpt_path: Path, loaded: LoadedClassifier, output_dir: Path
+) -> EvaluationImages:
     """The run's validation split (``data.root`` unset) or every image of ``data.root``'s class folders;
     unreadable files are left out and listed in ``bad_files.csv``."""
     scan = FileScan()

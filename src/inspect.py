@@ -168,8 +168,8 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
         dataset = datamodule.datasets["train"]
         picks = torch.randperm(len(dataset))[: cfg.batch_count].tolist()
         images, labels = zip(*(dataset[i] for i in picks))
-        paths["batch"] = save_figure(normalized_and_denormalized_figure(torch.stack(images), labels, classes, mean, std),
-                               output_dir / "batch.png")
+        batch = normalized_and_denormalized_figure(torch.stack(images), labels, classes, mean, std)
+        paths["batch"] = save_figure(batch, output_dir / "batch.png")
     if cfg.get("image"):
         image_path, label = Path(cfg.image).expanduser(), None
         if not image_path.is_file():

@@ -181,7 +181,8 @@ class ImageClassifierModule(L.LightningModule):
     def layer_group_optimizer(self) -> torch.optim.Optimizer:
         """The run's optimizer over every layer group's parameters, frozen ones included (see
         :func:`~src.optim.param_groups.layer_group_param_groups`): training, the lr finder and the bench use it."""
-        return self.optimizer_factory(params=layer_group_param_groups(self.net.layer_groups(), self.hparams.bn_weight_decay))
+        groups = layer_group_param_groups(self.net.layer_groups(), self.hparams.bn_weight_decay)
+        return self.optimizer_factory(params=groups)
 
     def configure_optimizers(self) -> dict[str, Any]:
         layer_groups = self.net.layer_groups()
