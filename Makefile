@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train inspect inspect-demo test test-slow tensorboard sample bench bench-data clean
+.PHONY: help install train inspect inspect-demo test test-other-cpu test-slow tensorboard sample bench bench-data clean
 
 help: ## Show this list
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,18 @@ inspect-demo: $(STAMP) ## The same from the latest demo checkpoint (run `make tr
 
 test: $(STAMP) ## Run the test suite (CI runs this)
 	$(BIN)/python -m pytest
+
+# IFC_NATIVE_BF16 makes the bf16 probe answer as the other kind of CPU: on a CPU with native bf16 the whole
+# suite runs again with `auto` = 32-true; elsewhere bf16 is emulated (10-25x slower), so only the tests
+# marked `precision` (those whose results depend on what `auto` picks) run again with `auto` = bf16-mixed.
+test-other-cpu: $(STAMP) ## Run the suite as the other kind of CPU would (native bf16 or not); CI runs it after `make test`
+	@if $(BIN)/python -c "import sys; from src.runs.hardware import has_native_bf16; sys.exit(not has_native_bf16('cpu'))"; then \
+		echo "this CPU has native bf16: the suite again as on a CPU without it (IFC_NATIVE_BF16=0)"; \
+		IFC_NATIVE_BF16=0 $(BIN)/python -m pytest; \
+	else \
+		echo "this CPU has no native bf16: the precision tests again as on a CPU with it (IFC_NATIVE_BF16=1)"; \
+		IFC_NATIVE_BF16=1 $(BIN)/python -m pytest -m "precision and not slow"; \
+	fi
 
 test-slow: $(STAMP) ## Run the slow tests too
 	$(BIN)/python -m pytest -m "slow or not slow"

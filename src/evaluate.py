@@ -140,12 +140,14 @@ def images_to_evaluate(
     return EvaluationImages(samples, root, source, unknown, len(scan.unreadable))
 
 
+
 def interpret(
     cfg: DictConfig, loaded: LoadedClassifier, images: EvaluationImages, threshold: float
-) -> tuple[Interpretation | MultiLabelInterpretation, ImageDataset]:
-    """Run the model over ``images`` (with ``cfg.tta``); fastai's interpretation of the results, and the dataset."""
-    predictor = Predictor(loaded.net, loaded.classes, loaded.transform, device=cfg.device, tta=cfg.tta,
-                          multi_label=loaded.multi_label, threshold=threshold)
+) -> tuple[Interpretation | MultiLabelInterpretation, ImageDataset, str]:
+    """Run the model over ``images`` (with ``cfg.tta``, at ``cfg.precision`` or the trained one);
+    fastai's interpretation of the results, the dataset and the precision that ran."""
+    predictor = Predictor.from_loaded(loaded, device=cfg.device, tta=cfg.tta, threshold=threshold,
+                                      precision=cfg.get("precision"))
     # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
     dataset = ImageDataset(images.samples, loaded.transform, skip_unreadable=False,
                            num_labels=len(loaded.classes) if loaded.multi_label else None,
@@ -154,8 +156,8 @@ def interpret(
     log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating",
                                     multi_label=loaded.multi_label)
     if loaded.multi_label:
-        return MultiLabelInterpretation(loaded.classes, log_probs, targets, threshold), dataset
-    return Interpretation(loaded.classes, log_probs, targets), dataset
+        return MultiLabelInterpretation(loaded.classes, log_probs, targets, threshold), dataset, predictor.precision
+    return Interpretation(loaded.classes, log_probs, targets), dataset, predictor.precision
 
 
 def write_predictions(path: Path, images: EvaluationImages, interpretation, label_delim: str | None) -> None:
@@ -193,10 +195,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loaded = load_classifier(ckpt_path)
     images = images_to_evaluate(cfg, ckpt_path, loaded, output_dir)
     threshold = loaded.threshold if cfg.get("threshold") is None else cfg.threshold
-    interpretation, dataset = interpret(cfg, loaded, images, threshold)
+    interpretation, dataset, precision = interpret(cfg, loaded, images, threshold)
     metrics = interpretation.metrics()
     run = {"checkpoint": str(ckpt_path), "data": images.source, "images": len(images.samples),
-           "bad_files": images.unreadable, "tta": bool(cfg.tta), "unknown_labels": dict(sorted(images.unknown.items()))}
+           "bad_files": images.unreadable, "tta": bool(cfg.tta), "precision": precision,
+           "unknown_labels": dict(sorted(images.unknown.items()))}
     if loaded.multi_label:
         log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)
         run.update(multi_label=True, skipped=MULTI_LABEL_SKIPPED)
@@ -208,7 +211,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_json(output_dir / "metrics.json", {**metrics, **run})
     write_predictions(output_dir / "predictions.csv", images, interpretation, loaded.label_delim)
     return {**metrics, "images": len(images.samples), "unknown_labels": dict(images.unknown),
-            "output_dir": str(output_dir)}
+            "output_dir": str(output_dir), "precision": precision}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -220,7 +223,7 @@ def main(cfg: DictConfig) -> float:
               + ", ".join(f"{label} ({n} images)" for label, n in sorted(metrics["unknown_labels"].items())))
     print(f"error_rate: {metrics['error_rate']:.4f}  accuracy: {metrics['accuracy']:.4f}  "
           f"loss: {metrics['loss']:.4f}" + (f"  fbeta: {metrics['fbeta']:.4f}" if "fbeta" in metrics else "")
-          + f"  ({metrics['images']} images)")
+          + f"  ({metrics['images']} images, precision {metrics['precision']})")
     return metrics["error_rate"]
 
 

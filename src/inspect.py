@@ -26,9 +26,11 @@ from src.data.split import label_text
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.models.components.timm_body import TimmBody
+from src.inference.precision_net import PrecisionNet
 from src.models.freezing import first_trainable_group, freeze_layer_groups
 from src.models.loading import eval_transform_for, load_classifier
 from src.runs.builder import build_datamodule, build_module
+from src.runs.hardware import FULL_PRECISION, normalize_precision
 from src.visualize.cam import cam_figure, grad_cam
 from src.visualize.figure_files import save_figure
 from src.visualize.features import RESNET_BODY_NAMES, features_figure, stage_outputs
@@ -50,6 +52,8 @@ class Subject:
     data_config: DictConfig
     state: str  # which stage's frozen set the summary shows, in words
     trained: bool
+    precision: str = FULL_PRECISION  # what the predictions (Grad-CAM, top losses) run at
+    channels_last: bool = False
 
 
 def freeze_for_stage(net: ImageClassifier, schedule: DictConfig, index: int, when: str) -> str:
@@ -78,12 +82,15 @@ def load_subject(cfg: DictConfig, classes: list[str] | None = None) -> Subject:
         schedule = loaded.config.schedule
         state = freeze_for_stage(loaded.net, schedule, len(schedule.stages) - 1,
                                  f"(the last stage of the run that wrote {cfg.ckpt_path})")
-        return Subject(loaded.net, loaded.classes, loaded.config.data, state, trained=True)
+        precision = loaded.precision_on(torch.device("cpu"), cfg.get("precision"))
+        return Subject(loaded.net, loaded.classes, loaded.config.data, state, trained=True, precision=precision,
+                       channels_last=loaded.channels_last_at(precision))
     if classes is None:
         classes = build_datamodule(cfg.data, split_csv=None).classes
     net = build_module(cfg, classes=classes, multi_label=False).net  # the same network for either
     state = freeze_for_stage(net, cfg.schedule, 0, "(before training: the first stage of schedule.stages)")
-    return Subject(net, classes, cfg.data, state, trained=False)
+    precision = normalize_precision(cfg.get("precision") or FULL_PRECISION)
+    return Subject(net, classes, cfg.data, state, trained=False, precision=precision)
 
 
 def model_summary(subject: Subject) -> str:
@@ -138,7 +145,7 @@ def _cam_layer(net: ImageClassifier, name: str | None) -> tuple[str, torch.nn.Mo
     return name, layers[name]
 
 
-def _top_losses(net: ImageClassifier, datamodule: ImageFolderDataModule, count: int) -> list[tuple[int, float]]:
+def _top_losses(net: torch.nn.Module, datamodule: ImageFolderDataModule, count: int) -> list[tuple[int, float]]:
     """(validation index, loss) of the ``count`` validation images the network gets most wrong."""
     losses = []
     with torch.no_grad():
@@ -192,6 +199,9 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     paths["pooling"] = save_figure(pooling_figure(net, image, classes), output_dir / "pooling.png")
 
     cam_name, layer = _cam_layer(net, cfg.cam_layer)
+    # The predictions from here on run as the network trained (autocast, memory format), so the
+    # probabilities shown are the ones src.evaluate and src.predict give.
+    net = PrecisionNet(net, subject.precision, torch.device("cpu"), subject.channels_last)
     cam, logits = grad_cam(net, layer, image)
     probability, predicted = logits.softmax(0).max(0)
     pictures, cams = [unnormalized], [cam]
@@ -210,8 +220,8 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
                 + (": the chosen image, then the top losses (predicted / actual, loss / probability)"
                    if len(pictures) > 1 else ""))
     paths["cam"] = save_figure(cam_figure(pictures, cams, titles, suptitle), output_dir / "cam.png")
-    log.info("inspected %s on %s: %s", "checkpoint" if subject.trained else "untrained model", image_path,
-             ", ".join(str(p) for p in paths.values()))
+    log.info("inspected %s on %s at precision %s: %s", "checkpoint" if subject.trained else "untrained model",
+             image_path, subject.precision, ", ".join(str(p) for p in paths.values()))
     return paths
 
 

@@ -72,7 +72,8 @@ def _header(topk: int) -> list[str]:
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every file of ``cfg.input``; write the CSV; return the results and where they went."""
     check_inference_config(cfg)
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta, threshold=cfg.get("threshold"))
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta, threshold=cfg.get("threshold"),
+                                          precision=cfg.get("precision"))
     if not 1 <= cfg.topk <= len(predictor.classes):
         raise ValueError(f"topk={cfg.topk}; the model has {len(predictor.classes)} classes, so use 1 to "
                          f"{len(predictor.classes)}")
@@ -86,8 +87,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     failed = [r for r in results if r.error]
     for result in failed:
         log.error("%s: %s", result.path, result.error)
-    log.info("predicted %d file(s), %d failed, tta=%s: %s", len(results), len(failed), cfg.tta, output)
-    return {"output": str(output), "results": results, "failed": len(failed), "classes": predictor.classes}
+    log.info("predicted %d file(s), %d failed, tta=%s, precision %s: %s", len(results), len(failed), cfg.tta,
+             predictor.precision, output)
+    return {"output": str(output), "results": results, "failed": len(failed), "classes": predictor.classes,
+            "precision": predictor.precision}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
@@ -101,7 +104,8 @@ def main(cfg: DictConfig) -> None:
         top = probs.topk(cfg.topk)
         print(f"{results[0].path}: {shown}  top-{cfg.topk}: " + ", ".join(
             f"{summary['classes'][i]} {p:.4f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
-    print(f"predictions: {summary['output']} ({len(results)} files, {summary['failed']} failed)")
+    print(f"predictions: {summary['output']} ({len(results)} files, {summary['failed']} failed, "
+          f"precision {summary['precision']})")
     if summary["failed"]:
         sys.exit(1)
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config_checks import check_train_config
 from src.lr_find import suggest_lr, with_max_lr
+from src.models.loading import check_resumable
 from src.optim.lr_range_test import SUGGESTIONS
 from src.runs.builder import Run, build_run
 from src.runs.run_files import check_writable, write_json, write_resolved_config
@@ -36,15 +37,17 @@ def _monitoring_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     """``last`` is this run directory's ``checkpoints/last.ckpt`` (resume a killed run in place:
     ``ckpt_path=last hydra.run.dir=RUN``); any other value is a checkpoint path, or None."""
+    if ckpt_path is None:
+        return None
     if ckpt_path != "last":
-        return ckpt_path
+        return str(check_resumable(ckpt_path))  # a damaged or foreign file fails here, not after the scan
     last = output_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise FileNotFoundError(
             f"ckpt_path=last resumes from {last}, which does not exist; pass the run directory of the run to "
             "resume (hydra.run.dir=outputs/train/runs/<time>) or a checkpoint path (ckpt_path=RUN/checkpoints/last.ckpt)"
         )
-    return str(last)
+    return str(check_resumable(last))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

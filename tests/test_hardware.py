@@ -9,6 +9,9 @@ from PIL import Image
 from src.runs import hardware
 from src.data.image_files import load_rgb
 
+# What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
+pytestmark = pytest.mark.precision
+
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
 def test_auto_precision_is_bf16_only_on_native_bf16_hardware(monkeypatch, native, expected):
@@ -57,3 +60,44 @@ def test_jpeg_decodes_at_reduced_scale_but_never_below_the_size(tmp_path):
     png = tmp_path / "photo.png"
     Image.new("RGB", (1000, 800)).save(png)
     assert load_rgb(png, min_size=64).size == (1000, 800)  # only JPEG decoders scale
+
+
+@pytest.mark.parametrize("value, expected", [("0", "32-true"), ("1", "bf16-mixed")])
+def test_the_environment_forces_how_auto_resolves(monkeypatch, value, expected):
+    """IFC_NATIVE_BF16 makes this machine resolve `auto` as the other kind of CPU would (.ci/run uses it)."""
+    monkeypatch.setenv("IFC_NATIVE_BF16", value)
+    assert hardware.resolve_precision("auto", "cpu") == expected
+
+
+def test_a_bad_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("IFC_NATIVE_BF16", "yes")
+    with pytest.raises(ValueError, match=r"IFC_NATIVE_BF16='yes'; expected 1 .* 0 .* or unset"):
+        hardware.resolve_precision("auto", "cpu")
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native, recorded, override, expected", [
+    (True, "bf16-mixed", None, "bf16-mixed"),  # the training precision, where the CPU has it
+    (False, "bf16-mixed", None, "32-true"),  # bf16 emulated: falls back (with a warning)
+    (False, "bf16-mixed", "bf16-mixed", "bf16-mixed"),  # asked for explicitly: runs as asked
+    (True, "bf16-mixed", "32-true", "32-true"),
+    (True, "16-mixed", None, "32-true"),  # fp16 is for GPUs
+    (True, "32-true", None, "32-true"),
+    (True, 32, None, "32-true"),  # Lightning's short spellings
+    (True, "bf16", None, "bf16-mixed"),
+    (True, None, None, "32-true"),  # a checkpoint that recorded none
+])
+def test_inference_runs_at_the_trained_precision_where_the_device_has_it(monkeypatch, native, recorded, override,
+                                                                        expected):
+    monkeypatch.setenv("IFC_NATIVE_BF16", "1" if native else "0")
+    assert hardware.inference_precision(recorded, override, CPU) == expected
+
+
+def test_the_fallback_warning_names_both_precisions(monkeypatch, caplog):
+    monkeypatch.setenv("IFC_NATIVE_BF16", "0")
+    with caplog.at_level("WARNING", logger="src.runs.hardware"):
+        hardware.inference_precision("bf16-mixed", None, CPU)
+    [record] = caplog.records
+    assert "trained at bf16-mixed" in record.message and "running at 32-true instead" in record.message

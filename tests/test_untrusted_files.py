@@ -88,7 +88,7 @@ def test_predict_writes_only_its_output_whatever_the_input_names(tmp_path, monke
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(
-        lambda cls, path, device=None, tta=False, threshold=None: cls(net, ["a", "b"],
+        lambda cls, path, device=None, tta=False, threshold=None, precision=None: cls(net, ["a", "b"],
                                                                       EvalTransform(32, [0.5] * 3, [0.5] * 3), "cpu")))
     photo = next(image_root.rglob("*.png"))
     inputs = tmp_path / "work" / "inputs"

@@ -40,7 +40,9 @@ class InterpretationFigures(L.Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
-        log_probs, targets = run_loader(pl_module.net, datamodule.val_dataloader(), pl_module.device)
+        # The module and the precision plugin's context, as in validation (memory format, autocast).
+        with trainer.precision_plugin.forward_context():
+            log_probs, targets = run_loader(pl_module, datamodule.val_dataloader(), pl_module.device)
         pl_module.train(was_training)
         interpretation = Interpretation(datamodule.classes, log_probs, targets)
         log_figures(trainer, {

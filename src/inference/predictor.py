@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
 from src.data.transforms import EvalTransform
+from src.runs.hardware import FULL_PRECISION
+from src.inference.precision_net import PrecisionNet
 from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
-from src.models.loading import load_classifier
+from src.models.loading import LoadedClassifier, load_classifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,9 @@ class Predictor:
         tta: blend in fastai's test-time augmentation (9 forward passes per image).
         multi_label: the network gives a sigmoid per class; every class above ``threshold`` is predicted.
         label_delim: multi-label: what joins several class names in text (the training ``data.label_delim``).
+        precision: a Lightning precision (``32-true``, ``bf16-mixed`` ...) to run the network at;
+            :meth:`from_checkpoint` takes the one the run trained with.
+        channels_last: run the network in NHWC memory format (as training did with ``model.channels_last``).
     """
 
     def __init__(
@@ -132,10 +137,13 @@ class Predictor:
         multi_label: bool = False,
         threshold: float = DEFAULT_THRESHOLD,
         label_delim: str = " ",
+        precision: str = FULL_PRECISION,
+        channels_last: bool = False,
     ) -> None:
         check_threshold("threshold", threshold)
         self.device = resolve_device(device)
-        self.net = net.eval().to(self.device)
+        self.net = PrecisionNet(net.eval(), precision, self.device, channels_last)
+        self.precision = self.net.precision
         self.classes = list(classes)
         self.transform = transform
         self.tta = tta
@@ -145,12 +153,32 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = None, tta: bool = False, threshold: float | None = None
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        tta: bool = False,
+        threshold: float | None = None,
+        precision: str | None = None,
     ) -> Predictor:
-        """The checkpoint's model; ``threshold`` (multi-label) defaults to the one it was trained with."""
-        loaded = load_classifier(path)
+        """The checkpoint's model at the precision it trained with (``precision`` overrides it);
+        ``threshold`` (multi-label) defaults to the one it was trained with."""
+        return cls.from_loaded(load_classifier(path), device, tta, threshold, precision)
+
+    @classmethod
+    def from_loaded(
+        cls,
+        loaded: LoadedClassifier,
+        device: str | torch.device | None = None,
+        tta: bool = False,
+        threshold: float | None = None,
+        precision: str | None = None,
+    ) -> Predictor:
+        """:meth:`from_checkpoint` for a checkpoint already loaded with :func:`load_classifier`."""
+        device = resolve_device(device)
+        run_precision = loaded.precision_on(device, precision)
         return cls(loaded.net, loaded.classes, loaded.transform, device=device, tta=tta, multi_label=loaded.multi_label,
-                   threshold=loaded.threshold if threshold is None else threshold, label_delim=loaded.label_delim or " ")
+                   threshold=loaded.threshold if threshold is None else threshold, label_delim=loaded.label_delim or " ",
+                   precision=run_precision, channels_last=loaded.channels_last_at(run_precision))
 
     def _prediction(self, probabilities: torch.Tensor) -> Prediction:
         if self.multi_label:

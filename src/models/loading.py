@@ -14,9 +14,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.transforms import EvalTransform
+from src.runs.hardware import inference_precision, resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
-from src.models.safe_load import safe_torch_load
+from src.models.safe_load import file_damage, safe_torch_load
 from src.runs.builder import build_module
 
 NET_PREFIX = "net."
@@ -41,20 +42,80 @@ class LoadedClassifier:
     def label_delim(self) -> str | None:
         return self.config.data.get("label_delim") if self.multi_label else None
 
+    @property
+    def trained_precision(self) -> str | None:
+        """The precision the run trained and validated with (``trainer.precision`` of its config)."""
+        return self.config.get("trainer", {}).get("precision")
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file safely (tensors and plain Python values only, no pickled code)."""
+    def precision_on(self, device: torch.device, override: str | None = None) -> str:
+        """The precision to run at on ``device``: ``override``, else the trained one where the device has it."""
+        return inference_precision(self.trained_precision, override, device)
+
+    def channels_last_at(self, precision: str) -> bool:
+        """The run's ``model.channels_last`` (``auto`` resolved for ``precision``, as training did)."""
+        return resolve_channels_last(self.config.model.get("channels_last", False), precision)
+
+
+def intact_neighbours(path: Path) -> list[Path]:
+    """The other ``.ckpt`` files of ``path``'s folder whose container is whole, newest first."""
+    others = [p for p in path.parent.glob("*.ckpt") if p.is_file() and p.resolve() != path.resolve()]
+    return [p for p in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True) if file_damage(p) is None]
+
+
+def instead_of(path: Path) -> str:
+    """What to use instead of the unusable checkpoint ``path``: an intact one beside it, if any."""
+    neighbours = intact_neighbours(path)
+    if neighbours:
+        return (f"Use another checkpoint of the same run instead: {neighbours[0]}"
+                + (f" (or {', '.join(p.name for p in neighbours[1:])} beside it)" if len(neighbours) > 1 else "") + ".")
+    return ("No intact checkpoint is beside it: use a checkpoint of another run (RUN/checkpoints/best.ckpt or "
+            "last.ckpt), or train again with `python -m src.train`.")
+
+
+def check_checkpoint_path(path: str | Path) -> Path:
+    """``path`` as a Path, if it names a file; else a FileNotFoundError saying what to pass."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r} is not a file; expected RUN/checkpoints/best.ckpt or last.ckpt")
-    checkpoint = safe_torch_load(path, "ckpt_path")
-    hparams = checkpoint.get("hyper_parameters", {})
+        what = "a folder" if path.is_dir() else "missing"
+        raise FileNotFoundError(f"ckpt_path={str(path)!r} is {what}; expected a checkpoint file such as "
+                                "RUN/checkpoints/best.ckpt or RUN/checkpoints/last.ckpt")
+    return path
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """Load a checkpoint of ``src.train`` safely (tensors and plain Python values only, no pickled code).
+
+    A damaged file (empty, truncated, not a PyTorch file) or a checkpoint of something else is refused
+    with one message naming the file, what is wrong and what to use instead. ``mmap`` leaves the
+    tensors on disk (a quick check of a large checkpoint).
+    """
+    path = check_checkpoint_path(path)
+    checkpoint = safe_torch_load(path, "ckpt_path", instead_of(path), mmap=mmap)
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if "classes" not in hparams or not hparams.get("run_config"):
+        if not isinstance(checkpoint, dict):
+            kind = f"a {type(checkpoint).__name__}"
+        elif checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            kind = "a plain state_dict (tensors by name)"
+        else:
+            kind = "a checkpoint of another program"
         raise ValueError(
-            f"{path} was not written by src.train (no classes/run_config in its hyper_parameters); "
-            "train with `python -m src.train` to get a checkpoint that can be rebuilt"
+            f"ckpt_path={str(path)!r} was not written by src.train: it is {kind} (no classes/run_config in its "
+            "hyper_parameters), so the model cannot be rebuilt from it. Use a checkpoint of a src.train run "
+            "(RUN/checkpoints/best.ckpt); to start from other weights, pass them as model.backbone.weights=PATH."
         )
     return checkpoint
+
+
+def check_resumable(path: str | Path) -> Path:
+    """A checkpoint ``src.train`` can resume from (``ckpt_path``), checked before any data is read."""
+    path = check_checkpoint_path(path)
+    checkpoint = read_checkpoint(path, mmap=True)
+    missing = [key for key in ("state_dict", "optimizer_states", "loops") if key not in checkpoint]
+    if missing:
+        raise ValueError(f"ckpt_path={str(path)!r} holds no training state to resume ({', '.join(missing)} missing). "
+                         + instead_of(path))
+    return path
 
 
 def eval_transform_for(config: DictConfig) -> EvalTransform:

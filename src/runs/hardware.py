@@ -11,6 +11,12 @@ README "Performance"):
   cores and AMX, but made fp32 training 3x slower on that AVX2 CPU.
 - ``data.num_workers: auto`` is one loader process per core, at most 8: on 2 cores, 2 workers
   trained the demo 8% faster than 1 (the workers sleep once their prefetched batches wait).
+
+``IFC_NATIVE_BF16=0`` (or ``1``) in the environment makes the bf16 probe answer no (or yes) on any
+device, so the test suite can run as it would on the other kind of CPU (``.ci/run`` does both).
+
+A trained network is evaluated at the precision it was trained with (:func:`inference_precision`),
+so ``src.evaluate`` reproduces the validation metrics training logged.
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ import torch
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+NATIVE_BF16_ENV = "IFC_NATIVE_BF16"
+FULL_PRECISION = "32-true"
+BF16_PRECISIONS = ("bf16-mixed", "bf16-true")
+FP16_PRECISIONS = ("16-mixed", "16-true")
+# Lightning's short and legacy spellings, as its Trainer reads them.
+PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 REDUCED_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16")
 MAX_AUTO_WORKERS = 8
 
@@ -40,8 +52,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def native_bf16_override() -> bool | None:
+    """The ``IFC_NATIVE_BF16`` environment variable: True (``1``), False (``0``), or None when unset."""
+    value = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if value == "":
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(f"{NATIVE_BF16_ENV}={value!r}; expected 1 (act as native bf16 hardware), "
+                         f"0 (act as hardware without it) or unset (probe the hardware)")
+    return value == "1"
+
+
 def has_native_bf16(device: str) -> bool:
-    """Whether ``device`` ('cuda' or 'cpu') computes bf16 in hardware rather than emulating it."""
+    """Whether ``device`` ('cuda', 'cpu' or 'mps') computes bf16 in hardware rather than emulating it.
+
+    ``IFC_NATIVE_BF16=0|1`` overrides the probe (to test as on the other kind of machine).
+    """
+    forced = native_bf16_override()
+    if forced is not None:
+        return forced
+    if device == "mps":  # Lightning's bf16 autocast targets CUDA and CPUs
+        return False
     if device == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     # torch.cpu's feature probes (oneDNN uses AMX and AVX512-BF16 for bf16 matmuls and convolutions)
@@ -57,6 +88,35 @@ def resolve_precision(precision: str | int, accelerator: str) -> str | int:
     log.info("trainer.precision=auto: %s (%s %s native bf16)", chosen, device,
              "has" if chosen == "bf16-mixed" else "has no")
     return chosen
+
+
+def normalize_precision(precision: str | int) -> str:
+    """Lightning's long name of a precision setting (``32`` -> ``32-true``, ``bf16`` -> ``bf16-mixed``)."""
+    return PRECISION_ALIASES.get(str(precision), str(precision))
+
+
+def inference_precision(recorded: str | int | None, override: str | int | None, device: torch.device) -> str:
+    """The precision a trained network runs at on ``device``: ``override`` when given, else ``recorded``
+    (the one it trained with, so evaluation reproduces the logged validation metrics).
+
+    A recorded reduced precision the device cannot run natively (bf16 on a CPU without AVX512-BF16
+    or AMX; fp16 on a CPU) falls back to ``32-true`` with a warning naming both; an explicit
+    ``override`` runs as asked.
+    """
+    if override is not None and str(override) != AUTO:
+        return normalize_precision(override)
+    if recorded is None or str(recorded) == AUTO:  # a checkpoint from before the precision was recorded
+        return FULL_PRECISION
+    precision = normalize_precision(recorded)
+    unavailable = (
+        (precision in BF16_PRECISIONS and not has_native_bf16(device.type))
+        or (precision in FP16_PRECISIONS and device.type == "cpu")
+    )
+    if unavailable:
+        log.warning("the run trained at %s, which this %s cannot run natively: running at %s instead "
+                    "(precision=%s forces the training precision)", precision, device.type, FULL_PRECISION, precision)
+        return FULL_PRECISION
+    return precision
 
 
 def resolve_channels_last(channels_last: bool | str, precision: str | int) -> bool:

@@ -40,11 +40,13 @@ def grad_cam(net: nn.Module, layer: nn.Module, image: torch.Tensor, target: int 
         net.train(was_training)
         net.zero_grad(set_to_none=True)
     activations = stored["activations"]
-    weights = activations.grad.mean(dim=(2, 3), keepdim=True)
+    gradients = activations.grad.float()  # bf16 under autocast: the map is computed in fp32
+    activations = activations.detach().float()
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activations).sum(dim=1, keepdim=True)).detach()
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     cam = cam - cam.min()
-    return cam / cam.max().clamp_min(1e-12), logits.detach()
+    return cam / cam.max().clamp_min(1e-12), logits.detach().float()
 
 
 def cam_figure(
