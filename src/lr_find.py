@@ -1,7 +1,8 @@
 """fastai's learning-rate finder: ``python -m src.lr_find experiment=demo [stage=1]``.
 
-Builds the data and model as ``src.train`` does (:mod:`src.runs.builder`), freezes them as in the chosen stage,
-runs the range test, writes ``lr_find.png`` (also to TensorBoard) and prints the suggestions.
+Builds the data and model as ``src.train`` does (:mod:`src.runs.builder`), freezes them as in the
+chosen stage, runs the range test, writes ``lr_find.png`` (also to TensorBoard) and prints the
+suggestions. ``src.train`` with ``lr_find=true`` calls :func:`suggest_lr` on its own built run.
 """
 
 from __future__ import annotations
