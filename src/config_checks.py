@@ -27,7 +27,7 @@ from src.problems import ConfigError, Problem, is_number, raise_problems
 __all__ = ["PRECISIONS", "ConfigError", "Problem", "check_inference_config", "check_train_config", "model_layer_groups"]
 
 # What Lightning's Trainer(precision=...) accepts (tests/test_config_checks.py checks that they
-# agree), and "auto", which src.hardware resolves before the Trainer is built.
+# agree), and "auto", which src.runs.hardware resolves before the Trainer is built.
 PRECISIONS = ("auto", "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
               "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
 

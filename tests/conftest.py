@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 SAMPLE = PROJECT_ROOT / "data" / "fashion-mnist-sample"
+# The normalisation the data config gives (ImageNet's), for DataModules built without the config.
+IMAGENET_STATS = {key: list(OmegaConf.load(CONFIG_DIR / "data" / "image_folder.yaml")[key]) for key in ("mean", "std")}
 
 
 def copy_sample(dest: Path, classes: int = 3, per_class: int = 12) -> Path:

@@ -144,7 +144,7 @@ def test_our_precisions_are_the_ones_lightnings_trainer_accepts():
     refusal = _trainer_refusal("fp8")
     assert refusal is not None and "Precision 'fp8' is invalid" in refusal
     allowed = ast.literal_eval(refusal.split("Allowed precision values: ")[1])  # the values it lists in that refusal
-    assert {str(value) for value in allowed} == set(PRECISIONS) - {"auto"}  # auto: src.hardware resolves it first
+    assert {str(value) for value in allowed} == set(PRECISIONS) - {"auto"}  # auto: src.runs.hardware resolves it first
     for precision in set(PRECISIONS) - {"auto"}:
         refusal = _trainer_refusal(precision)  # builds, or needs a package (transformer-engine): never "invalid"
         assert refusal is None or "is invalid" not in refusal, (precision, refusal)
@@ -157,7 +157,7 @@ def test_the_layer_groups_come_from_the_configured_backbone():
 
 
 def test_unwritable_output_dir_is_refused_at_start_up(tmp_path):
-    from src.run_files import check_writable
+    from src.runs.run_files import check_writable
 
     blocked = tmp_path / "file"
     blocked.write_text("")

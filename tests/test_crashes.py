@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from src.checkpoint_io import AtomicCheckpointIO
+from src.runs.checkpoint_io import AtomicCheckpointIO
 from src.models.classifier_module import NonFiniteLossError
 from src.train import train
 

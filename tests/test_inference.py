@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from src.evaluate import evaluate
-from src.interpretation import Interpretation
+from src.inference.interpretation import Interpretation
 from src.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 
@@ -133,7 +133,7 @@ def _cell_texts(figure) -> dict[tuple[int, int], str]:
 def test_normalised_confusion_matrix_shows_the_fraction_of_each_actual_class():
     import matplotlib.pyplot as plt
 
-    from src.visualize.interpretation import confusion_matrix_figure
+    from src.visualize.interpretation_figures import confusion_matrix_figure
 
     counts = torch.tensor([[3, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 2]])  # class c: no images
     normalised = confusion_matrix_figure(counts, ["a", "b", "c", "d"], normalize=True)

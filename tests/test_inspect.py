@@ -13,12 +13,14 @@ from matplotlib.image import imread
 from omegaconf import DictConfig, open_dict
 
 from src.callbacks.staged_finetuning import count_parameters
-from src.inspect import build_net, inspect_model, load_subject, model_summary
+from src.inspect import inspect_model, load_subject, model_summary
+from src.models.freezing import freeze_layer_groups
+from src.runs.builder import build_module
 from src.train import train
 from src.visualize.cam import grad_cam
 from src.visualize.features import RESNET_BODY_NAMES, SHOWN, stage_outputs
 from src.visualize.kernels import KERNELS, SEED_EDGE, convolve
-from src.visualize.summary import apply_stage_freezing, layer_rows
+from src.visualize.summary import layer_rows
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, copy_sample
 
 SIZE = 64  # layer3 is 4 x 4 and layer4 2 x 2 at 64 px: Grad-CAM has a map with detail
@@ -31,6 +33,11 @@ def compose_inspect(overrides: list[str], output_dir: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """The untrained network of ``cfg`` for ``num_classes`` classes, built as every command builds it."""
+    return build_module(cfg, classes=[f"class {i}" for i in range(num_classes)], multi_label=False).net
 
 
 def totals(summary: str) -> tuple[int, int, int]:
@@ -75,7 +82,7 @@ def test_resnet50_with_44_classes_and_a_frozen_body_prints_the_seed_totals(tmp_p
 
 
 def test_summary_rows_have_the_real_output_shapes():
-    net = build_net(compose_config(["model.backbone.weights=null", "model.backbone.name=resnet18"]).model, 5)
+    net = build_net(compose_config(["model.backbone.weights=null", "model.backbone.name=resnet18"]), 5)
     rows = layer_rows(net, (3, SIZE, SIZE))
     assert [r.output_shape for r in rows if r.name == "AdaptiveMaxPool2d"] == [(512, 1, 1)]
     assert rows[0].output_shape == (64, SIZE // 2, SIZE // 2) and rows[-1].output_shape == (5,)
@@ -89,8 +96,8 @@ def test_inspect_before_training_writes_every_artefact(tmp_path, image_root):
     assert all(p.parent == tmp_path / "inspect" for p in paths.values())
 
     summary = paths["summary"].read_text()
-    net = build_net(cfg.model, 3)
-    apply_stage_freezing(net, freeze_to=-1, train_bn=True)  # the default schedule's first stage: body frozen
+    net = build_net(cfg, 3)
+    freeze_layer_groups(net.layer_groups(), freeze_to=-1, train_bn=True)  # the default schedule's first stage: body frozen
     trainable = count_parameters(net, trainable_only=True)
     assert totals(summary) == (count_parameters(net), trainable, count_parameters(net) - trainable)
     assert "before training" in summary and "stage 1/2 'head'" in summary
@@ -121,7 +128,7 @@ def test_inspect_a_checkpoint_shows_the_last_stage_and_the_top_losses(tmp_path, 
     summary = paths["summary"].read_text()
     total = totals(summary)[0]
     assert total == count_parameters(build_net(compose_config(["model.backbone.weights=null",
-                                                               "model.backbone.name=resnet18"]).model, 3))
+                                                               "model.backbone.name=resnet18"]), 3))
     assert totals(summary) == (total, total, 0)
     assert "stage 2/2 'all'" in summary and "last stage" in summary and "all 3 layer groups trainable" in summary
     height, width, _ = imread(paths["cam"]).shape

@@ -20,7 +20,9 @@ from src.data.scan import FileScan, check_image
 from src.evaluate import evaluate
 from src.predict import predict
 from src.train import train
-from tests.conftest import MESSY_IGNORED, MESSY_UNREADABLE, TINY_OVERRIDES, _bomb_png, compose_config
+from tests.conftest import (
+    IMAGENET_STATS, MESSY_IGNORED, MESSY_UNREADABLE, TINY_OVERRIDES, _bomb_png, compose_config,
+)
 
 GOOD_PER_CLASS = {"ankle boot": 12 + 2, "sacs à main": 12 + 3, "Mäntel 外套": 12 + 3}  # sample + odd good ones
 
@@ -45,7 +47,8 @@ def decoded(monkeypatch) -> list[str]:
 
 
 def test_scan_sorts_every_file_into_good_bad_or_ignored(messy_root, tmp_path, caplog, decoded):
-    datamodule = ImageFolderDataModule(messy_root, size=32, bad_files_csv=tmp_path / "bad_files.csv")
+    datamodule = ImageFolderDataModule(messy_root, size=32, bad_files_csv=tmp_path / "bad_files.csv",
+                                       **IMAGENET_STATS)
     with caplog.at_level("INFO"):
         index = datamodule.index
     assert decoded == []  # header checks only: no pixels decoded, the 100 MP bomb's included
@@ -67,7 +70,8 @@ def test_scan_sorts_every_file_into_good_bad_or_ignored(messy_root, tmp_path, ca
 
 
 def test_on_bad_file_error_stops_before_training_naming_a_file(messy_root, tmp_path):
-    datamodule = ImageFolderDataModule(messy_root, on_bad_file="error", bad_files_csv=tmp_path / "bad.csv")
+    datamodule = ImageFolderDataModule(messy_root, on_bad_file="error", bad_files_csv=tmp_path / "bad.csv",
+                                       **IMAGENET_STATS)
     with pytest.raises(ValueError, match=r"7 unreadable image file\(s\).*data.on_bad_file=skip"):
         datamodule.index
     assert (tmp_path / "bad.csv").is_file()  # the list is written before stopping

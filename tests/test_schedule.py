@@ -1,10 +1,20 @@
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from src.optim.one_cycle import StagedOneCycleLR, one_cycle_value
 from src.optim.param_groups import layer_group_param_groups
 from src.optim.stages import Stage, StageSchedule, layer_group_lrs
 from src.problems import ConfigError
+from tests.conftest import CONFIG_DIR
+
+# The one-cycle settings as the config writes them (fastai's fit_one_cycle defaults).
+FASTAI = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "schedule" / "fastai.yaml"))
+ONE_CYCLE = {key: FASTAI[key] for key in ("div_factor", "final_div_factor", "pct_start", "moms")}
+
+
+def fastai_schedule(stages: list) -> StageSchedule:
+    return StageSchedule(stages, **ONE_CYCLE, train_bn=FASTAI["train_bn"])
 
 
 def test_slice_pair_is_geometric_over_layer_groups():
@@ -33,7 +43,7 @@ def test_bad_learning_rates_are_refused(bad):
 def test_empty_stage_list_is_refused_with_an_example():
     with pytest.raises(ConfigError, match=r"schedule.stages=\[\]: expected at least one stage; "
                                           r"schedule.stages is empty: add one, e.g."):
-        StageSchedule([])
+        fastai_schedule([])
 
 
 def test_the_constructor_raises_every_problem_the_schedule_lists():
@@ -44,7 +54,7 @@ def test_the_constructor_raises_every_problem_the_schedule_lists():
                                        "schedule.stages[0].freeze_to", "schedule.stages[1].lr", "schedule.pct_start",
                                        "schedule.div_factor", "schedule.moms"]
     with pytest.raises(ConfigError) as raised:
-        StageSchedule(stages, **settings)
+        StageSchedule(stages, **settings, train_bn=True)
     assert raised.value.problems == listed
 
 
@@ -54,14 +64,14 @@ def test_a_stage_with_an_unknown_key_is_a_problem_not_a_crash():
 
 
 def test_stage_at_epoch_and_total():
-    schedule = StageSchedule([{"epochs": 4, "lr": [3e-3], "freeze_to": -1}, Stage(epochs=2, lr=[1e-6, 1e-4])])
+    schedule = fastai_schedule([{"epochs": 4, "lr": [3e-3], "freeze_to": -1}, Stage(epochs=2, lr=[1e-6, 1e-4])])
     assert schedule.total_epochs == 6
     assert [schedule.stage_index_at_epoch(e) for e in range(6)] == [0, 0, 0, 0, 1, 1]
     assert schedule.first_epoch_of(1) == 4
 
 
 def test_freeze_target_outside_the_model_is_refused():
-    schedule = StageSchedule([{"epochs": 1, "lr": 1e-3, "freeze_to": 5}])
+    schedule = fastai_schedule([{"epochs": 1, "lr": 1e-3, "freeze_to": 5}])
     with pytest.raises(ConfigError, match=r"schedule.stages\[0\].freeze_to=5: expected a layer group of the model, "
                                           r"which has 3: -2 to 2"):
         schedule.check_freeze_targets(3)
@@ -91,7 +101,8 @@ def test_param_groups_split_decay_and_keep_every_parameter_once():
 
 def test_staged_scheduler_restarts_the_cycle_and_moves_beta1():
     optimizer, _ = _two_layer_optimizer()
-    scheduler = StagedOneCycleLR(optimizer, stage_steps=[10, 10], stage_lrs=[[1e-3, 1e-2], [1e-5, 1e-4]])
+    scheduler = StagedOneCycleLR(optimizer, stage_steps=[10, 10], stage_lrs=[[1e-3, 1e-2], [1e-5, 1e-4]],
+                                 **ONE_CYCLE)
     lrs, betas = [], []
     for _ in range(20):
         lrs.append([g["lr"] for g in optimizer.param_groups])
@@ -105,7 +116,8 @@ def test_staged_scheduler_restarts_the_cycle_and_moves_beta1():
     assert betas[10] == pytest.approx(0.95)
     # the state is one integer: a new scheduler loaded from it continues exactly
     resumed_optimizer, _ = _two_layer_optimizer()
-    resumed = StagedOneCycleLR(resumed_optimizer, stage_steps=[10, 10], stage_lrs=[[1e-3, 1e-2], [1e-5, 1e-4]])
+    resumed = StagedOneCycleLR(resumed_optimizer, stage_steps=[10, 10], stage_lrs=[[1e-3, 1e-2], [1e-5, 1e-4]],
+                               **ONE_CYCLE)
     resumed.load_state_dict(scheduler.state_dict())
     assert resumed.get_lr() == pytest.approx(scheduler.get_lr())
 

@@ -122,20 +122,20 @@ def test_resume_mid_stage_restores_stage_frozen_set_optimizer_and_schedule(tiny_
         tiny_cfg.paths.output_dir = str(tmp_path / "resumed")
         tiny_cfg.ckpt_path = str(first_epoch)
         tiny_cfg.callbacks.probe = {"_target_": "tests.test_train.StageProbe"}
-    import src.train as train_module
+    import src.runs.builder as builder  # where every object of a run is instantiated
 
-    original = train_module.instantiate
+    original = builder.instantiate
 
     def instantiate_with_probe(config, *args, **kwargs):
         if OmegaConf.is_config(config) and config.get("_target_") == "tests.test_train.StageProbe":
             return probe
         return original(config, *args, **kwargs)
 
-    train_module.instantiate = instantiate_with_probe
+    builder.instantiate = instantiate_with_probe
     try:
         metrics = train(tiny_cfg)
     finally:
-        train_module.instantiate = original
+        builder.instantiate = original
     steps_per_epoch = 3
     resumed, last = probe.seen
     assert resumed["epoch"] == 1 and resumed["step"] == steps_per_epoch

@@ -12,6 +12,11 @@ def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
     return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
+def datamodule_to_draw(trainer: L.Trainer) -> L.LightningDataModule | None:
+    """The trainer's DataModule when a TensorBoard logger will take its figures, else None (nothing to draw)."""
+    return trainer.datamodule if tensorboard_loggers(trainer) else None
+
+
 def log_figures(trainer: L.Trainer, figures: dict[str, Figure]) -> None:
     """``add_figure`` each ``tag: figure`` at the current step, then free the figures."""
     for tag, figure in figures.items():

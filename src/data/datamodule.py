@@ -26,13 +26,11 @@ from src.data.labels import FolderIndex, FolderLabels, LabelSource, index_folder
 from src.data.scan import FileScan
 from src.data.split import valid_pct_problems, write_split_csv
 from src.data.transforms import EvalTransform, TrainTransform
-from src.hardware import resolve_num_workers
 from src.problems import Problem, is_whole_number, raise_problems
+from src.runs.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = 32  # a ResNet downsamples by 32: below that its last feature map is empty
 ON_BAD_FILE = ("skip", "error")
 
@@ -52,10 +50,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         size: side of the square images fed to the model.
         resize_method: ``crop`` (shorter side to size, then crop), ``squish`` or ``pad``.
         interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
-        mean, std: per-channel normalisation (ImageNet's by default, what pretrained bodies expect).
+        mean, std: per-channel normalisation (``conf/data/image_folder.yaml`` gives ImageNet's, what
+            pretrained bodies expect).
         augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting).
         batch_size, num_workers, pin_memory: DataLoader settings (``num_workers=auto``: see
-            :func:`src.hardware.resolve_num_workers`).
+            :func:`src.runs.hardware.resolve_num_workers`).
         split_csv: where to record the split (``path,label,subset``); None to skip.
         on_bad_file: ``skip`` leaves unreadable files out (listed in ``bad_files_csv``, one-line
             summary in the log); ``error`` stops before training, naming them.
@@ -75,8 +74,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         size: int = 224,
         resize_method: str = "crop",
         interpolation: str = "bilinear",
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
         augment: dict | None = None,
         batch_size: int = 64,
         num_workers: int | str = 0,

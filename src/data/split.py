@@ -11,6 +11,7 @@ from typing import Any
 
 from src.data.image_files import Sample, relative_posix
 from src.problems import Problem, is_number, raise_problems
+from src.runs.atomic_write import atomic_open
 
 
 def valid_pct_problems(valid_pct: Any, key: str = "data.valid_pct") -> list[Problem]:
@@ -74,13 +75,10 @@ def write_split_csv(
     A multi-label sample's label cell holds its class names joined by ``label_delim``, as in the
     table it was read from.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "subset"])
         for subset, samples in subsets.items():
             for sample in samples:
                 writer.writerow([relative_posix(sample.path, root), label_text(sample.label, classes, label_delim),
                                  subset])
-    tmp.replace(path)

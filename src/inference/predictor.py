@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from src.data.dataset import batch_size_problems
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
 from src.data.transforms import EvalTransform
-from src.hardware import FULL_PRECISION
+from src.runs.hardware import FULL_PRECISION
 from src.inference.precision_net import PrecisionNet
 from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities

@@ -84,8 +84,9 @@ class Stage:
 
 
 class StageSchedule:
-    """The ordered stages of a run and the one-cycle settings every stage uses (fastai defaults).
+    """The ordered stages of a run, the one-cycle settings every stage uses and ``train_bn``.
 
+    The settings' values (fastai's defaults) are written once, in ``conf/schedule/fastai.yaml``.
     The constructor raises :class:`~src.problems.ConfigError` with every problem of
     :meth:`problems`; the config check lists the same ones before anything is built.
     """
@@ -93,11 +94,12 @@ class StageSchedule:
     def __init__(
         self,
         stages: Sequence[Stage | Mapping],
-        div_factor: float = 25.0,
-        final_div_factor: float = 1e4,
-        pct_start: float = 0.3,
-        moms: Sequence[float] = (0.95, 0.85, 0.95),
-        train_bn: bool = True,
+        *,
+        div_factor: float,
+        final_div_factor: float,
+        pct_start: float,
+        moms: Sequence[float],
+        train_bn: bool,
     ) -> None:
         raise_problems(self.problems(stages, div_factor, final_div_factor, pct_start, moms))
         self.stages = [as_stage(s) for s in stages]
