@@ -25,7 +25,7 @@ from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images, relative_posix
 from src.data.scan import FileScan
 from src.data.split import label_text
-from src.config_checks import check_inference_config
+from src.checks.config_checks import check_inference_config
 from src.runs.hardware import resolve_num_workers
 from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import Predictor, run_loader

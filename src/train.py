@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from src.config_checks import check_train_config
+from src.checks.config_checks import check_train_config
 from src.lr_find import suggest_lr, with_max_lr
 from src.models.loading import check_resumable
 from src.optim.lr_range_test import SUGGESTIONS

@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from lightning import Trainer
 from omegaconf import DictConfig, open_dict
 
-from src.config_checks import PRECISIONS, check_train_config
-from src.problems import ConfigError
+from src.checks.config_checks import PRECISIONS, check_train_config
+from src.checks.problems import ConfigError
 from src.train import train
 from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config
 
@@ -151,7 +151,7 @@ def test_our_precisions_are_the_ones_lightnings_trainer_accepts():
 
 
 def test_the_layer_groups_come_from_the_configured_backbone():
-    from src.config_checks import model_layer_groups
+    from src.checks.config_checks import model_layer_groups
 
     assert model_layer_groups(BASE.model) == RESNET_GROUPS
 

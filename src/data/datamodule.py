@@ -26,7 +26,7 @@ from src.data.labels import FolderIndex, FolderLabels, LabelSource, index_folder
 from src.data.scan import FileScan
 from src.data.split import valid_pct_problems, write_split_csv
 from src.data.transforms import EvalTransform, TrainTransform
-from src.problems import Problem, is_whole_number, raise_problems
+from src.checks.problems import Problem, is_whole_number, raise_problems
 from src.runs.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         max_image_pixels: larger images are bad files, never decoded (decompression-bomb guard).
         scan_workers: threads checking the files before training.
 
-    The constructor raises :class:`~src.problems.ConfigError` with every problem of :meth:`problems`.
+    The constructor raises :class:`~src.checks.problems.ConfigError` with every problem of :meth:`problems`.
     """
 
     def __init__(

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, Sample, load_rgb
-from src.problems import Problem, is_whole_number
+from src.checks.problems import Problem, is_whole_number
 
 log = logging.getLogger(__name__)
 

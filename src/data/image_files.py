@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps
 
-from src.problems import Problem
+from src.checks.problems import Problem
 
 if TYPE_CHECKING:
     from src.data.scan import FileScan

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, open_dict
 from src.data.image_files import IMAGE_EXTENSIONS, Sample, list_images, relative_posix, scan_class_folders
 from src.data.scan import BadFile, FileScan
 from src.data.split import random_split, stratified_split
-from src.problems import Problem, raise_problems
+from src.checks.problems import Problem, raise_problems
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from src.data.image_files import Sample, relative_posix
-from src.problems import Problem, is_number, raise_problems
+from src.checks.problems import Problem, is_number, raise_problems
 from src.runs.atomic_write import atomic_open
 
 

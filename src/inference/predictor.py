@@ -28,7 +28,7 @@ from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
 from src.models.loading import LoadedClassifier, load_classifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
-from src.problems import raise_problems
+from src.checks.problems import raise_problems
 
 log = logging.getLogger(__name__)
 

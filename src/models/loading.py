@@ -19,7 +19,7 @@ from src.runs.hardware import inference_precision, resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.models.safe_load import file_damage, safe_torch_load
-from src.runs.builder import build_module
+from src.runs.builder import build_network
 
 NET_PREFIX = "net."
 
@@ -134,7 +134,7 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     # Checkpoints from before multi-label support are single-label.
     multi_label = bool(hparams.get("multi_label", False))
     # Built as src.train built it, with random weights: the checkpoint brings the trained ones.
-    net = build_module(config, classes=classes, multi_label=multi_label, pretrained=False).net
+    net = build_network(config.model, num_classes=len(classes))
     state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
     net.load_state_dict(state)
     return LoadedClassifier(net.eval(), classes, config, eval_transform_for(config),

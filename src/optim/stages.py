@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from src.problems import Problem, is_number, is_whole_number, raise_problems
+from src.checks.problems import Problem, is_number, is_whole_number, raise_problems
 
 LearningRate = float | Sequence[float]
 FREEZE_TO_FIX = "use -1 (train only the head) or 0 (train everything)"
@@ -87,7 +87,7 @@ class StageSchedule:
     """The ordered stages of a run, the one-cycle settings every stage uses and ``train_bn``.
 
     The settings' values (fastai's defaults) are written once, in ``conf/schedule/fastai.yaml``.
-    The constructor raises :class:`~src.problems.ConfigError` with every problem of
+    The constructor raises :class:`~src.checks.problems.ConfigError` with every problem of
     :meth:`problems`; the config check lists the same ones before anything is built.
     """
 

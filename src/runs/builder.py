@@ -1,8 +1,8 @@
 """Building a run from its composed config: the one construction path of every entry point.
 
 ``src.train``, ``src.lr_find``, ``src.bench``, ``src.inspect`` and checkpoint loading
-(:mod:`src.models.loading`) build the DataModule, the LightningModule (network, optimizer, stage
-schedule) and the Trainer (callbacks, loggers, atomic checkpoints) here, so the same config gives
+(:mod:`src.models.loading`, the network alone) build the DataModule, the LightningModule (network,
+optimizer, stage schedule) and the Trainer (callbacks, loggers, atomic checkpoints) here, so the same config gives
 the same objects whichever command reads it (as timm's ``create_model`` for every model).
 """
 
@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.data.datamodule import ImageFolderDataModule
 from src.models.classifier_module import ImageClassifierModule
+from src.models.components.classifier import ImageClassifier
 from src.runs.checkpoint_io import AtomicCheckpointIO
 from src.runs.hardware import resolve_precision
 
@@ -49,6 +50,14 @@ def build_module(
             model_cfg.backbone.weights = None
     return instantiate(model_cfg, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule),
                        run_config=run_config)
+
+
+def build_network(model_cfg: DictConfig, *, num_classes: int) -> ImageClassifier:
+    """The plain network of ``model_cfg`` (``cfg.model``) with a random body: what a checkpoint's weights
+    load into. Only the model config is read, so a checkpoint whose optimizer or schedule settings
+    no longer validate still evaluates."""
+    backbone = instantiate(model_cfg.backbone, weights=None)
+    return ImageClassifier(backbone, num_classes=num_classes, **OmegaConf.to_container(model_cfg.head, resolve=True))
 
 
 def build_trainer(cfg: DictConfig, max_epochs: int) -> L.Trainer:

@@ -22,7 +22,7 @@ from src.data.datamodule import ImageFolderDataModule
 from src.data.dataset import batch_size_problems
 from src.data.image_files import data_root_problems
 from src.optim.stages import StageSchedule
-from src.problems import ConfigError, Problem, is_number, raise_problems
+from src.checks.problems import ConfigError, Problem, is_number, raise_problems
 
 __all__ = ["PRECISIONS", "ConfigError", "Problem", "check_inference_config", "check_train_config", "model_layer_groups"]
 
