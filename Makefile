@@ -52,7 +52,7 @@ test: $(DEV_STAMP) ## Run the test suite (CI runs this)
 # suite runs again with `auto` = 32-true; elsewhere bf16 is emulated (10-25x slower), so only the tests
 # marked `precision` (those whose results depend on what `auto` picks) run again with `auto` = bf16-mixed.
 test-other-cpu: $(DEV_STAMP) ## Run the suite as the other kind of CPU would (native bf16 or not); CI runs it after `make test`
-	@if $(BIN)/python -c "import sys; from src.hardware import has_native_bf16; sys.exit(not has_native_bf16('cpu'))"; then \
+	@if $(BIN)/python -c "import sys; from src.runs.hardware import has_native_bf16; sys.exit(not has_native_bf16('cpu'))"; then \
 		echo "this CPU has native bf16: the suite again as on a CPU without it (IFC_NATIVE_BF16=0)"; \
 		IFC_NATIVE_BF16=0 $(BIN)/python -m pytest; \
 	else \

@@ -13,11 +13,11 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
-import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -25,13 +25,15 @@ from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images, relative_posix
 from src.data.scan import FileScan
 from src.data.split import label_text
-from src.config_checks import check_inference_config
-from src.hardware import resolve_num_workers
+from src.checks.config_checks import check_inference_config
+from src.runs.hardware import resolve_num_workers
+from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import Predictor, run_loader
-from src.interpretation import MULTI_LABEL_SKIPPED, Interpretation, MultiLabelInterpretation
+from src.inference.interpretation import MULTI_LABEL_SKIPPED, Interpretation, MultiLabelInterpretation
 from src.models.loading import LoadedClassifier, load_classifier
-from src.run_files import write_json
-from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
+from src.runs.run_files import write_json
+from src.visualize.figure_files import save_figure
+from src.visualize.interpretation_figures import confusion_matrix_figure, top_losses_figure
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[Sample], Counter]:
     """The validation rows of the run's ``split.csv`` (next to ``checkpoints/``), as samples.
 
-    A multi-label model's label cells hold class names joined by its ``data.label_delim``.
+    A multi-label model's label cells hold class names joined by its ``data.labels.label_delim``.
     """
     split_csv = ckpt_path.resolve().parent.parent / "split.csv"
     if not split_csv.is_file():
@@ -89,41 +91,22 @@ def folder_samples(root: Path, classes: list[str], scan: FileScan | None = None)
     return samples, unknown
 
 
-def _write_multi_label_predictions_csv(
-    path: Path, samples: list[Sample], interpretation: MultiLabelInterpretation, root: Path, label_delim: str
-) -> None:
-    """path, label and prediction (class names joined by ``label_delim``), the predicted classes' probabilities, loss."""
-    classes = interpretation.classes
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "prediction", "probability", "loss"])
-        for sample, probs, predicted, loss in zip(samples, interpretation.probabilities, interpretation.predicted,
-                                                  interpretation.losses.tolist()):
-            indices = predicted.nonzero().flatten().tolist()
-            writer.writerow([relative_posix(sample.path, root), label_text(sample.label, classes, label_delim),
-                             label_text(tuple(indices), classes, label_delim),
-                             label_delim.join(f"{float(probs[i]):.6f}" for i in indices), f"{loss:.6f}"])
+@dataclass
+class EvaluationImages:
+    """The images to evaluate, where they come from, and what was left out."""
+
+    samples: list[Sample]
+    root: Path  # the folder predictions.csv's paths are relative to
+    source: str  # in words, for the log and metrics.json
+    unknown: Counter  # images of labels the model does not know, by label
+    unreadable: int
 
 
-def _write_predictions_csv(path: Path, samples: list[Sample], interpretation: Interpretation, root: Path) -> None:
-    classes, probabilities = interpretation.classes, interpretation.probabilities
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "prediction", "probability", "loss"])
-        for sample, prediction, probs, loss in zip(
-            samples, interpretation.predictions.tolist(), probabilities, interpretation.losses.tolist()
-        ):
-            writer.writerow([relative_posix(sample.path, root), classes[sample.label], classes[prediction],
-                             f"{float(probs[prediction]):.6f}", f"{loss:.6f}"])
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path``; write the interpretation files to ``cfg.paths.output_dir``; return the metrics."""
-    check_inference_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = Path(cfg.ckpt_path).expanduser()
-    loaded = load_classifier(ckpt_path)
+def images_to_evaluate(
+    cfg: DictConfig, ckpt_path: Path, loaded: LoadedClassifier, output_dir: Path
+) -> EvaluationImages:
+    """The run's validation split (``data.root`` unset) or every image of ``data.root``'s class folders;
+    unreadable files are left out and listed in ``bad_files.csv``."""
     scan = FileScan()
     if cfg.data.root is None:
         root = Path(loaded.config.data.root).expanduser()
@@ -154,59 +137,81 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"no images of the model's classes ({', '.join(loaded.classes)}) in {source}; "
             "expected DIR/<class name>/<image files> with the class names the model was trained on"
         )
+    return EvaluationImages(samples, root, source, unknown, len(scan.unreadable))
 
-    threshold = loaded.threshold if cfg.get("threshold") is None else cfg.threshold
+
+
+def interpret(
+    cfg: DictConfig, loaded: LoadedClassifier, images: EvaluationImages, threshold: float
+) -> tuple[Interpretation | MultiLabelInterpretation, ImageDataset, str]:
+    """Run the model over ``images`` (with ``cfg.tta``, at ``cfg.precision`` or the trained one);
+    fastai's interpretation of the results, the dataset and the precision that ran."""
     predictor = Predictor.from_loaded(loaded, device=cfg.device, tta=cfg.tta, threshold=threshold,
                                       precision=cfg.get("precision"))
     # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
-    dataset = ImageDataset(samples, loaded.transform, skip_unreadable=False,
+    dataset = ImageDataset(images.samples, loaded.transform, skip_unreadable=False,
                            num_labels=len(loaded.classes) if loaded.multi_label else None,
                            decode_size=loaded.transform.size)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=resolve_num_workers(cfg.data.num_workers))
     log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating",
                                     multi_label=loaded.multi_label)
-    run = {
-        "checkpoint": str(ckpt_path),
-        "data": source,
-        "images": len(samples),
-        "bad_files": len(scan.unreadable),
-        "tta": bool(cfg.tta),
-        "precision": predictor.precision,
-        "unknown_labels": dict(sorted(unknown.items())),
-    }
     if loaded.multi_label:
-        multi = MultiLabelInterpretation(loaded.classes, log_probs, targets, threshold)
-        metrics = multi.metrics()
-        log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)
-        write_json(output_dir / "metrics.json", {**metrics, **run, "multi_label": True, "skipped": MULTI_LABEL_SKIPPED})
-        _write_multi_label_predictions_csv(output_dir / "predictions.csv", samples, multi, root, loaded.label_delim)
-        log.info("%s: error_rate %.4f (1 - accuracy_thresh), fbeta %.4f on %d images", source, metrics["error_rate"],
-                 metrics["fbeta"], len(samples))
-        return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir),
-                "precision": predictor.precision}
+        return MultiLabelInterpretation(loaded.classes, log_probs, targets, threshold), dataset, predictor.precision
+    return Interpretation(loaded.classes, log_probs, targets), dataset, predictor.precision
 
-    interpretation = Interpretation(loaded.classes, log_probs, targets)
-    metrics = interpretation.metrics()
+
+def write_predictions(path: Path, images: EvaluationImages, interpretation, label_delim: str | None) -> None:
+    """path, label, prediction (a multi-label model's classes joined by ``label_delim``), probability, loss."""
+    classes = interpretation.classes
+    rows = (
+        [relative_posix(sample.path, images.root), label_text(sample.label, classes, label_delim),
+         *prediction_cells(index, probabilities, classes, label_delim), f"{loss:.6f}"]
+        for sample, index, probabilities, loss in zip(images.samples, interpretation.predicted_indices(),
+                                                      interpretation.probabilities, interpretation.losses.tolist())
+    )
+    write_predictions_csv(path, ["path", "label", "prediction", "probability", "loss"], rows)
+
+
+def write_single_label_pictures(cfg: DictConfig, output_dir: Path, interpretation: Interpretation,
+                                dataset: ImageDataset, data: DictConfig) -> list:
+    """most_confused.txt, confusion_matrix.png and top_losses.png; return the most confused pairs."""
     most_confused = interpretation.most_confused()
-    write_json(output_dir / "metrics.json", {**metrics, **run, "most_confused": most_confused})
-    _write_predictions_csv(output_dir / "predictions.csv", samples, interpretation, root)
     (output_dir / "most_confused.txt").write_text(
         "".join(f"{actual}\t{predicted}\t{count}\n" for actual, predicted, count in most_confused)
     )
-    figures = {
-        "confusion_matrix.png": confusion_matrix_figure(
-            interpretation.confusion_matrix(), loaded.classes, normalize=cfg.normalize_confusion_matrix
-        ),
-        "top_losses.png": top_losses_figure(
-            interpretation, loader.dataset, cfg.top_losses, loaded.config.data.mean, loaded.config.data.std
-        ),
-    }
-    for name, figure in figures.items():
-        figure.savefig(output_dir / name, dpi=100)
-        plt.close(figure)
-    log.info("%s: error_rate %.4f on %d images", source, metrics["error_rate"], len(samples))
-    return {**metrics, "images": len(samples), "unknown_labels": dict(unknown), "output_dir": str(output_dir),
-            "precision": predictor.precision}
+    save_figure(confusion_matrix_figure(interpretation.confusion_matrix(), interpretation.classes,
+                                        normalize=cfg.normalize_confusion_matrix), output_dir / "confusion_matrix.png")
+    save_figure(top_losses_figure(interpretation, dataset, cfg.top_losses, data.mean, data.std),
+                output_dir / "top_losses.png")
+    return most_confused
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path``; write the interpretation files to ``cfg.paths.output_dir``; return the metrics."""
+    check_inference_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    loaded = load_classifier(ckpt_path)
+    images = images_to_evaluate(cfg, ckpt_path, loaded, output_dir)
+    threshold = loaded.threshold if cfg.get("threshold") is None else cfg.threshold
+    interpretation, dataset, precision = interpret(cfg, loaded, images, threshold)
+    metrics = interpretation.metrics()
+    run = {"checkpoint": str(ckpt_path), "data": images.source, "images": len(images.samples),
+           "bad_files": images.unreadable, "tta": bool(cfg.tta), "precision": precision,
+           "unknown_labels": dict(sorted(images.unknown.items()))}
+    if loaded.multi_label:
+        log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)
+        run.update(multi_label=True, skipped=MULTI_LABEL_SKIPPED)
+        log.info("%s: error_rate %.4f (1 - accuracy_thresh), fbeta %.4f on %d images", images.source,
+                 metrics["error_rate"], metrics["fbeta"], len(images.samples))
+    else:
+        run["most_confused"] = write_single_label_pictures(cfg, output_dir, interpretation, dataset, loaded.config.data)
+        log.info("%s: error_rate %.4f on %d images", images.source, metrics["error_rate"], len(images.samples))
+    write_json(output_dir / "metrics.json", {**metrics, **run})
+    write_predictions(output_dir / "predictions.csv", images, interpretation, loaded.label_delim)
+    return {**metrics, "images": len(images.samples), "unknown_labels": dict(images.unknown),
+            "output_dir": str(output_dir), "precision": precision}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -33,7 +33,7 @@ from torch import nn
 from src.inference.probabilities import class_probabilities
 from src.models.loading import load_classifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
-from src.run_files import write_json
+from src.runs.run_files import write_json
 
 log = logging.getLogger(__name__)
 

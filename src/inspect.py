@@ -15,11 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms import v2
 
@@ -29,15 +26,18 @@ from src.data.split import label_text
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.models.components.timm_body import TimmBody
-from src.hardware import FULL_PRECISION, normalize_precision
 from src.inference.precision_net import PrecisionNet
+from src.models.freezing import first_trainable_group, freeze_layer_groups
 from src.models.loading import eval_transform_for, load_classifier
+from src.runs.builder import build_datamodule, build_module
+from src.runs.hardware import FULL_PRECISION, normalize_precision
 from src.visualize.cam import cam_figure, grad_cam
+from src.visualize.figure_files import save_figure
 from src.visualize.features import RESNET_BODY_NAMES, features_figure, stage_outputs
 from src.visualize.kernels import kernels_figure
 from src.visualize.pooling import pooling_figure
 from src.visualize.show_batch import denormalize, normalized_and_denormalized_figure
-from src.visualize.summary import apply_stage_freezing, summary_table
+from src.visualize.summary import summary_table
 from src.visualize.tensor_report import tensor_report
 
 log = logging.getLogger(__name__)
@@ -56,19 +56,13 @@ class Subject:
     channels_last: bool = False
 
 
-def build_net(model_config: DictConfig, num_classes: int) -> ImageClassifier:
-    """The untrained network of ``model_config`` (``conf/model``) for ``num_classes`` classes."""
-    head = OmegaConf.to_container(model_config.head, resolve=True)
-    return ImageClassifier(instantiate(model_config.backbone), num_classes=num_classes, **head)
-
-
 def freeze_for_stage(net: ImageClassifier, schedule: DictConfig, index: int, when: str) -> str:
     """Apply stage ``index`` of ``schedule``'s freezing to ``net``; describe the trainable state."""
     stage = schedule.stages[index]
     freeze_to = stage.get("freeze_to", 0)
-    apply_stage_freezing(net, freeze_to, schedule.train_bn)
+    freeze_layer_groups(net.layer_groups(), freeze_to, schedule.train_bn)
     count = len(net.layer_groups())
-    frozen = freeze_to % count
+    frozen = first_trainable_group(freeze_to, count)
     if frozen == 0:
         groups = f"all {count} layer groups trainable"
     else:
@@ -92,8 +86,8 @@ def load_subject(cfg: DictConfig, classes: list[str] | None = None) -> Subject:
         return Subject(loaded.net, loaded.classes, loaded.config.data, state, trained=True, precision=precision,
                        channels_last=loaded.channels_last_at(precision))
     if classes is None:
-        classes = instantiate(cfg.data, split_csv=None).classes
-    net = build_net(cfg.model, len(classes))
+        classes = build_datamodule(cfg.data, split_csv=None).classes
+    net = build_module(cfg, classes=classes, multi_label=False).net  # the same network for either
     state = freeze_for_stage(net, cfg.schedule, 0, "(before training: the first stage of schedule.stages)")
     precision = normalize_precision(cfg.get("precision") or FULL_PRECISION)
     return Subject(net, classes, cfg.data, state, trained=False, precision=precision)
@@ -118,15 +112,13 @@ def _datamodule(data_config: DictConfig, output_dir: Path, image: str | None) ->
             )
         log.warning("data.root=%s is missing: batch.png and the top losses are skipped", root)
         return None
-    datamodule = instantiate(data_config, split_csv=str(output_dir / "split.csv"), num_workers=0)
+    return _setup_datamodule(data_config, output_dir)
+
+
+def _setup_datamodule(data_config: DictConfig, output_dir: Path) -> ImageFolderDataModule:
+    datamodule = build_datamodule(data_config, split_csv=str(output_dir / "split.csv"), num_workers=0)
     datamodule.setup("fit")
     return datamodule
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 def _split_normalize(transform: EvalTransform, image) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,8 +164,7 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
         subject = load_subject(cfg)
         datamodule = _datamodule(subject.data_config, output_dir, cfg.get("image"))
     else:  # before training the classes come from the data folder, so it must be there
-        datamodule = instantiate(cfg.data, split_csv=str(output_dir / "split.csv"), num_workers=0)
-        datamodule.setup("fit")
+        datamodule = _setup_datamodule(cfg.data, output_dir)
         subject = load_subject(cfg, datamodule.classes)
     net, classes, data = subject.net, subject.classes, subject.data_config
     mean, std = list(data.mean), list(data.std)
@@ -184,8 +175,8 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
         dataset = datamodule.datasets["train"]
         picks = torch.randperm(len(dataset))[: cfg.batch_count].tolist()
         images, labels = zip(*(dataset[i] for i in picks))
-        paths["batch"] = _save(normalized_and_denormalized_figure(torch.stack(images), labels, classes, mean, std),
-                               output_dir / "batch.png")
+        batch = normalized_and_denormalized_figure(torch.stack(images), labels, classes, mean, std)
+        paths["batch"] = save_figure(batch, output_dir / "batch.png")
     if cfg.get("image"):
         image_path, label = Path(cfg.image).expanduser(), None
         if not image_path.is_file():
@@ -202,10 +193,10 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
 
     name = f"({label})" if label else f"({image_path.name})"
     first_conv = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d))
-    paths["kernels"] = _save(kernels_figure(unnormalized, first_conv.weight, name), output_dir / "kernels.png")
+    paths["kernels"] = save_figure(kernels_figure(unnormalized, first_conv.weight, name), output_dir / "kernels.png")
     outputs = stage_outputs(net.eval().backbone, image)
-    paths["features"] = _save(features_figure(unnormalized, outputs), output_dir / "features.png")
-    paths["pooling"] = _save(pooling_figure(net, image, classes), output_dir / "pooling.png")
+    paths["features"] = save_figure(features_figure(unnormalized, outputs), output_dir / "features.png")
+    paths["pooling"] = save_figure(pooling_figure(net, image, classes), output_dir / "pooling.png")
 
     cam_name, layer = _cam_layer(net, cfg.cam_layer)
     # The predictions from here on run as the network trained (autocast, memory format), so the
@@ -215,7 +206,7 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     probability, predicted = logits.softmax(0).max(0)
     pictures, cams = [unnormalized], [cam]
     titles = [f"{image_path.name}\npred {classes[predicted]} ({probability:.2f})" + (f"\ntrue {label}" if label else "")]
-    # Top losses by cross-entropy are single-label (see src.interpretation.MULTI_LABEL_SKIPPED).
+    # Top losses by cross-entropy are single-label (see src.inference.interpretation.MULTI_LABEL_SKIPPED).
     if subject.trained and datamodule is not None and cfg.top_losses > 0 and not datamodule.multi_label:
         valid = datamodule.datasets["valid"]
         for index, loss in _top_losses(net, datamodule, cfg.top_losses):
@@ -228,7 +219,7 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     suptitle = (f"Grad-CAM at {cam_name} of the predicted class"
                 + (": the chosen image, then the top losses (predicted / actual, loss / probability)"
                    if len(pictures) > 1 else ""))
-    paths["cam"] = _save(cam_figure(pictures, cams, titles, suptitle), output_dir / "cam.png")
+    paths["cam"] = save_figure(cam_figure(pictures, cams, titles, suptitle), output_dir / "cam.png")
     log.info("inspected %s on %s at precision %s: %s", "checkpoint" if subject.trained else "untrained model",
              image_path, subject.precision, ", ".join(str(p) for p in paths.values()))
     return paths

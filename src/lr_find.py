@@ -1,7 +1,8 @@
 """fastai's learning-rate finder: ``python -m src.lr_find experiment=demo [stage=1]``.
 
-Builds the data and model exactly as ``src.train`` would, freezes them as in the chosen stage,
-runs the range test, writes ``lr_find.png`` (also to TensorBoard) and prints the suggestions.
+Builds the data and model as ``src.train`` does (:mod:`src.runs.builder`), freezes them as in the
+chosen stage, runs the range test, writes ``lr_find.png`` (also to TensorBoard) and prints the
+suggestions. ``src.train`` with ``lr_find=true`` calls :func:`suggest_lr` on its own built run.
 """
 
 from __future__ import annotations
@@ -11,41 +12,51 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from src.hardware import device_type
+from src.data.datamodule import ImageFolderDataModule
+from src.models.classifier_module import ImageClassifierModule
+from src.optim.lr_range_test import find_lr
 from src.optim.stages import LearningRate
-from src.tuning.lr_find import find_lr, plot_lr_find
+from src.runs.builder import build_datamodule, build_module
+from src.runs.hardware import device_type
+from src.visualize.figure_files import save_figure
+from src.visualize.lr_find_plot import plot_lr_find
 
 log = logging.getLogger(__name__)
 
 
 def lr_find(cfg: DictConfig, stage_index: int = 0) -> dict[str, float]:
-    """Run the finder for stage ``stage_index`` of ``cfg``; return the suggestions (valley, minimum, steep).
+    """Build the run of ``cfg`` and run the finder for its stage ``stage_index``; return the suggestions."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, **datamodule.model_fields())
+    return suggest_lr(module, datamodule, cfg, stage_index)
+
+
+def suggest_lr(
+    module: ImageClassifierModule, datamodule: ImageFolderDataModule, cfg: DictConfig, stage_index: int = 0
+) -> dict[str, float]:
+    """The range test on a built run (``cfg.lr_finder`` settings) frozen as in stage ``stage_index``;
+    return the suggestions (valley, minimum, steep).
 
     Writes ``lr_find.png`` and a TensorBoard figure under ``cfg.paths.output_dir``.
     """
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data)
-    with open_dict(cfg):
-        cfg.model.merge_with(datamodule.model_fields())
-    model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
     datamodule.setup("fit")
-    device = device_type(cfg.trainer.accelerator)
     settings = cfg.lr_finder
     result = find_lr(
-        model, datamodule.train_dataloader(), stage_index=stage_index, device=device,
+        module, datamodule.train_dataloader(), stage_index=stage_index, device=device_type(cfg.trainer.accelerator),
         start_lr=settings.start_lr, end_lr=settings.end_lr, num_steps=settings.num_steps,
         beta=settings.beta, stop_factor=settings.stop_factor,
     )
     suggestions = result.suggestions()
-    figure = plot_lr_find(result, suggestions, output_dir / "lr_find.png")
+    figure = plot_lr_find(result, suggestions)
     with SummaryWriter(str(output_dir / "tensorboard")) as writer:
-        writer.add_figure("lr_find", figure)
+        writer.add_figure("lr_find", figure, close=False)
+    save_figure(figure, output_dir / "lr_find.png")
     log.info("lr_find suggestions for stage %d: %s", stage_index,
              ", ".join(f"{k}={v:.2e}" for k, v in suggestions.items()))
     return suggestions

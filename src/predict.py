@@ -5,12 +5,11 @@ one path per line (relative paths are relative to the list's folder). The result
 the predicted class, its probability and the ``topk`` classes; a file that is not a readable
 image gets a row with the reason in ``error`` and the command exits with status 1. For a
 multi-label model the prediction is every class above ``threshold`` (the checkpoint's by default),
-names and probabilities joined by the training ``data.label_delim``.
+names and probabilities joined by the training ``data.labels.label_delim``.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from src.config_checks import check_inference_config
+from src.checks.config_checks import check_inference_config
+from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import FileResult, Predictor
 
 log = logging.getLogger(__name__)
@@ -46,31 +46,27 @@ def input_files(path: str | Path) -> list[Path]:
     )
 
 
-def write_predictions_csv(
-    path: Path, results: list[FileResult], classes: list[str], topk: int, label_delim: str = " "
-) -> None:
+def prediction_rows(results: list[FileResult], classes: list[str], topk: int, label_delim: str | None) -> list[list]:
     """One row per file: the prediction, its probability, the ``topk`` classes, or the error.
 
     A multi-label prediction's classes (and their probabilities) are joined by ``label_delim``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        ranks = [(f"class_{k}", f"probability_{k}") for k in range(1, topk + 1)]
-        writer.writerow(["path", "prediction", "probability", *(c for pair in ranks for c in pair), "error"])
-        for result in results:
-            if result.prediction is None:
-                writer.writerow([str(result.path), "", "", *([""] * 2 * topk), result.error])
-                continue
-            probs = result.prediction.probabilities
-            top = probs.topk(topk)
-            cells = [v for p, i in zip(top.values.tolist(), top.indices.tolist()) for v in (classes[i], f"{p:.6f}")]
-            label, index = result.prediction.label, result.prediction.index
-            if isinstance(index, tuple):  # multi-label: every class above the threshold
-                label, probability = label_delim.join(label), label_delim.join(f"{float(probs[i]):.6f}" for i in index)
-            else:
-                probability = f"{float(probs[index]):.6f}"
-            writer.writerow([str(result.path), label, probability, *cells, ""])
+    rows = []
+    for result in results:
+        if result.prediction is None:
+            rows.append([str(result.path), "", "", *([""] * 2 * topk), result.error])
+            continue
+        probs = result.prediction.probabilities
+        top = probs.topk(topk)
+        cells = [v for p, i in zip(top.values.tolist(), top.indices.tolist()) for v in (classes[i], f"{p:.6f}")]
+        rows.append([str(result.path), *prediction_cells(result.prediction.index, probs, classes, label_delim),
+                     *cells, ""])
+    return rows
+
+
+def _header(topk: int) -> list[str]:
+    ranks = [(f"class_{k}", f"probability_{k}") for k in range(1, topk + 1)]
+    return ["path", "prediction", "probability", *(c for pair in ranks for c in pair), "error"]
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -86,7 +82,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"input={cfg.input!r} holds no files; expected images (e.g. .jpg, .png)")
     results = list(predictor.predict_files(files, cfg.batch_size, cfg.num_workers, progress=len(files) > 1))
     output = Path(cfg.output).expanduser() if cfg.output else Path(cfg.paths.output_dir) / "predictions.csv"
-    write_predictions_csv(output, results, predictor.classes, cfg.topk, predictor.label_delim)
+    write_predictions_csv(output, _header(cfg.topk), prediction_rows(results, predictor.classes, cfg.topk,
+                                                                      predictor.label_delim))
     failed = [r for r in results if r.error]
     for result in failed:
         log.error("%s: %s", result.path, result.error)

@@ -15,19 +15,18 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from src.checkpoint_io import AtomicCheckpointIO
-from src.config_checks import check_train_config
-from src.experiment_trackers import build_loggers, log_run_end
-from src.hardware import resolve_precision
-from src.lr_find import lr_find, with_max_lr
+from src.checks.config_checks import check_train_config
+from src.runs.experiment_trackers import log_run_end
+from src.lr_find import suggest_lr, with_max_lr
 from src.models.loading import check_resumable
-from src.run_files import check_writable, write_json, write_resolved_config
-from src.tuning.lr_find import SUGGESTIONS
+from src.optim.lr_range_test import SUGGESTIONS
+from src.runs.builder import Run, build_run
+from src.runs.run_files import check_writable, write_json, write_resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -63,32 +62,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    if cfg.get("lr_find"):
-        _use_lr_finder_suggestion(cfg)
-    if cfg.get("seed") is not None:  # after the finder: the same run as with that lr typed in
+    if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate(cfg.data)
-    schedule = instantiate(cfg.schedule)
-    with open_dict(cfg):
-        cfg.model.merge_with(datamodule.model_fields())  # the one source of the class list and count
-        # config.yaml and the checkpoint record the precision that ran, not `auto`
-        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    run = build_run(cfg)
+    if cfg.get("lr_find"):
+        _use_lr_finder_suggestion(run)
     write_resolved_config(output_dir / "config.yaml", cfg)
-    model = instantiate(
-        cfg.model,
-        optimizer=instantiate(cfg.optimizer),
-        schedule=schedule,
-        # YAML text, not a mapping: instantiate would build every _target_ inside a mapping.
-        run_config=OmegaConf.to_yaml(cfg, resolve=True),
-    )
-    schedule.check_freeze_targets(len(model.net.layer_groups()))
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    loggers = build_loggers(cfg)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, max_epochs=schedule.total_epochs,
-        plugins=[AtomicCheckpointIO()],
-    )
+    datamodule, model, schedule = run.datamodule, run.module, run.module.schedule
+    trainer = run.trainer()
     log.info("training %s on %d classes for %d epochs in %d stage(s)", cfg.model.backbone.name,
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -120,14 +101,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {**metrics, "output_dir": str(output_dir), "skipped_during_training": skipped}
 
 
-def _use_lr_finder_suggestion(cfg: DictConfig) -> None:
+def _use_lr_finder_suggestion(run: Run) -> None:
+    """Run the finder on the run's own module and data (frozen as the first stage), then train that
+    stage at its suggestion; the random state is the finder's own, so the run is the one that
+    typing the suggested lr would give."""
+    cfg = run.cfg
     suggestion = cfg.lr_finder.suggestion
     if suggestion not in SUGGESTIONS:
         raise ValueError(f"lr_finder.suggestion={suggestion!r}; expected one of {', '.join(SUGGESTIONS)}")
-    suggestions = lr_find(cfg, stage_index=0)
+    suggestions = suggest_lr(run.module, run.datamodule, cfg, stage_index=0)
     first = cfg.schedule.stages[0]
     lr = OmegaConf.to_object(first.lr) if OmegaConf.is_config(first.lr) else first.lr
     first.lr = with_max_lr(lr, suggestions[suggestion])
+    run.use_schedule_of_config()
     log.info("lr_find: stage %r trains at lr=%s (%s suggestion)", first.get("name", 0), first.lr, suggestion)
 
 
@@ -148,7 +134,7 @@ def _hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
         "stages": " | ".join(_describe_stage(stage) for stage in cfg.schedule.stages),
         "precision": str(cfg.trainer.precision),
         "seed": cfg.get("seed"),
-        "labels": cfg.data.get("labels", "folder") + (" (multi-label)" if cfg.model.get("multi_label") else ""),
+        "labels": get_class(cfg.data.labels._target_).name + (" (multi-label)" if cfg.model.get("multi_label") else ""),
     }
 
 

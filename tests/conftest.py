@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 SAMPLE = PROJECT_ROOT / "data" / "fashion-mnist-sample"
+# The normalisation the data config gives (ImageNet's), for DataModules built without the config.
+IMAGENET_STATS = {key: list(OmegaConf.load(CONFIG_DIR / "data" / "image_folder.yaml")[key]) for key in ("mean", "std")}
 
 
 def copy_sample(dest: Path, classes: int = 3, per_class: int = 12) -> Path:
@@ -132,3 +134,26 @@ def make_messy_folder(dest: Path) -> Path:
 @pytest.fixture
 def messy_root(tmp_path: Path) -> Path:
     return make_messy_folder(tmp_path / "messy")
+
+
+@pytest.fixture
+def started(monkeypatch) -> list[str]:
+    """What a run did before it stopped: ``image <name>`` for each image file opened, ``trainer``
+    when a Lightning Trainer was built (the test of "failed at start-up", without a clock)."""
+    import lightning as L
+    from PIL import Image
+
+    events = []
+    open_image, build_trainer = Image.open, L.Trainer.__init__
+
+    def opened(fp, *args, **kwargs):
+        events.append(f"image {Path(str(fp)).name}")
+        return open_image(fp, *args, **kwargs)
+
+    def built(self, *args, **kwargs):
+        events.append("trainer")
+        return build_trainer(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", opened)
+    monkeypatch.setattr(L.Trainer, "__init__", built)
+    return events

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from src.bench.run import parse_variant, variant_name
-from src.hardware import resolve_precision
+from src.bench.run import compare_error_rates, parse_variant, variant_name
+from src.runs.hardware import resolve_precision
 from tests.conftest import PROJECT_ROOT, copy_sample
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
@@ -54,6 +54,8 @@ def test_smoke_benchmark_writes_table_and_json(tmp_path):
     assert set(accuracy["error_rate"]) == {"32-true", "bf16-mixed"}
     assert accuracy["difference_pp"] == pytest.approx(
         100 * (accuracy["error_rate"]["bf16-mixed"] - accuracy["error_rate"]["32-true"]))
+    assert accuracy["tolerance_pp"] == 1.0  # two batches decide nothing: the verdict is tested on known rates below
+    assert accuracy["within_tolerance"] is (abs(accuracy["difference_pp"]) <= 1.0 + 1e-9)
     # the training run is a real src.train run, with its own run directory
     assert json.loads((Path(train["run_dir"]) / "metrics.json").read_text())["performance"]["perf/train_images_per_s"] \
         == pytest.approx(train["images_per_s"])
@@ -69,6 +71,21 @@ def test_smoke_benchmark_writes_table_and_json(tmp_path):
 def test_variant_names_round_trip(variant, expected):
     assert parse_variant(variant) == expected
     assert variant_name(**expected) == variant
+
+
+@pytest.mark.parametrize("fp32, compared, difference_pp, within", [
+    (0.25, 0.25, 0.0, True),
+    (0.25, 0.26, 1.0, True),  # exactly the tolerance (1.0000000000000009 in floats)
+    (0.25, 0.24, -1.0, True),  # better by as much: within too
+    (0.10, 0.12, 2.0, False),
+    (0.30, 0.28, -2.0, False),  # either way
+    (0.50, 0.5125, 1.25, False),
+])
+def test_accuracy_check_verdict_on_known_error_rates(fp32, compared, difference_pp, within):
+    result = compare_error_rates({"32-true": fp32, "bf16-mixed": compared}, "bf16-mixed")
+    assert result["difference_pp"] == pytest.approx(difference_pp)
+    assert result["tolerance_pp"] == 1.0 and result["within_tolerance"] is within
+    assert result["error_rate"] == {"32-true": fp32, "bf16-mixed": compared} and result["compared"] == "bf16-mixed"
 
 
 def test_unknown_variant_flag_is_named():

@@ -9,7 +9,7 @@ from PIL import Image
 from src.data.datamodule import ImageFolderDataModule, index_folder
 from src.data.image_files import Sample, list_images, load_rgb, scan_class_folders
 from src.data.split import stratified_split
-from tests.conftest import copy_sample
+from tests.conftest import IMAGENET_STATS, copy_sample
 
 
 def _samples(counts: dict[int, int]) -> list[Sample]:
@@ -127,7 +127,7 @@ def test_validation_class_unknown_to_training_is_named(tmp_path):
 
 
 def test_datamodule_batches_split_csv_and_classes(image_root, tmp_path):
-    dm = ImageFolderDataModule(image_root, size=32, batch_size=4, split_csv=tmp_path / "split.csv")
+    dm = ImageFolderDataModule(image_root, size=32, batch_size=4, split_csv=tmp_path / "split.csv", **IMAGENET_STATS)
     assert dm.num_classes == 3
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
@@ -148,11 +148,11 @@ def test_datamodule_batches_split_csv_and_classes(image_root, tmp_path):
 def test_eval_images_have_the_configured_size(tmp_path, image_root, method):
     wide = image_root / sorted(p.name for p in image_root.iterdir())[0] / "wide.png"
     Image.new("RGB", (90, 30), (200, 10, 10)).save(wide)
-    dm = ImageFolderDataModule(image_root, size=48, resize_method=method)
+    dm = ImageFolderDataModule(image_root, size=48, resize_method=method, **IMAGENET_STATS)
     assert dm.eval_transform(load_rgb(wide)).shape == (3, 48, 48)
     assert dm.train_transform(load_rgb(wide)).shape == (3, 48, 48)
 
 
 def test_unknown_resize_method_is_named(image_root):
     with pytest.raises(ValueError, match="data.resize_method='stretch'"):
-        ImageFolderDataModule(image_root, resize_method="stretch")
+        ImageFolderDataModule(image_root, resize_method="stretch", **IMAGENET_STATS)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from omegaconf import open_dict
 
-from src.experiment_trackers import flat_params
+from src.runs.experiment_trackers import flat_params
 from src.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config
 from tests.test_sweeps import SWEEP_OVERRIDES, run_sweep
@@ -112,7 +112,7 @@ def test_wandb_offline_without_login_never_prompts_and_says_so(tmp_path, image_r
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     cfg = tiny_run_cfg(tmp_path, image_root, ["logger=wandb"])
-    with caplog.at_level(logging.WARNING, logger="src.experiment_trackers"):
+    with caplog.at_level(logging.WARNING, logger="src.runs.experiment_trackers"):
         result = train(cfg)
     assert "logging offline" in caplog.text
     wandb.teardown()  # W&B's service writes the run file in its own process: wait until it is done

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,38 @@ def test_tensor_conversion_equals_torchvisions():
     lit = to_tensor.apply(image, brightness=1.15, contrast=0.85)
     changed = F.adjust_contrast(F.adjust_brightness(F.to_dtype(F.to_image(image), torch.float32, scale=True), 1.15), 0.85)
     assert torch.allclose(lit, F.normalize(changed, MEAN, STD), atol=1e-5)
+
+
+def _within_binomial(count: int, draws: int, p: float) -> bool:
+    """``count`` successes of ``draws`` is within 4 standard deviations of probability ``p``."""
+    return abs(count - draws * p) <= 4 * math.sqrt(draws * p * (1 - p))
+
+
+def test_random_warp_draws_each_op_independently_with_probability_p_and_within_its_range():
+    warp, draws, p = RandomWarp(max_rotate=10.0, max_zoom=1.2, max_warp=0.2, p=0.3), 4000, 0.3
+    torch.manual_seed(0)
+    samples = [warp.params(64, 48) for _ in range(draws)]
+    angles = [a for a, _, _ in samples if a is not None]
+    scales = [s for _, s, _ in samples if s is not None]
+    corners = [c for _, _, c in samples if c is not None]
+    for count in (len(angles), len(scales), len(corners)):
+        assert _within_binomial(count, draws, p)
+    # each op has its own draw (fastai's p per transform): two happen together p * p of the time
+    assert _within_binomial(sum(a is not None and s is not None for a, s, _ in samples), draws, p * p)
+    assert _within_binomial(sum(all(v is None for v in sample) for sample in samples), draws, (1 - p) ** 3)
+    # rotation uniform in [-10, 10] degrees, zoom in [1, 1.2] (in, never out)
+    assert -10 <= min(angles) < -9.5 and 9.5 < max(angles) <= 10
+    assert abs(np.mean(angles)) <= 4 * (20 / math.sqrt(12)) / math.sqrt(len(angles))
+    assert 1.0 <= min(scales) < 1.01 and 1.19 < max(scales) <= 1.2
+    # each corner moves inwards by 0 to 0.2 of half the side: whole pixels 0..6 across, 0..4 down
+    inward = np.array([[c[0][0], c[0][1], 63 - c[1][0], c[1][1], 63 - c[2][0], 47 - c[2][1], c[3][0], 47 - c[3][1]]
+                       for c in corners])
+    assert set(inward[:, 0::2].flatten()) == set(range(7)) and set(inward[:, 1::2].flatten()) == set(range(5))
+
+
+def test_random_warp_probability_bounds_and_switched_off_ops():
+    torch.manual_seed(0)
+    assert all(v is not None for _ in range(50) for v in RandomWarp(10, 1.2, 0.2, p=1.0).params(32, 32))
+    assert all(v is None for _ in range(50) for v in RandomWarp(10, 1.2, 0.2, p=0.0).params(32, 32))
+    # a zero limit switches its op off whatever p is
+    assert all(RandomWarp(0, 1.0, 0.0, p=1.0).params(32, 32) == (None, None, None) for _ in range(50))

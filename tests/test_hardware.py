@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src import hardware
+from src.runs import hardware
 from src.data.image_files import load_rgb
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
@@ -24,10 +24,38 @@ def test_explicit_precision_is_kept(monkeypatch):
     assert hardware.resolve_precision("32-true", "auto") == "32-true"
 
 
-def test_cpu_bf16_probe_matches_torch():
-    # the code reads torch's public torch.cpu.get_capabilities(); torch's private probes must agree
-    expected = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    assert hardware.has_native_bf16("cpu") == expected
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (False, False, False),  # AVX2 only (the build machine): bf16 is emulated
+    (True, False, True),  # AMX tiles (Xeon Sapphire Rapids+)
+    (False, True, True),  # AVX512-BF16 (Cooper Lake, Zen 4)
+    (True, True, True),
+])
+def test_cpu_has_native_bf16_with_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.delenv("IFC_NATIVE_BF16", raising=False)  # the probe itself, not an override from the environment
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_tile": amx, "avx512_bf16": avx512_bf16})
+    assert hardware.has_native_bf16("cpu") is expected
+
+
+def test_public_cpu_capabilities_agree_with_torchs_private_probes():
+    # has_native_bf16 reads torch's public torch.cpu.get_capabilities(); torch's own private probes
+    # (which it used before) must give the same answers on this machine
+    capabilities = torch.cpu.get_capabilities()
+    assert bool(capabilities.get("amx_tile")) == torch.cpu._is_amx_tile_supported()
+    assert bool(capabilities.get("avx512_bf16")) == torch.cpu._is_avx512_bf16_supported()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cuda_bf16_probe_does_not_count_emulation(monkeypatch, native):
+    monkeypatch.delenv("IFC_NATIVE_BF16", raising=False)
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert hardware.has_native_bf16("cuda") is native
+    assert asked == [False]  # a pre-Ampere GPU emulates bf16: that must not count
 
 
 @pytest.mark.parametrize("value, precision, expected", [
@@ -98,7 +126,7 @@ def test_inference_runs_at_the_trained_precision_where_the_device_has_it(monkeyp
 
 def test_the_fallback_warning_names_both_precisions(monkeypatch, caplog):
     monkeypatch.setenv("IFC_NATIVE_BF16", "0")
-    with caplog.at_level("WARNING", logger="src.hardware"):
+    with caplog.at_level("WARNING", logger="src.runs.hardware"):
         hardware.inference_precision("bf16-mixed", None, CPU)
     [record] = caplog.records
     assert "trained at bf16-mixed" in record.message and "running at 32-true instead" in record.message

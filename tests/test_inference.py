@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from src.evaluate import evaluate
-from src.interpretation import Interpretation
+from src.inference.interpretation import Interpretation
 from src.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 
@@ -121,6 +121,55 @@ def test_interpretation_numbers():
     assert interp.top_losses(2) == [2, 3]
 
 
+def _drawn_matrix(figure) -> torch.Tensor:
+    """The values a confusion-matrix figure shows, as the (actual, predicted) grid it colours."""
+    return torch.from_numpy(np.asarray(figure.axes[0].images[0].get_array(), dtype=np.float64))
+
+
+def _cell_texts(figure) -> dict[tuple[int, int], str]:
+    return {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in figure.axes[0].texts}
+
+
+def test_normalised_confusion_matrix_shows_the_fraction_of_each_actual_class():
+    import matplotlib.pyplot as plt
+
+    from src.visualize.interpretation_figures import confusion_matrix_figure
+
+    counts = torch.tensor([[3, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 2]])  # class c: no images
+    normalised = confusion_matrix_figure(counts, ["a", "b", "c", "d"], normalize=True)
+    expected = [[0.75, 0.25, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0, 0], [0.25, 0, 0.25, 0.5]]
+    assert torch.allclose(_drawn_matrix(normalised), torch.tensor(expected, dtype=torch.float64))
+    texts = _cell_texts(normalised)
+    assert (texts[(0, 0)], texts[(0, 1)], texts[(3, 3)], texts[(2, 2)]) == ("0.75", "0.25", "0.50", "0.00")
+    plain = confusion_matrix_figure(counts, ["a", "b", "c", "d"])
+    assert torch.equal(_drawn_matrix(plain), counts.double()) and _cell_texts(plain)[(0, 0)] == "3"
+    plt.close(normalised)
+    plt.close(plain)
+
+
+def test_evaluate_draws_the_normalised_confusion_matrix_when_asked(trained, tmp_path, monkeypatch):
+    import src.evaluate
+
+    drawn = []
+    draw = src.evaluate.confusion_matrix_figure
+
+    def keep_the_figure(*args, **kwargs):
+        drawn.append(draw(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(src.evaluate, "confusion_matrix_figure", keep_the_figure)
+    evaluate(task_cfg("evaluate", tmp_path, [f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}",
+                                             "data.num_workers=0", "normalize_confusion_matrix=true"]))
+    classes = json.loads((trained / "metrics.json").read_text())["classes"]
+    counts = torch.zeros(CLASSES, CLASSES, dtype=torch.float64)
+    for row in read_rows(tmp_path / "predictions.csv"):
+        counts[classes.index(row["label"]), classes.index(row["prediction"])] += 1
+    [figure] = drawn
+    shown = _drawn_matrix(figure)
+    assert torch.allclose(shown.sum(dim=1), torch.ones(CLASSES, dtype=torch.float64))  # every class has images
+    assert torch.allclose(shown, counts / counts.sum(dim=1, keepdim=True))
+
+
 def test_training_logs_the_interpretation_figures_to_tensorboard(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -169,13 +218,48 @@ def test_tta_blends_the_plain_prediction_with_flipped_and_zoomed_views(trained):
     assert torch.allclose(blended.sum(1), torch.ones(3), atol=1e-5)
 
 
+class LeftOrRight(torch.nn.Module):
+    """Class 0 when the left half of the image is brighter than the right, else class 1, with a
+    margin so large that the softmax is exactly 1 or 0."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        half = images.shape[-1] // 2
+        left_minus_right = images[..., :half].mean(dim=(1, 2, 3)) - images[..., half:].mean(dim=(1, 2, 3))
+        return torch.stack([100 * left_minus_right, -100 * left_minus_right], dim=1)
+
+
+def test_tta_of_a_left_bright_image_is_the_known_blend():
+    from src.inference.tta import tta_log_probabilities
+
+    image = torch.zeros(1, 3, 20, 20)
+    image[..., :10] = 1.0  # bright left half
+    # The plain view says class 0. Zoomed x1.35 the edge moves to column 13.5 of 27, and a 20-column
+    # crop from either end still has more bright columns in its left half than in its right: the
+    # four unflipped views say class 0, the four flipped ones class 1.
+    # fastai's blend: 0.4 * plain + 0.6 * mean(views) = 0.4 * (1, 0) + 0.6 * (0.5, 0.5).
+    with torch.inference_mode():
+        assert torch.allclose(tta_log_probabilities(LeftOrRight(), image).exp(), torch.tensor([[0.7, 0.3]]))
+        assert torch.allclose(tta_log_probabilities(LeftOrRight(), image, beta=0.0).exp(), torch.tensor([[0.5, 0.5]]))
+        assert torch.allclose(tta_log_probabilities(LeftOrRight(), image.flip(-1)).exp(), torch.tensor([[0.3, 0.7]]))
+
+
 def test_evaluate_with_tta(trained, tmp_path):
-    ckpt = f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"
-    plain = evaluate(task_cfg("evaluate", tmp_path / "plain", [ckpt, "data.num_workers=0"]))
-    tta = evaluate(task_cfg("evaluate", tmp_path / "tta", [ckpt, "data.num_workers=0", "tta=true"]))
+    from src import Predictor
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    plain = evaluate(task_cfg("evaluate", tmp_path / "plain", [f"ckpt_path={ckpt}", "data.num_workers=0"]))
+    tta = evaluate(task_cfg("evaluate", tmp_path / "tta", [f"ckpt_path={ckpt}", "data.num_workers=0", "tta=true"]))
     assert tta["images"] == plain["images"]
-    assert tta["loss"] != pytest.approx(plain["loss"], abs=1e-6)
     assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["tta"] is True
+    # each image's loss is that of the blend the Python API's TTA gives (checked above on a known answer)
+    rows = read_rows(tmp_path / "tta" / "predictions.csv")
+    root = trained.parent / "images"
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", tta=True)
+    blended = predictor.predict_batch([root / r["path"] for r in rows])
+    expected = [-math.log(float(p.probabilities[predictor.classes.index(r["label"])])) for r, p in zip(rows, blended)]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(expected, abs=1e-4)
+    assert tta["loss"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
+    assert tta["loss"] != pytest.approx(plain["loss"], abs=1e-6)  # and it is not the plain prediction
 
 
 def _folder_with_bad_files(root: Path) -> Path:

@@ -13,12 +13,14 @@ from matplotlib.image import imread
 from omegaconf import DictConfig, open_dict
 
 from src.callbacks.staged_finetuning import count_parameters
-from src.inspect import build_net, inspect_model, load_subject, model_summary
+from src.inspect import inspect_model, load_subject, model_summary
+from src.models.freezing import freeze_layer_groups
+from src.runs.builder import build_module
 from src.train import train
 from src.visualize.cam import grad_cam
 from src.visualize.features import RESNET_BODY_NAMES, SHOWN, stage_outputs
 from src.visualize.kernels import KERNELS, SEED_EDGE, convolve
-from src.visualize.summary import apply_stage_freezing, layer_rows
+from src.visualize.summary import layer_rows
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, copy_sample
 
 SIZE = 64  # layer3 is 4 x 4 and layer4 2 x 2 at 64 px: Grad-CAM has a map with detail
@@ -31,6 +33,11 @@ def compose_inspect(overrides: list[str], output_dir: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """The untrained network of ``cfg`` for ``num_classes`` classes, built as every command builds it."""
+    return build_module(cfg, classes=[f"class {i}" for i in range(num_classes)], multi_label=False).net
 
 
 def totals(summary: str) -> tuple[int, int, int]:
@@ -75,7 +82,7 @@ def test_resnet50_with_44_classes_and_a_frozen_body_prints_the_seed_totals(tmp_p
 
 
 def test_summary_rows_have_the_real_output_shapes():
-    net = build_net(compose_config(["model.backbone.weights=null", "model.backbone.name=resnet18"]).model, 5)
+    net = build_net(compose_config(["model.backbone.weights=null", "model.backbone.name=resnet18"]), 5)
     rows = layer_rows(net, (3, SIZE, SIZE))
     assert [r.output_shape for r in rows if r.name == "AdaptiveMaxPool2d"] == [(512, 1, 1)]
     assert rows[0].output_shape == (64, SIZE // 2, SIZE // 2) and rows[-1].output_shape == (5,)
@@ -89,8 +96,8 @@ def test_inspect_before_training_writes_every_artefact(tmp_path, image_root):
     assert all(p.parent == tmp_path / "inspect" for p in paths.values())
 
     summary = paths["summary"].read_text()
-    net = build_net(cfg.model, 3)
-    apply_stage_freezing(net, freeze_to=-1, train_bn=True)  # the default schedule's first stage: body frozen
+    net = build_net(cfg, 3)
+    freeze_layer_groups(net.layer_groups(), freeze_to=-1, train_bn=True)  # the default schedule's first stage: body frozen
     trainable = count_parameters(net, trainable_only=True)
     assert totals(summary) == (count_parameters(net), trainable, count_parameters(net) - trainable)
     assert "before training" in summary and "stage 1/2 'head'" in summary
@@ -121,7 +128,7 @@ def test_inspect_a_checkpoint_shows_the_last_stage_and_the_top_losses(tmp_path, 
     summary = paths["summary"].read_text()
     total = totals(summary)[0]
     assert total == count_parameters(build_net(compose_config(["model.backbone.weights=null",
-                                                               "model.backbone.name=resnet18"]).model, 3))
+                                                               "model.backbone.name=resnet18"]), 3))
     assert totals(summary) == (total, total, 0)
     assert "stage 2/2 'all'" in summary and "last stage" in summary and "all 3 layer groups trainable" in summary
     height, width, _ = imread(paths["cam"]).shape
@@ -168,17 +175,53 @@ def test_feature_maps_are_the_model_stage_outputs(checkpoint):
     assert torch.allclose(outputs["layer4"], features[0], atol=1e-6)
 
 
-def test_grad_cam_covers_the_image_and_is_not_constant(checkpoint):
+def test_grad_cam_on_a_trained_resnet_gives_the_logits_and_leaves_no_gradients(checkpoint):
     from src.models.loading import load_classifier
 
     net = load_classifier(checkpoint).net
     image = torch.randn(3, SIZE, SIZE)
     cam, logits = grad_cam(net, net.backbone[6], image)  # layer3
     assert cam.shape == (SIZE, SIZE)
-    assert cam.std() > 0 and cam.min() == 0 and cam.max() == pytest.approx(1.0)
     with torch.no_grad():
         assert torch.allclose(logits, net(image.unsqueeze(0))[0], atol=1e-5)
     assert all(p.grad is None for p in net.parameters())  # no gradients left behind
+
+
+class RedOrGreen(torch.nn.Module):
+    """Class 0 is "more red than green", class 1 the opposite: a 1x1 convolution picks the red and
+    the green channel, a 4x4 average pool makes an 8x8 map of a 32 px image (the layer Grad-CAM
+    reads), and the logits are the pooled red minus green and green minus red."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.colours = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1, bias=False), torch.nn.ReLU(), torch.nn.AvgPool2d(4))
+        self.head = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.colours[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))
+            self.head.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.colours(images).mean(dim=(2, 3)))
+
+
+def test_grad_cam_peaks_where_the_class_evidence_is():
+    # A red square top right (the larger: class 0 is predicted) and a green one bottom left, on
+    # whole 4x4 cells of the 8x8 map; asymmetric, so a transposed or flipped map would miss them.
+    image = torch.zeros(3, 32, 32)
+    red, green = (slice(4, 16), slice(16, 28)), (slice(20, 28), slice(4, 12))
+    image[0][red] = 1.0
+    image[1][green] = 1.0
+    net = RedOrGreen()
+    for target, evidence, other in [(0, red, green), (1, green, red), (None, red, green)]:
+        cam, logits = grad_cam(net, net.colours, image, target)
+        assert cam.shape == (32, 32)
+        row, col = divmod(int(cam.argmax()), 32)
+        assert evidence[0].start <= row < evidence[0].stop and evidence[1].start <= col < evidence[1].stop, target
+        inner = (slice(evidence[0].start + 2, evidence[0].stop - 2), slice(evidence[1].start + 2, evidence[1].stop - 2))
+        assert torch.allclose(cam[inner], torch.ones_like(cam[inner]))  # the evidence, away from its blurred edge
+        assert torch.equal(cam[other], torch.zeros_like(cam[other]))  # counter-evidence: cut by the ReLU
+        assert cam[:, :2].eq(0).all() and cam[:2].eq(0).all()  # no colour: no evidence
+    assert logits.argmax() == 0  # target None explains the predicted class, red
 
 
 def test_the_seed_edge_kernel_is_fastais():

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig, open_dict
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.config_checks import ConfigError, check_train_config
-from src.data.labels import LabelSource, index_labels
+from src.checks.config_checks import check_train_config
+from src.data.labels import CsvLabels, FolderLabels, RegexLabels
+from src.models.components.backbones import build_backbone
+from src.models.components.classifier import ImageClassifier
+from src.models.loading import load_classifier
+from src.checks.problems import ConfigError
 from src.evaluate import evaluate
 from src.models.multi_label_metrics import fbeta_per_sample
 from src.models.loading import read_checkpoint
@@ -65,7 +71,8 @@ def test_csv_labels_with_is_valid_fix_the_split_train_and_evaluate(tmp_path):
     write_rows(root / "labels.csv", ["name", "label", "is_valid"], rows)
 
     run = tmp_path / "run"
-    metrics = train(run_cfg(run, root, ["data.labels=csv", "data.csv_path=labels.csv", "data.valid_column=is_valid"]))
+    metrics = train(run_cfg(run, root, ["data/labels=csv", "data.labels.csv_path=labels.csv",
+                                        "data.labels.valid_column=is_valid"]))
 
     split = read_rows(run / "split.csv")
     assert {r["path"] for r in split if r["subset"] == "valid"} == {r[0] for r in rows if r[2] == "True"}
@@ -98,7 +105,7 @@ def test_regex_labels_from_file_names_list_the_file_that_does_not_match(tmp_path
     shutil.copy(root / f"{sorted(p.name for p in (tmp_path / 'src').iterdir())[0]}_1.png", unmatched)
 
     run = tmp_path / "run"
-    train(run_cfg(run, root, ["data.labels=regex", r"data.pattern='([^/]+)_\d+\.png$'"]))
+    train(run_cfg(run, root, ["data/labels=regex", r"data.labels.pattern='([^/]+)_\d+\.png$'"]))
 
     split = read_rows(run / "split.csv")
     assert len(split) == 20 and "scan of the box.png" not in {r["path"] for r in split}
@@ -106,7 +113,8 @@ def test_regex_labels_from_file_names_list_the_file_that_does_not_match(tmp_path
     assert sorted(r["label"] for r in split if r["subset"] == "valid") == ["ankle_boot", "ankle_boot", "bag", "bag"]
     bad = read_rows(run / "bad_files.csv")
     assert [r["path"] for r in bad] == ["scan of the box.png"]
-    assert bad[0]["reason"].startswith("no label: data.pattern") and "does not match 'scan of the box.png'" in bad[0]["reason"]
+    assert bad[0]["reason"].startswith("no label: data.labels.pattern")
+    assert "does not match 'scan of the box.png'" in bad[0]["reason"]
     assert json.loads((run / "metrics.json").read_text())["classes"] == ["ankle_boot", "bag"]
 
     evaluated = evaluate(run_cfg(tmp_path / "eval", root, [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
@@ -122,8 +130,9 @@ def test_multi_label_csv_trains_evaluates_per_class_and_predicts_every_class_abo
     write_rows(root / "tags.csv", ["image_name", "tags"], rows)
 
     run = tmp_path / "run"
-    metrics = train(run_cfg(run, root, ["data.labels=csv", "data.csv_path=tags.csv", "data.path_column=image_name",
-                                        "data.label_column=tags", "data.label_delim=' '", "data.valid_pct=0.25"]))
+    metrics = train(run_cfg(run, root, ["data/labels=csv", "data.labels.csv_path=tags.csv",
+                                        "data.labels.path_column=image_name", "data.labels.label_column=tags",
+                                        "data.labels.label_delim=' '", "data.valid_pct=0.25"]))
 
     classes = ["ankle_boot", "bag", "coat", "even"]
     summary = json.loads((run / "metrics.json").read_text())
@@ -192,8 +201,8 @@ def labelled(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("table, source, message", [
-    ("name,tags\nimg/000.png,a\n", {}, r"data.label_column='label' is not a column of .*labels.csv \(its columns: "
-                                       r"name, tags.*set data.label_column to one of them"),
+    ("name,tags\nimg/000.png,a\n", {}, r"data.labels.label_column='label' is not a column of .*labels.csv \(its columns: "
+                                       r"name, tags.*set data.labels.label_column to one of them"),
     ("name,label,is_valid\nimg/000.png,a,true\nimg/001.png,b,yes\n", {"valid_column": "is_valid"},
      r"labels.csv line 3: is_valid='yes'; expected true/false or 1/0"),
     ("name,label\nimg/000.png,a\nimg/001.png,\n", {}, r"labels.csv line 3: the label is empty"),
@@ -202,25 +211,76 @@ def labelled(tmp_path: Path) -> Path:
 def test_bad_label_tables_are_named_with_the_fix(labelled, table, source, message):
     (labelled / "labels.csv").write_text(table)
     with pytest.raises(ValueError, match=message):
-        index_labels(labelled, LabelSource("csv", "labels.csv", **source), valid_pct=0.2, seed=0)
+        CsvLabels(csv_path="labels.csv", **source).index(labelled, valid_pct=0.2, seed=0)
 
 
 def test_a_tsv_with_the_tab_written_as_backslash_t(labelled):
     (labelled / "labels.tsv").write_text("file\tbreed\n" + "".join(f"img/00{i}.png\t{'ab'[i % 2]}\n" for i in range(6)))
-    index = index_labels(labelled, LabelSource("csv", "labels.tsv", path_column="file", label_column="breed",
-                                               csv_delimiter="\\t"), valid_pct=0.34, seed=0)
+    index = CsvLabels(csv_path="labels.tsv", path_column="file", label_column="breed",
+                      csv_delimiter="\\t").index(labelled, valid_pct=0.34, seed=0)
     assert index.classes == ["a", "b"] and (len(index.train), len(index.valid)) == (4, 2)
     assert {s.path.name: s.label for s in index.train + index.valid} == {f"00{i}.png": i % 2 for i in range(6)}
 
 
 def test_label_settings_are_checked_before_training(labelled):
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={labelled}", "data.labels=regex", "data.pattern='no group'",
-                          "data.csv_path=labels.csv", "data.label_delim=''"])
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={labelled}", "data/labels=regex",
+                          "data.labels.pattern='no group'", "data.labels.label_delim=''"])
     with pytest.raises(ConfigError) as error:
         check_train_config(cfg, num_layer_groups=3)
     keys = [problem.key for problem in error.value.problems]
-    assert keys == ["data.csv_path", "data.pattern", "data.label_delim"]
+    assert keys == ["data.labels.label_delim", "data.labels.pattern"]
     assert "a capture group (...) around the label" in str(error.value)
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={labelled}", "data.labels=csv", "data.csv_path=nope.csv"])
-    with pytest.raises(ConfigError, match=r"data.csv_path='nope.csv': expected a table of labels .* relative to data.root"):
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={labelled}", "data/labels=csv", "data.labels.csv_path=nope.csv"])
+    with pytest.raises(ConfigError, match=r"data.labels.csv_path='nope.csv': expected a table of labels .* "
+                                          "relative to data.root"):
         check_train_config(cfg, num_layer_groups=3)
+
+
+def test_each_source_takes_only_its_own_settings(labelled):
+    """The config group gives each source its own keys: a setting of another source is refused by Hydra."""
+    with pytest.raises(ConfigCompositionException, match="Could not override 'data.labels.csv_path'"):
+        compose_config([f"data.root={labelled}", "data/labels=regex", "data.labels.csv_path=labels.csv"])
+    with pytest.raises(ConfigCompositionException, match="Could not override 'data.labels.label_delim'"):
+        compose_config([f"data.root={labelled}", "data.labels.label_delim=' '"])  # folder: one class per folder
+    sources = {name: instantiate(compose_config([f"data/labels={name}"]).data.labels)
+               for name in ("folder", "csv", "regex")}
+    assert sources == {"folder": FolderLabels(), "csv": CsvLabels(), "regex": RegexLabels()}  # YAML and class agree
+
+
+def test_the_old_key_data_labels_csv_is_named_with_the_new_form(labelled):
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={labelled}", "data.labels=csv"])
+    with pytest.raises(ConfigError, match=r"data.labels='csv': expected a label source.*write data/labels=csv"):
+        check_train_config(cfg, num_layer_groups=3)
+
+
+def _old_style_checkpoint(path: Path, root: Path, labels: dict) -> Path:
+    """A checkpoint as src.train wrote it before the data/labels config group: ``data.labels`` a name
+    and every source's settings next to it."""
+    model = OmegaConf.to_container(compose_config(TINY_OVERRIDES).model)
+    data = {"root": str(root), "labels": "folder", "csv_path": None, "path_column": "name", "label_column": "label",
+            "valid_column": None, "csv_delimiter": ",", "label_delim": None, "pattern": None, "valid_pct": 0.2,
+            "seed": 0, "size": 32, "resize_method": "crop", "interpolation": "bilinear",
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "batch_size": 8, "num_workers": 0,
+            "_target_": "src.data.datamodule.ImageFolderDataModule", **labels}
+    net = ImageClassifier(build_backbone(model["backbone"]["name"], weights=None), num_classes=2, **model["head"])
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"classes": ["a", "b"], "head": model["head"],
+                                     "multi_label": bool(labels.get("label_delim")),
+                                     "run_config": OmegaConf.to_yaml({"model": model, "data": data})}}, path)
+    return path
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ({}, FolderLabels()),
+    ({"labels": "csv", "csv_path": "labels.csv", "label_column": "tags", "label_delim": " "},
+     CsvLabels(csv_path="labels.csv", label_column="tags", label_delim=" ")),
+    ({"labels": "regex", "pattern": "([^/]+)_\\d+"}, RegexLabels(pattern="([^/]+)_\\d+")),
+])
+def test_a_checkpoint_from_before_the_labels_config_group_still_loads(tmp_path, labelled, labels, expected):
+    (labelled / "labels.csv").write_text("name,tags\n" + "".join(f"img/00{i}.png,{'ab'[i % 2]}\n" for i in range(6)))
+    loaded = load_classifier(_old_style_checkpoint(tmp_path / "old.ckpt", labelled, labels))
+    assert instantiate(loaded.config.data.labels) == expected
+    assert not {"csv_path", "pattern", "label_delim"} & set(loaded.config.data)  # the flat keys are gone
+    assert loaded.label_delim == expected.label_delim
+    datamodule = instantiate(loaded.config.data, split_csv=None)  # what src.inspect rebuilds from a checkpoint
+    assert datamodule.label_source == expected

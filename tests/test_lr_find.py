@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from src.lr_find import lr_find, with_max_lr
+from src.optim.lr_range_test import LRFinderResult, find_lr, minimum, steep, valley
+from src.runs.builder import build_datamodule, build_module
 from src.train import train
-from src.tuning.lr_find import LRFinderResult, find_lr, minimum, steep, valley
 
 LRS = list(10 ** np.linspace(-7, 1, 100))
 
@@ -51,49 +53,111 @@ def test_with_max_lr_keeps_the_form_of_a_stage_lr():
     assert with_max_lr([1e-6, 1e-4], 1e-3) == pytest.approx([1e-5, 1e-3])
 
 
-def _model(cfg, classes):
-    with open_dict(cfg):
-        cfg.model.classes = classes
-        cfg.model.multi_label = False
-    return instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule))
-
-
 def test_finder_ramps_exponentially_stops_on_divergence_and_restores_the_model(tiny_cfg):
-    datamodule = instantiate(tiny_cfg.data)
+    datamodule = build_datamodule(tiny_cfg.data)
     datamodule.setup("fit")
-    model = _model(tiny_cfg, datamodule.classes)
+    model = build_module(tiny_cfg, **datamodule.model_fields())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = [p.requires_grad for p in model.parameters()]
     torch.manual_seed(0)
-    # 20 steps from 1e-3 to 1e3: the loss diverges well before the end
-    result = find_lr(model, datamodule.train_dataloader(), stage_index=1, start_lr=1e-3, end_lr=1e3, num_steps=20)
+    generator_before = torch.get_rng_state()
+    # 20 steps from 1e-2 to 1e6 in the first stage (the head): Adam moves every weight by about
+    # the learning rate, so from lr ~1 (step 5) the logits and the loss blow up; measured: every
+    # seed stops at step 6, and by the last steps (lr 1e5) no loss could stay within 4x its minimum.
+    result = find_lr(model, datamodule.train_dataloader(), stage_index=0, start_lr=1e-2, end_lr=1e6, num_steps=20,
+                     beta=tiny_cfg.lr_finder.beta, stop_factor=tiny_cfg.lr_finder.stop_factor)
     n = len(result.lrs)
-    assert 2 < n <= 20 and len(result.losses) == n
-    assert result.lrs == pytest.approx([1e-3 * (1e6) ** (i / 20) for i in range(n)])
-    if n < 20:  # stopped: the last smoothed loss passed 4x the lowest before it
-        assert result.losses[-1] > 4 * min(result.losses[:-1])
+    assert 2 < n < 20 and len(result.losses) == n  # stopped early
+    assert result.lrs == pytest.approx([1e-2 * (1e8) ** (i / 20) for i in range(n)])
+    # it stopped at the first smoothed loss past 4x the lowest before it, and not sooner
+    assert result.losses[-1] > 4 * min(result.losses[:-1])
+    assert all(loss <= 4 * min(result.losses[:i]) for i, loss in enumerate(result.losses[:-1]) if i > 0)
+    # weights and the frozen set (the finder froze the body for stage 0) are as before
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == trainable
+    assert torch.equal(torch.get_rng_state(), generator_before)  # the run after it draws as without it
     with pytest.raises(ValueError, match="stage=5 but the schedule has 2 stage"):
-        find_lr(model, datamodule.train_dataloader(), stage_index=5)
+        find_lr(model, datamodule.train_dataloader(), stage_index=5, start_lr=1e-3, end_lr=1e3, num_steps=20,
+                beta=0.98, stop_factor=4.0)
 
 
-@pytest.mark.slow  # about 90 s on the shared 2-core machine: a finder run and a training run
-def test_lr_find_writes_the_plot_and_lr_find_true_trains_at_the_suggestion(tiny_cfg):
+# A short real finder run: few steps to a low end_lr, so it does not diverge before the 8 points
+# fastai's suggestions need (they skip the first tenth and the last five).
+FINDER_STEPS, FINDER_END_LR = 12, 1.0
+
+
+def test_lr_find_cli_prints_the_suggestions_and_writes_the_plot(image_root, tmp_path):
+    import subprocess
+    import sys
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with open_dict(tiny_cfg):
-        tiny_cfg.lr_finder.num_steps = 15
-        tiny_cfg.lr_finder.end_lr = 1.0
-        del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch
-    suggestions = lr_find(tiny_cfg, stage_index=0)
-    assert set(suggestions) == {"valley", "minimum", "steep"}
-    assert all(1e-8 <= v <= 1.0 for v in suggestions.values())
-    run = Path(tiny_cfg.paths.output_dir)
-    assert (run / "lr_find.png").stat().st_size > 10_000
+    from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
+
+    run = tmp_path / "lr_find"
+    completed = subprocess.run(
+        [sys.executable, "-m", "src.lr_find", *TINY_OVERRIDES, f"lr_finder.num_steps={FINDER_STEPS}",
+         f"lr_finder.end_lr={FINDER_END_LR}", f"data.root={image_root}", f"hydra.run.dir={run}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    printed = dict(re.findall(r"^(valley|minimum|steep|plot): (.+)$", completed.stdout, flags=re.MULTILINE))
+    assert set(printed) == {"valley", "minimum", "steep", "plot"}
+    lrs = [1e-7 * (FINDER_END_LR / 1e-7) ** (i / FINDER_STEPS) for i in range(FINDER_STEPS)]
+    for name in ("valley", "steep"):  # a learning rate the finder tried
+        assert any(float(printed[name]) == pytest.approx(lr, rel=5e-3) for lr in lrs), name
+    assert any(float(printed["minimum"]) == pytest.approx(lr / 10, rel=5e-3) for lr in lrs)
+    assert printed["plot"] == str(run / "lr_find.png") and (run / "lr_find.png").stat().st_size > 10_000
     assert "lr_find" in EventAccumulator(str(run / "tensorboard")).Reload().Tags()["images"]
+
+
+def test_lr_find_true_trains_the_first_stage_at_the_suggestion(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.lr_finder.num_steps, tiny_cfg.lr_finder.end_lr = FINDER_STEPS, FINDER_END_LR
+        del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch  # figures: slow, not under test
+        tiny_cfg.schedule.stages = [{"name": "head", "epochs": 1, "lr": [3e-3], "freeze_to": -1}]
+        tiny_cfg.trainer.limit_train_batches, tiny_cfg.trainer.limit_val_batches = 2, 1
+        tiny_cfg.trainer.precision = "32-true"
+    suggestions = lr_find(copy.deepcopy(tiny_cfg), stage_index=0)
+    assert set(suggestions) == {"valley", "minimum", "steep"}
 
     tiny_cfg.lr_find = True
     train(tiny_cfg)  # seeded: the finder sees the same batches and suggests the same rate
-    first_lr = OmegaConf.load(run / "config.yaml").schedule.stages[0].lr
+    first_lr = OmegaConf.load(Path(tiny_cfg.paths.output_dir) / "config.yaml").schedule.stages[0].lr
     assert list(first_lr) == pytest.approx([suggestions["valley"]])
+    assert suggestions["valley"] != pytest.approx(3e-3)  # the configured rate was replaced
+
+
+def test_lr_find_true_scans_the_folder_and_builds_the_backbone_once(tiny_cfg, monkeypatch):
+    import src.data.labels
+    import src.models.components.backbones
+
+    calls = {"scan": 0, "backbone": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            result = function(*args, **kwargs)
+            # the config check's network on the meta device (no weights, no memory) is not a build
+            calls[name] += name != "backbone" or next(result.parameters()).device.type != "meta"
+            return result
+        return wrapper
+
+    monkeypatch.setattr(src.data.labels.FolderLabels, "index", counted("scan", src.data.labels.FolderLabels.index))
+    monkeypatch.setattr(src.models.components.backbones, "build_backbone",
+                        counted("backbone", src.models.components.backbones.build_backbone))
+    with open_dict(tiny_cfg):
+        tiny_cfg.lr_find = True
+        tiny_cfg.lr_finder.num_steps = 12
+        tiny_cfg.lr_finder.end_lr = 1.0
+        tiny_cfg.schedule.stages = [{"name": "head", "epochs": 1, "lr": [3e-3], "freeze_to": -1}]
+        tiny_cfg.trainer.limit_val_batches = 1
+        del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch
+    train(tiny_cfg)
+    assert calls == {"scan": 1, "backbone": 1}
+    run = Path(tiny_cfg.paths.output_dir)
+    assert (run / "lr_find.png").is_file()
+    # the suggestion is what trained, and what config.yaml and the checkpoint record
+    trained_lr = OmegaConf.load(run / "config.yaml").schedule.stages[0].lr
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert OmegaConf.create(checkpoint["hyper_parameters"]["run_config"]).schedule.stages[0].lr == trained_lr
+    assert list(trained_lr) != [3e-3]

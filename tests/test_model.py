@@ -65,16 +65,44 @@ def test_missing_weights_file_names_the_path(tmp_path):
         ResNetBody("resnet18", weights=str(tmp_path / "nowhere.pth"))
 
 
+# torchvision's weight enums fetch through the name torchvision.models._api bound at import, so
+# that is the reference to patch: patching torch.hub's would leave the real download in place.
+RESNET18_IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+def test_imagenet_weights_come_from_torchvisions_url(monkeypatch):
+    import torchvision.models._api
+
+    reference = torchvision.models.resnet18()
+    requested = []
+
+    def cached_weights(url, *args, **kwargs):
+        requested.append(url)
+        return reference.state_dict()
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", cached_weights)
+    body = ResNetBody("resnet18", weights="imagenet")
+    assert requested == [RESNET18_IMAGENET_URL]
+    assert torch.equal(body[0].weight, reference.conv1.weight)
+
+
 def test_imagenet_weights_offline_names_the_offline_overrides(monkeypatch, tmp_path):
     from urllib.error import URLError
 
-    def no_network(*args, **kwargs):
+    import torchvision.models._api
+
+    requested = []
+
+    def no_network(url, *args, **kwargs):
+        requested.append(url)
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
     with pytest.raises(RuntimeError) as error:
         ResNetBody("resnet18", weights="imagenet")
+    assert requested == [RESNET18_IMAGENET_URL]  # the patched loader, not a real download, failed
     message = str(error.value)
+    assert "Temporary failure in name resolution" in message
     assert "model.backbone.weights=null" in message
     assert "model.backbone.weights=/path/to/resnet18.pth" in message

@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 
+from src.models.safe_load import DamagedFileError
 from src.train import resolve_ckpt_path
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, copy_sample
 
@@ -41,12 +42,14 @@ def _train(run: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def test_ckpt_path_last_names_the_run_directory_when_there_is_none(tmp_path):
     assert resolve_ckpt_path(None, tmp_path) is None
-    assert resolve_ckpt_path("x.ckpt", tmp_path) == "x.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path='x.ckpt' is missing"):  # checked before any work
+        resolve_ckpt_path("x.ckpt", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=last resumes from .*last.ckpt.*hydra.run.dir="):
         resolve_ckpt_path("last", tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # a save that never wrote
+    with pytest.raises(DamagedFileError, match=r"last.ckpt' cannot be loaded: it is empty"):
+        resolve_ckpt_path("last", tmp_path)
 
 
 # In the default suite (about 40 s on 2 idle cores): resuming after a crash is a promise users rely on.

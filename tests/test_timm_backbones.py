@@ -12,7 +12,7 @@ from torch import nn
 timm = pytest.importorskip("timm")
 
 from src.callbacks.staged_finetuning import StagedFineTuning  # noqa: E402
-from src.config_checks import model_layer_groups  # noqa: E402
+from src.checks.config_checks import model_layer_groups  # noqa: E402
 from src.models.components.backbones import ResNetBody, build_backbone  # noqa: E402
 from src.models.components.timm_body import TimmBody  # noqa: E402
 from src.train import train  # noqa: E402
@@ -202,7 +202,8 @@ def test_timm_backbone_trains_frozen_then_unfrozen_and_reloads(image_root, tmp_p
 
 
 def test_inspect_draws_a_timm_body_at_its_last_stage(image_root, tmp_path):
-    from src.inspect import _cam_layer, build_net, inspect_model
+    from src.inspect import _cam_layer, inspect_model
+    from tests.test_inspect import build_net
 
     cfg = compose_config(["model.backbone.name=timm/mobilenetv3_small_050", "model.backbone.weights=null",
                           f"data.root={image_root}", "data.size=64", "data.num_workers=0", "batch_count=4"],
@@ -212,7 +213,7 @@ def test_inspect_draws_a_timm_body_at_its_last_stage(image_root, tmp_path):
     paths = inspect_model(cfg)
     assert {"summary", "kernels", "features", "pooling", "cam"} <= set(paths)
     assert "timm/mobilenetv3_small_050 body" in paths["summary"].read_text()
-    net = build_net(cfg.model, num_classes=3)
+    net = build_net(cfg, num_classes=3)
     with pytest.raises(ValueError, match=r"cam_layer='layer4'; choose one of bn1, blocks.0, blocks.1, blocks.3, blocks.5"):
         _cam_layer(net, "layer4")
     assert _cam_layer(net, None)[0] == "blocks.5"  # the last stage by default

@@ -18,10 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from src.callbacks.staged_finetuning import StagedFineTuning
-from src.hardware import synchronize
+from src.runs.hardware import synchronize
 from src.models.classifier_module import ImageClassifierModule
-from src.optim.param_groups import layer_group_param_groups
+from src.models.freezing import freeze_layer_groups
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -76,13 +75,11 @@ def floor_speed(
     """
     if warmup < 1 or steps < 1:
         raise ValueError(f"bench.warmup_steps and bench.steps must be >= 1, got {warmup} and {steps}")
-    StagedFineTuning().apply_stage(module, 0)
+    freeze_layer_groups(module.net.layer_groups(), module.schedule.stages[0].freeze_to, module.schedule.train_bn)
     net: nn.Module = module.net.to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net.to(memory_format=memory_format)
-    optimizer = module.optimizer_factory(
-        params=layer_group_param_groups(net.layer_groups(), module.hparams.bn_weight_decay)
-    )
+    optimizer = module.layer_group_optimizer()
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     forward = torch.compile(net) if compile else net
     generator = torch.Generator().manual_seed(0)

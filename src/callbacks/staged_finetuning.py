@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from src.models.freezing import freeze_layer_groups
+
 log = logging.getLogger(__name__)
 
 
@@ -18,7 +20,7 @@ def count_parameters(module: L.LightningModule | Any, trainable_only: bool = Fal
 
 
 class StagedFineTuning(BaseFinetuning):
-    """Applies each stage's ``freeze_to`` at the start of its epochs.
+    """Applies each stage's ``freeze_to`` (:func:`~src.models.freezing.freeze_layer_groups`) at the start of its epochs.
 
     Reads the stages from ``pl_module.schedule`` and the layer groups from
     ``pl_module.net.layer_groups()``. A frozen group keeps its BatchNorm layers training when the
@@ -43,22 +45,20 @@ class StagedFineTuning(BaseFinetuning):
         self.stage_index = state_dict.get("stage_index")
         super().load_state_dict(state_dict)
 
-    def apply_stage(self, pl_module: L.LightningModule, index: int) -> None:
-        stage = pl_module.schedule.stages[index]
-        groups = pl_module.net.layer_groups()
-        first_trainable = stage.freeze_to % len(groups)
-        self.freeze(groups[:first_trainable], train_bn=pl_module.schedule.train_bn)
-        self.make_trainable(groups[first_trainable:])
+    @staticmethod
+    def _apply_stage(pl_module: L.LightningModule, index: int) -> None:
+        schedule = pl_module.schedule
+        freeze_layer_groups(pl_module.net.layer_groups(), schedule.stages[index].freeze_to, schedule.train_bn)
 
     @override
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
-        self.apply_stage(pl_module, self.stage_index or 0)
+        self._apply_stage(pl_module, self.stage_index or 0)
 
     @override
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         schedule = pl_module.schedule
         index = schedule.stage_index_at_epoch(epoch)
-        self.apply_stage(pl_module, index)
+        self._apply_stage(pl_module, index)
         if index == self.stage_index:
             return
         if self.stage_index is not None:

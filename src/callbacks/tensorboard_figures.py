@@ -6,7 +6,12 @@ import lightning as L
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from src.experiment_trackers import log_figure
+from src.runs.experiment_trackers import figure_loggers, log_figure
+
+
+def datamodule_to_draw(trainer: L.Trainer) -> L.LightningDataModule | None:
+    """The trainer's DataModule when a logger will take its figures, else None (nothing to draw)."""
+    return trainer.datamodule if figure_loggers(trainer.loggers) else None
 
 
 def log_figures(trainer: L.Trainer, figures: dict[str, Figure]) -> None:

@@ -1,10 +1,10 @@
 """The DataModule: an image folder, its labels and split, augmentation, normalisation and loaders.
 
-The labels come from ``labels`` (see :mod:`src.data.labels`):
-- ``folder``: class folders (fastai's ``train="."``), ``root/<class>/*.jpg``, split at random per
-  class with ``valid_pct`` and ``seed``; or split folders: ``root/train/<class>/``,
+The labels come from ``labels``, a built label source (see :mod:`src.data.labels`):
+- :class:`FolderLabels`: class folders (fastai's ``train="."``), ``root/<class>/*.jpg``, split at
+  random per class with ``valid_pct`` and ``seed``; or split folders: ``root/train/<class>/``,
   ``root/valid/<class>/`` (or ``val/``) and an optional ``root/test/<class>/`` for ``trainer.test``;
-- ``csv``: a table of paths and labels; ``regex``: a capture group of each file's path.
+- :class:`CsvLabels`: a table of paths and labels; :class:`RegexLabels`: a capture group of each file's path.
 The class list comes from the labels and is what the model's class count is built from.
 """
 
@@ -13,25 +13,26 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from src.data.dataset import ImageDataset
-from src.config_checks import ON_BAD_FILE
+from src.data.dataset import ImageDataset, batch_size_problems
 from src.data.image_files import MAX_IMAGE_PIXELS
-from src.data.labels import FolderIndex, LabelSource, index_folder, index_labels  # noqa: F401 (index_folder: API)
+from src.data.labels import FolderIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
 from src.data.scan import FileScan
-from src.data.split import write_split_csv
+from src.data.split import valid_pct_problems, write_split_csv
 from src.data.transforms import EvalTransform, TrainTransform
-from src.hardware import resolve_num_workers
+from src.checks.problems import Problem, is_whole_number, raise_problems
+from src.runs.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_IMAGE_SIZE = 32  # a ResNet downsamples by 32: below that its last feature map is empty
+ON_BAD_FILE = ("skip", "error")
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -39,39 +40,43 @@ class ImageFolderDataModule(L.LightningDataModule):
     with torchvision v2 transforms.
 
     Args:
-        root: folder of class folders, or of train/valid[/test] folders; with ``labels`` csv or
-            regex, the folder the image paths are relative to.
+        root: folder of class folders, or of train/valid[/test] folders; with csv or regex
+            labels, the folder the image paths are relative to.
+        labels: the label source (:class:`~src.data.labels.FolderLabels` when None); with a
+            ``label_delim`` the data is multi-label.
         valid_pct: fraction of each class held out for validation (not with split folders or
             ``valid_column``); of all images for multi-label.
         seed: seed of the split (the same seed always gives the same split).
         size: side of the square images fed to the model.
         resize_method: ``crop`` (shorter side to size, then crop), ``squish`` or ``pad``.
         interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
-        mean, std: per-channel normalisation (ImageNet's by default, what pretrained bodies expect).
+        mean, std: per-channel normalisation (``conf/data/image_folder.yaml`` gives ImageNet's, what
+            pretrained bodies expect).
         augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting).
         batch_size, num_workers, pin_memory: DataLoader settings (``num_workers=auto``: see
-            :func:`src.hardware.resolve_num_workers`).
+            :func:`src.runs.hardware.resolve_num_workers`).
         split_csv: where to record the split (``path,label,subset``); None to skip.
         on_bad_file: ``skip`` leaves unreadable files out (listed in ``bad_files_csv``, one-line
             summary in the log); ``error`` stops before training, naming them.
         bad_files_csv: where to list the files left out (``path,reason``); None to skip.
         max_image_pixels: larger images are bad files, never decoded (decompression-bomb guard).
         scan_workers: threads checking the files before training.
-        labels: ``folder``, ``csv`` or ``regex``; ``csv_path``, ``path_column``, ``label_column``,
-            ``valid_column``, ``csv_delimiter``, ``label_delim`` and ``pattern`` as in
-            :class:`~src.data.labels.LabelSource`. ``label_delim`` makes the data multi-label.
+
+    The constructor raises :class:`~src.checks.problems.ConfigError` with every problem of :meth:`problems`.
     """
 
     def __init__(
         self,
         root: str | Path,
+        labels: LabelSource | None = None,
         valid_pct: float = 0.2,
         seed: int = 42,
         size: int = 224,
         resize_method: str = "crop",
         interpolation: str = "bilinear",
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
         augment: dict | None = None,
         batch_size: int = 64,
         num_workers: int | str = 0,
@@ -81,18 +86,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         bad_files_csv: str | Path | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         scan_workers: int = 8,
-        labels: str = "folder",
-        csv_path: str | None = None,
-        path_column: str = "name",
-        label_column: str = "label",
-        valid_column: str | None = None,
-        csv_delimiter: str = ",",
-        label_delim: str | None = None,
-        pattern: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.label_source = FolderLabels() if labels is None else labels
+        raise_problems(self.problems(root, self.label_source, valid_pct, batch_size, size, on_bad_file))
         self.root = Path(root).expanduser()
         self.valid_pct = valid_pct
         self.seed = seed
@@ -102,23 +99,40 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_csv = Path(split_csv) if split_csv else None
-        if on_bad_file not in ON_BAD_FILE:
-            raise ValueError(f"data.on_bad_file={on_bad_file!r}; expected one of {', '.join(ON_BAD_FILE)}")
         self.on_bad_file = on_bad_file
         self.bad_files_csv = Path(bad_files_csv) if bad_files_csv else None
         self.scan = FileScan(max_pixels=max_image_pixels, workers=scan_workers)
-        self.label_source = LabelSource(labels, csv_path, path_column, label_column, valid_column, csv_delimiter,
-                                        label_delim, pattern)
-        self.label_source.check()
         self.train_transform = TrainTransform(
             size, self.mean, self.std, resize_method, interpolation, **(augment or {})
         )
         self.eval_transform = EvalTransform(size, self.mean, self.std, resize_method, interpolation)
         self.datasets: dict[str, ImageDataset] = {}
 
+    @staticmethod
+    def problems(root: str | Path | None, labels: Any, valid_pct: Any, batch_size: Any, size: Any,
+                 on_bad_file: Any) -> list[Problem]:
+        """The problems of these settings (the ``data.*`` keys), the label source's among them
+        (``labels=None``: a source that could not be built, named by the caller)."""
+        if labels is None:
+            found = []
+        elif isinstance(labels, LabelSource):
+            found = labels.problems(None if root is None else Path(str(root)))
+        else:  # e.g. data.labels=csv: a name where the data/labels group puts a source's config
+            found = [Problem("data.labels", labels, "a label source: folder, csv or regex, chosen as a config group",
+                             "write data/labels=csv (a slash) and its settings as data.labels.csv_path=...")]
+        found += valid_pct_problems(valid_pct)
+        found += batch_size_problems(batch_size, "data.batch_size")
+        if not is_whole_number(size, minimum=MIN_IMAGE_SIZE):
+            found.append(Problem("data.size", size, f"a whole number >= {MIN_IMAGE_SIZE} (a ResNet downsamples by 32)",
+                                 "e.g. data.size=224"))
+        if on_bad_file not in ON_BAD_FILE:
+            found.append(Problem("data.on_bad_file", on_bad_file, " or ".join(ON_BAD_FILE),
+                                 "skip leaves unreadable files out (listed in bad_files.csv); error stops the run"))
+        return found
+
     @cached_property
     def index(self) -> FolderIndex:
-        index = index_labels(self.root, self.label_source, self.valid_pct, self.seed, self.scan)
+        index = self.label_source.index(self.root, self.valid_pct, self.seed, self.scan)
         self._report_bad_files()
         return index
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, Sample, load_rgb
+from src.checks.problems import Problem, is_whole_number
 
 log = logging.getLogger(__name__)
 
 # Consecutive unreadable files before giving up: past this the folder is gone, not one file.
 MAX_REPLACEMENTS = 16
+
+
+def batch_size_problems(batch_size: Any, key: str) -> list[Problem]:
+    """A DataLoader's ``batch_size`` (training, evaluation, prediction) must be a whole number >= 1."""
+    if is_whole_number(batch_size, minimum=1):
+        return []
+    return [Problem(key, batch_size, "a whole number >= 1", f"set {key}=64 (or smaller if memory is short)")]
 
 
 def multi_hot(label: tuple[int, ...], num_labels: int) -> torch.Tensor:

@@ -81,19 +81,23 @@ class RandomWarp:
             [inward(dx), height - 1 - inward(dy)],
         ], dtype=np.float64)
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
+    def params(self, width: int, height: int) -> tuple[float | None, float | None, np.ndarray | None]:
+        """One call's random draws: the rotation angle, the zoom and the warped corners; None for an op
+        that does not happen this time."""
         rotate = self.max_rotate > 0 and _happens(self.p)
         zoom = self.max_zoom > 1.0 and _happens(self.p)
         warp = self.max_warp > 0 and _happens(self.p)
-        if not (rotate or zoom or warp):
+        return (_uniform(-self.max_rotate, self.max_rotate) if rotate else None,
+                _uniform(1.0, self.max_zoom) if zoom else None,
+                self._corners(width, height) if warp else None)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        angle, scale, corners = self.params(width, height)
+        if angle is None and scale is None and corners is None:
             return image
-        matrix = warp_matrix(
-            width, height,
-            angle=_uniform(-self.max_rotate, self.max_rotate) if rotate else 0.0,
-            scale=_uniform(1.0, self.max_zoom) if zoom else 1.0,
-            corners=self._corners(width, height) if warp else None,
-        )
+        matrix = warp_matrix(width, height, angle=0.0 if angle is None else angle,
+                             scale=1.0 if scale is None else scale, corners=corners)
         matrix = matrix / matrix[2, 2]
         return image.transform(image.size, Image.Transform.PERSPECTIVE, tuple(matrix.flatten()[:8]),
                                resample=Image.Resampling.BILINEAR, fillcolor=0)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps
+
+from src.checks.problems import Problem
 
 if TYPE_CHECKING:
     from src.data.scan import FileScan
@@ -36,6 +38,19 @@ class Sample:
 def relative_posix(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` with ``/`` separators, or whole where it is not below ``root``."""
     return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
+
+
+def data_root_problems(root: Any, required: bool = True, key: str = "data.root") -> list[Problem]:
+    """``data.root`` must be an existing folder (``required=False``: or null, for evaluate's run split)."""
+    if root is None:
+        return [Problem(key, root, "a folder of class folders", f"set {key}=/path/to/images")] if required else []
+    path = Path(str(root)).expanduser()
+    if path.is_file():
+        return [Problem(key, str(root), "a folder with one subfolder per class, not a file",
+                        f"point {key} at the folder that holds {path.name}'s class folders")]
+    if not path.exists():
+        return [Problem(key, str(root), "an existing folder", f"check the path, or create {path}/<class>/<images>")]
+    return []
 
 
 def is_image_file(path: Path) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from src.data.image_files import MAX_IMAGE_PIXELS, UNREADABLE_IMAGE_ERRORS, is_image_file, relative_posix
+from src.runs.atomic_write import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,8 @@ class FileScan:
 
     def write_csv(self, path: Path, root: Path) -> None:
         """``path,reason`` rows, paths relative to ``root``; written atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_open(path, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "reason"])
             for bad in sorted(self.bad, key=lambda b: str(b.path)):
                 writer.writerow([relative_posix(bad.path, root), f"{bad.kind}: {bad.reason}"])
-        tmp.replace(path)

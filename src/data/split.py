@@ -7,13 +7,18 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from src.data.image_files import Sample, relative_posix
+from src.checks.problems import Problem, is_number, raise_problems
+from src.runs.atomic_write import atomic_open
 
 
-def _check_valid_pct(valid_pct: float) -> None:
-    if not 0.0 < valid_pct < 1.0:
-        raise ValueError(f"data.valid_pct must be between 0 and 1 (exclusive), got {valid_pct}")
+def valid_pct_problems(valid_pct: Any, key: str = "data.valid_pct") -> list[Problem]:
+    """``valid_pct`` must leave images on both sides of the split: a fraction strictly between 0 and 1."""
+    if is_number(valid_pct) and 0.0 < valid_pct < 1.0:
+        return []
+    return [Problem(key, valid_pct, "a fraction strictly between 0 and 1", f"e.g. {key}=0.2 (fastai's default)")]
 
 
 def _validation_count(n: int, valid_pct: float) -> int:
@@ -27,7 +32,7 @@ def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> 
     Every class with at least two images is in validation and keeps one for training. The result
     depends only on the sorted samples and ``seed``, not on the order the file system lists files.
     """
-    _check_valid_pct(valid_pct)
+    raise_problems(valid_pct_problems(valid_pct))
     by_label: dict[int, list[Sample]] = defaultdict(list)
     for sample in sorted(samples, key=lambda s: (s.label, str(s.path))):
         by_label[sample.label].append(sample)
@@ -48,7 +53,7 @@ def random_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> tupl
     The split for multi-label samples: an image has several labels, so there is no class to
     stratify by (fastai's ``RandomSplitter`` too). Depends only on the sorted samples and ``seed``.
     """
-    _check_valid_pct(valid_pct)
+    raise_problems(valid_pct_problems(valid_pct))
     items = sorted(samples, key=lambda s: str(s.path))
     random.Random(seed).shuffle(items)
     n_valid = _validation_count(len(items), valid_pct)
@@ -70,13 +75,10 @@ def write_split_csv(
     A multi-label sample's label cell holds its class names joined by ``label_delim``, as in the
     table it was read from.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "subset"])
         for subset, samples in subsets.items():
             for sample in samples:
                 writer.writerow([relative_posix(sample.path, root), label_text(sample.label, classes, label_delim),
                                  subset])
-    tmp.replace(path)

@@ -15,7 +15,7 @@ import torch
 from lightning.fabric.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from torch import nn
 
-from src.hardware import normalize_precision
+from src.runs.hardware import normalize_precision
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,16 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from src.data.dataset import batch_size_problems
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
 from src.data.transforms import EvalTransform
-from src.hardware import FULL_PRECISION
+from src.runs.hardware import FULL_PRECISION
 from src.inference.precision_net import PrecisionNet
 from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
 from src.models.loading import LoadedClassifier, load_classifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
+from src.checks.problems import raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ class Predictor:
         device: where to run; None for CUDA, MPS or the CPU, whichever is there.
         tta: blend in fastai's test-time augmentation (9 forward passes per image).
         multi_label: the network gives a sigmoid per class; every class above ``threshold`` is predicted.
-        label_delim: multi-label: what joins several class names in text (the training ``data.label_delim``).
+        label_delim: multi-label: what joins several class names in text (the training ``data.labels.label_delim``).
         precision: a Lightning precision (``32-true``, ``bf16-mixed`` ...) to run the network at;
             :meth:`from_checkpoint` takes the one the run trained with.
         channels_last: run the network in NHWC memory format (as training did with ``model.channels_last``).
@@ -213,8 +215,7 @@ class Predictor:
         self, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 0, progress: bool = False
     ) -> Iterator[FileResult]:
         """A :class:`FileResult` per path, in order; unreadable files give an error, not an exception."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise_problems(batch_size_problems(batch_size, "batch_size"))
         loader = DataLoader(
             _Files(paths, self.transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_lists
         )

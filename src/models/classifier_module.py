@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
-from src.hardware import resolve_channels_last
+from src.runs.hardware import resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold, fbeta_per_sample
 from src.optim.one_cycle import StagedOneCycleLR
@@ -49,7 +49,7 @@ class ImageClassifierModule(L.LightningModule):
         multi_label: several labels per image (set from the data, like ``classes``).
         threshold: multi-label only: a class is predicted when its probability is above it.
         channels_last: run the network in NHWC memory format (``auto``: with bf16/fp16 precision,
-            see :mod:`src.hardware`).
+            see :mod:`src.runs.hardware`).
         compile: ``torch.compile`` the network when training starts (the weights and checkpoint
             keys stay those of the plain network).
     """
@@ -73,6 +73,7 @@ class ImageClassifierModule(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "schedule"], logger=False)
         self.net = ImageClassifier(backbone, num_classes=len(classes), **head)
         self.optimizer_factory = optimizer
+        schedule.check_freeze_targets(len(self.net.layer_groups()))  # fails at build, before any data is read
         self.schedule = schedule
         num_classes = len(classes)
         self.train_loss = MeanMetric()
@@ -177,10 +178,15 @@ class ImageClassifierModule(L.LightningModule):
         trainer.estimated_stepping_batches  # makes Lightning set up the training loader first
         return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
 
+    def layer_group_optimizer(self) -> torch.optim.Optimizer:
+        """The run's optimizer over every layer group's parameters, frozen ones included (see
+        :func:`~src.optim.param_groups.layer_group_param_groups`): training, the lr finder and the bench use it."""
+        groups = layer_group_param_groups(self.net.layer_groups(), self.hparams.bn_weight_decay)
+        return self.optimizer_factory(params=groups)
+
     def configure_optimizers(self) -> dict[str, Any]:
         layer_groups = self.net.layer_groups()
-        self.schedule.check_freeze_targets(len(layer_groups))
-        optimizer = self.optimizer_factory(params=layer_group_param_groups(layer_groups, self.hparams.bn_weight_decay))
+        optimizer = self.layer_group_optimizer()
         steps = self.steps_per_epoch()
         scheduler = StagedOneCycleLR(
             optimizer,

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.labels import upgrade_label_config
 from src.data.transforms import EvalTransform
-from src.hardware import inference_precision, resolve_channels_last
+from src.runs.hardware import inference_precision, resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.models.safe_load import file_damage, safe_torch_load
+from src.runs.builder import build_network
 
 NET_PREFIX = "net."
 
@@ -40,7 +41,7 @@ class LoadedClassifier:
 
     @property
     def label_delim(self) -> str | None:
-        return self.config.data.get("label_delim") if self.multi_label else None
+        return self.config.data.labels.get("label_delim") if self.multi_label else None
 
     @property
     def trained_precision(self) -> str | None:
@@ -128,11 +129,13 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     config = OmegaConf.create(hparams["run_config"])
+    upgrade_label_config(config.data)  # runs from before the data/labels config group
     classes = list(hparams["classes"])
-    backbone = instantiate(config.model.backbone, weights=None)  # the checkpoint brings the weights
-    net = ImageClassifier(backbone, num_classes=len(classes), **hparams["head"])
+    # Checkpoints from before multi-label support are single-label.
+    multi_label = bool(hparams.get("multi_label", False))
+    # Built as src.train built it, with random weights: the checkpoint brings the trained ones.
+    net = build_network(config.model, num_classes=len(classes))
     state = {k[len(NET_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
     net.load_state_dict(state)
-    # Checkpoints from before multi-label support are single-label.
     return LoadedClassifier(net.eval(), classes, config, eval_transform_for(config),
-                            bool(hparams.get("multi_label", False)), float(hparams.get("threshold", DEFAULT_THRESHOLD)))
+                            multi_label, float(hparams.get("threshold", DEFAULT_THRESHOLD)))

@@ -33,10 +33,12 @@ class StagedOneCycleLR(LRScheduler):
         optimizer: an optimizer whose param groups carry a ``"layer_group"`` index.
         stage_steps: optimizer steps in each stage.
         stage_lrs: for each stage, the peak learning rate of each layer group.
-        div_factor: the cycle starts at ``peak / div_factor`` (fastai: 25).
-        final_div_factor: and ends at ``start / final_div_factor`` (fastai: 1e4).
-        pct_start: fraction of the stage spent warming up (fastai: 0.3).
-        moms: Adam's beta1 (or SGD momentum) at start, peak and end (fastai: 0.95, 0.85, 0.95).
+        div_factor: the cycle starts at ``peak / div_factor``.
+        final_div_factor: and ends at ``start / final_div_factor``.
+        pct_start: fraction of the stage spent warming up.
+        moms: Adam's beta1 (or SGD momentum) at start, peak and end.
+
+    The values (fastai's ``fit_one_cycle`` defaults) are written once, in ``conf/schedule/fastai.yaml``.
     """
 
     def __init__(
@@ -44,10 +46,11 @@ class StagedOneCycleLR(LRScheduler):
         optimizer: Optimizer,
         stage_steps: Sequence[int],
         stage_lrs: Sequence[Sequence[float]],
-        div_factor: float = 25.0,
-        final_div_factor: float = 1e4,
-        pct_start: float = 0.3,
-        moms: Sequence[float] = (0.95, 0.85, 0.95),
+        *,
+        div_factor: float,
+        final_div_factor: float,
+        pct_start: float,
+        moms: Sequence[float],
         last_epoch: int = -1,
     ) -> None:
         if len(stage_steps) != len(stage_lrs):

@@ -18,34 +18,38 @@ BatchNorm layers still train when ``train_bn``); ``-1`` trains only the head, ``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from src.checks.problems import Problem, is_number, is_whole_number, raise_problems
 
 LearningRate = float | Sequence[float]
+FREEZE_TO_FIX = "use -1 (train only the head) or 0 (train everything)"
+
+
+def lr_problems(lr: Any, key: str = "lr") -> list[Problem]:
+    """A learning rate must be a positive number, ``[high]`` or ``[low, high]`` with ``low <= high``."""
+    is_list = isinstance(lr, Sequence) and not isinstance(lr, str)
+    values = list(lr) if is_list else [lr]
+    if not values or len(values) > 2 or not all(is_number(v) and math.isfinite(v) and v > 0 for v in values):
+        return [Problem(key, values if is_list else lr, "a positive number, [high] or [low, high] of positive numbers",
+                        f"e.g. {key}=[3e-3] (fastai's default head learning rate)")]
+    if len(values) == 2 and values[0] > values[1]:
+        return [Problem(key, values, "[low, high] with low <= high (the first layer group gets low, the head high)",
+                        f"the pair is in the wrong order: write [{values[1]}, {values[0]}]")]
+    return []
 
 
 def layer_group_lrs(lr: LearningRate, num_groups: int) -> list[float]:
     """The max learning rate of each layer group for a stage's ``lr`` (see the module doc)."""
-    if isinstance(lr, (int, float)):
-        values = [float(lr)]
-        if values[0] <= 0 or not math.isfinite(values[0]):
-            raise ValueError(f"learning rate must be a positive number, got {lr}")
-        return values * num_groups
+    raise_problems(lr_problems(lr))
+    if is_number(lr):
+        return [float(lr)] * num_groups
     values = [float(v) for v in lr]
-    if any(v <= 0 or not math.isfinite(v) for v in values):
-        raise ValueError(f"learning rates must be positive numbers, got {list(lr)}")
     if len(values) == 1:  # fastai slice(high)
         return [values[0] / 10] * (num_groups - 1) + [values[0]]
-    if len(values) != 2:
-        raise ValueError(
-            f"a learning rate is a number, [high] or [low, high]; got {list(lr)} with {len(values)} values"
-        )
     low, high = values
-    if low > high:
-        raise ValueError(
-            f"learning-rate pair [low, high] is in the wrong order: {list(lr)}; write [{high}, {low}] "
-            "(the first layer group gets low, the head gets high)"
-        )
     if num_groups == 1:
         return [high]
     step = (high / low) ** (1 / (num_groups - 1))  # fastai's even_mults
@@ -54,48 +58,88 @@ def layer_group_lrs(lr: LearningRate, num_groups: int) -> list[float]:
 
 @dataclass(frozen=True)
 class Stage:
-    """One ``fit_one_cycle`` call: ``epochs`` epochs, peak ``lr``, groups before ``freeze_to`` frozen."""
+    """One ``fit_one_cycle`` call: ``epochs`` epochs, peak ``lr``, groups before ``freeze_to`` frozen.
+
+    Construction only stores; :meth:`problems` says what cannot work (the schedule raises them).
+    """
 
     epochs: int
     lr: LearningRate
     freeze_to: int = 0
     name: str = ""
 
-    def __post_init__(self) -> None:
-        if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise ValueError(f"stage {self.name!r}: epochs must be a whole number >= 1, got {self.epochs}")
-        layer_group_lrs(self.lr, 3)  # validates the form of lr early, before any data is read
+    def problems(self, key: str, num_layer_groups: int | None = None) -> list[Problem]:
+        """The stage's problems under config key ``key``; ``freeze_to``'s range too with ``num_layer_groups``."""
+        problems = lr_problems(self.lr, f"{key}.lr")
+        if not is_whole_number(self.epochs, minimum=1):
+            problems.append(Problem(f"{key}.epochs", self.epochs, "a whole number >= 1", f"set {key}.epochs=1 or more"))
+        if not is_whole_number(self.freeze_to):
+            problems.append(Problem(f"{key}.freeze_to", self.freeze_to, "a whole number", FREEZE_TO_FIX))
+        elif num_layer_groups is not None and not -num_layer_groups < self.freeze_to < num_layer_groups:
+            last = num_layer_groups - 1
+            problems.append(Problem(f"{key}.freeze_to", self.freeze_to,
+                                    f"a layer group of the model, which has {num_layer_groups}: -{last} to {last}",
+                                    FREEZE_TO_FIX))
+        return problems
 
 
 class StageSchedule:
-    """The ordered stages of a run and the one-cycle settings every stage uses (fastai defaults)."""
+    """The ordered stages of a run, the one-cycle settings every stage uses and ``train_bn``.
+
+    The settings' values (fastai's defaults) are written once, in ``conf/schedule/fastai.yaml``.
+    The constructor raises :class:`~src.checks.problems.ConfigError` with every problem of
+    :meth:`problems`; the config check lists the same ones before anything is built.
+    """
 
     def __init__(
         self,
-        stages: Sequence[Stage | dict],
-        div_factor: float = 25.0,
-        final_div_factor: float = 1e4,
-        pct_start: float = 0.3,
-        moms: Sequence[float] = (0.95, 0.85, 0.95),
-        train_bn: bool = True,
+        stages: Sequence[Stage | Mapping],
+        *,
+        div_factor: float,
+        final_div_factor: float,
+        pct_start: float,
+        moms: Sequence[float],
+        train_bn: bool,
     ) -> None:
-        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
-        if not self.stages:
-            raise ValueError(
-                "schedule.stages is empty: give at least one stage, e.g. "
-                "schedule.stages=[{epochs:4,lr:3e-3,freeze_to:-1}]"
-            )
-        if not 0.0 < pct_start < 1.0:
-            raise ValueError(f"schedule.pct_start must be in (0, 1), got {pct_start}")
-        if div_factor <= 0 or final_div_factor <= 0:
-            raise ValueError(f"div factors must be positive, got {div_factor} and {final_div_factor}")
-        if len(moms) != 3:
-            raise ValueError(f"schedule.moms is (start, middle, end), got {list(moms)}")
+        raise_problems(self.problems(stages, div_factor, final_div_factor, pct_start, moms))
+        self.stages = [as_stage(s) for s in stages]
         self.div_factor = div_factor
         self.final_div_factor = final_div_factor
         self.pct_start = pct_start
         self.moms = tuple(moms)
         self.train_bn = train_bn
+
+    @staticmethod
+    def problems(
+        stages: Any,
+        div_factor: Any,
+        final_div_factor: Any,
+        pct_start: Any,
+        moms: Any,
+        num_layer_groups: int | None = None,
+    ) -> list[Problem]:
+        """The problems of these settings (the ``schedule.*`` keys); ``freeze_to``'s range with ``num_layer_groups``."""
+        problems = []
+        if not stages:
+            problems.append(Problem("schedule.stages", stages, "at least one stage", "schedule.stages is empty: add one, "
+                                    "e.g. schedule.stages=[{epochs:4,lr:[3e-3],freeze_to:-1}]"))
+        for index, stage in enumerate(stages or []):
+            try:
+                problems += as_stage(stage).problems(f"schedule.stages[{index}]", num_layer_groups)
+            except TypeError as error:  # an unknown or missing key
+                problems.append(Problem(f"schedule.stages[{index}]", stage, "a stage {epochs, lr, freeze_to, name}",
+                                        f"fix its keys ({error})"))
+        if not (is_number(pct_start) and 0.0 < pct_start < 1.0):
+            problems.append(Problem("schedule.pct_start", pct_start, "a fraction strictly between 0 and 1",
+                                    "the share of each stage spent warming up: 0.3 (fastai's default)"))
+        for key, value in (("schedule.div_factor", div_factor), ("schedule.final_div_factor", final_div_factor)):
+            if not (is_number(value) and value > 0):
+                problems.append(Problem(key, value, "a positive number",
+                                        "fastai's defaults: div_factor=25, final_div_factor=1e4"))
+        if isinstance(moms, str) or not isinstance(moms, Sequence) or len(moms) != 3 or not all(map(is_number, moms)):
+            problems.append(Problem("schedule.moms", moms, "three numbers (start, middle, end)",
+                                    "fastai's default: schedule.moms=[0.95,0.85,0.95]"))
+        return problems
 
     @property
     def total_epochs(self) -> int:
@@ -115,9 +159,10 @@ class StageSchedule:
 
     def check_freeze_targets(self, num_groups: int) -> None:
         """Fail before training when a stage's ``freeze_to`` names a group the model does not have."""
-        for stage in self.stages:
-            if not -num_groups < stage.freeze_to < num_groups:
-                raise ValueError(
-                    f"stage {stage.name!r}: freeze_to={stage.freeze_to} but the model has {num_groups} "
-                    f"layer groups; use 0 (train all) to {num_groups - 1}, or -1 (train only the head)"
-                )
+        raise_problems(problem for index, stage in enumerate(self.stages)
+                       for problem in stage.problems(f"schedule.stages[{index}]", num_groups))
+
+
+def as_stage(stage: Stage | Mapping) -> Stage:
+    """A :class:`Stage` from a stage or its config mapping (``{epochs, lr, freeze_to, name}``)."""
+    return stage if isinstance(stage, Stage) else Stage(**stage)

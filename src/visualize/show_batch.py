@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: training machines have no display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch

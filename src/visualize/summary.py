@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from src.callbacks.staged_finetuning import StagedFineTuning
-
 RULE = "=" * 70
 
 
@@ -48,14 +46,6 @@ def layer_rows(net: nn.Module, input_size: tuple[int, int, int]) -> list[LayerRo
             handle.remove()
         net.train(was_training)
     return list(rows.values())
-
-
-def apply_stage_freezing(net: nn.Module, freeze_to: int, train_bn: bool) -> None:
-    """Freeze ``net``'s layer groups as a stage with ``freeze_to`` does (see StagedFineTuning)."""
-    groups = net.layer_groups()
-    first_trainable = freeze_to % len(groups)
-    StagedFineTuning.make_trainable(groups)
-    StagedFineTuning.freeze(groups[:first_trainable], train_bn=train_bn)
 
 
 def summary_table(net: nn.Module, input_size: tuple[int, int, int], title: str, state: str = "") -> str:

@@ -1,19 +1,16 @@
-"""Figures of an :class:`~src.interpretation.Interpretation`: confusion matrix and top losses."""
+"""Figures of an :class:`~src.inference.interpretation.Interpretation`: confusion matrix and top losses."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: training machines have no display
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
-from src.interpretation import Interpretation
+from src.inference.interpretation import Interpretation
 from src.visualize.show_batch import denormalize
 
 

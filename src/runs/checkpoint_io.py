@@ -4,19 +4,20 @@ Lightning 2.6 saves through fsspec's transaction (``lightning.fabric.utilities.c
 which for local paths writes to ``tempfile.mkstemp()`` (the system temp folder) and then
 ``shutil.move``s it. When that folder is on another file system than the run (a tmpfs ``/tmp``, a
 network or mounted data disk), the move is a copy, and a crash during the copy truncates
-``last.ckpt``. Here the temporary file sits next to the checkpoint, is flushed to disk, and is
-renamed over it with ``os.replace`` (atomic on POSIX and Windows).
+``last.ckpt``. Here the checkpoint goes through :func:`~src.runs.atomic_write.atomic_open`: a
+temporary file next to it, flushed to disk and renamed over it.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
+
+from src.runs.atomic_write import atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,14 +28,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         if storage_options is not None:
             raise TypeError(f"storage_options={storage_options!r} is not supported for local checkpoints")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with tmp.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)

@@ -1,12 +1,14 @@
 """fastai's learning-rate finder (Leslie Smith's LR range test) on a model in one of its stages.
 
-A small loop of its own rather than Lightning's ``Tuner.lr_find``: the module's
-``configure_optimizers`` installs the staged one-cycle scheduler, which would fight the finder's
-exponential ramp. Here every layer-group parameter group gets the same learning rate, as in
-fastai's ``learn.lr_find()`` with its default scalar ``start_lr``/``end_lr``; the semantics are
-fastai's: ``lr_i = start_lr * (end_lr / start_lr) ** (i / num_steps)``, loss smoothed by an
-exponential moving average (beta 0.98) with bias correction, stop when the smoothed loss passes
-``stop_factor`` times its minimum, weights (and BatchNorm statistics) restored afterwards.
+A small loop of its own rather than Lightning's ``Tuner.lr_find`` (which swaps the module's
+schedulers for its ramp): that one keeps going through a NaN loss (NaN > 4 x best is false),
+searches only in the frozen set training starts in (not a later stage's) and suggests only the
+steepest point, not fastai's ``valley``. Here every layer-group parameter group gets the same
+learning rate, as in fastai's ``learn.lr_find()`` with its default scalar ``start_lr``/``end_lr``;
+the semantics are fastai's: ``lr_i = start_lr * (end_lr / start_lr) ** (i / num_steps)``, loss
+smoothed by an exponential moving average (``beta``) with bias correction, stop when the smoothed
+loss passes ``stop_factor`` times its minimum, weights (and BatchNorm statistics), the frozen set
+and the random generators restored afterwards.
 """
 
 from __future__ import annotations
@@ -16,17 +18,12 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from src.callbacks.staged_finetuning import StagedFineTuning  # noqa: E402
-from src.optim.param_groups import layer_group_param_groups  # noqa: E402
+from src.models.freezing import freeze_layer_groups
+from src.runs.random_state import random_states, set_random_states
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +105,17 @@ def find_lr(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     stage_index: int = 0,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_steps: int = 100,
-    beta: float = 0.98,
-    stop_factor: float = 4.0,
+    start_lr: float,
+    end_lr: float,
+    num_steps: int,
+    beta: float,
+    stop_factor: float,
     device: str | torch.device = "cpu",
 ) -> LRFinderResult:
     """Run the range test on ``model`` (an ``ImageClassifierModule``) frozen as in its stage ``stage_index``.
 
     ``batches`` is re-iterated (a DataLoader) until ``num_steps`` steps are done or the loss diverges.
+    The settings (fastai's defaults) are ``lr_finder`` in ``conf/train.yaml``.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"lr_finder needs 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
@@ -126,11 +124,10 @@ def find_lr(
         raise ValueError(f"stage={stage_index} but the schedule has {len(stages)} stage(s): use 0 to {len(stages) - 1}")
     saved = copy.deepcopy(model.state_dict())
     frozen = {name: p.requires_grad for name, p in model.named_parameters()}
+    generators = random_states()
     model.to(device)
-    StagedFineTuning().apply_stage(model, stage_index % len(stages))
-    optimizer = model.optimizer_factory(
-        params=layer_group_param_groups(model.net.layer_groups(), model.hparams.bn_weight_decay)
-    )
+    freeze_layer_groups(model.net.layer_groups(), stages[stage_index].freeze_to, model.schedule.train_bn)
+    optimizer = model.layer_group_optimizer()
     model.train()
     lrs: list[float] = []
     losses: list[float] = []
@@ -155,25 +152,6 @@ def find_lr(
         model.load_state_dict(saved)
         for name, p in model.named_parameters():
             p.requires_grad_(frozen[name])
+        set_random_states(generators)
     log.info("lr finder: %d steps, learning rates %.2e to %.2e", len(lrs), lrs[0], lrs[-1])
     return LRFinderResult(lrs, losses, num_steps)
-
-
-def plot_lr_find(result: LRFinderResult, suggestions: dict[str, float], path: Path | None = None) -> plt.Figure:
-    """fastai's ``plot_lr_find``: smoothed loss against the learning rate (log x), suggestions marked."""
-    keep = max(len(result.lrs) - 5, 2)  # fastai's skip_end=5: the last points shoot up
-    lrs, losses = result.lrs[:keep], result.losses[:keep]
-    figure, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    for (name, lr), color in zip(suggestions.items(), ["tab:red", "tab:green", "tab:orange"]):
-        loss = float(np.interp(np.log(lr), np.log(lrs), losses))
-        ax.plot([lr], [loss], "o", color=color, label=f"{name}: {lr:.2e}")
-    ax.legend()
-    figure.tight_layout()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
-    return figure

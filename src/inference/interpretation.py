@@ -55,6 +55,10 @@ class Interpretation:
     def predictions(self) -> torch.Tensor:
         return self.log_probabilities.argmax(dim=1)
 
+    def predicted_indices(self) -> list[int]:
+        """Each image's predicted class index."""
+        return self.predictions.tolist()
+
     @property
     def losses(self) -> torch.Tensor:
         """Cross-entropy of each image, as the training loss."""
@@ -130,6 +134,10 @@ class MultiLabelInterpretation:
     def predicted(self) -> torch.Tensor:
         """(N, classes) booleans: the classes above the threshold."""
         return self.probabilities > self.threshold
+
+    def predicted_indices(self) -> list[tuple[int, ...]]:
+        """Each image's predicted class indices (those above the threshold), in index order."""
+        return [tuple(row.nonzero().flatten().tolist()) for row in self.predicted]
 
     @property
     def losses(self) -> torch.Tensor:

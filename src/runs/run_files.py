@@ -1,9 +1,8 @@
-"""Files a run leaves in its directory, written atomically (temporary file, then rename)."""
+"""Files a run leaves in its directory, written atomically (:mod:`src.runs.atomic_write`)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,12 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from src.runs.atomic_write import atomic_open
+
 
 def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 # A checkpoint of a ResNet50 with its AdamW state is ~300 MB: less free space than this fails the

@@ -8,11 +8,10 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.callbacks.tensorboard_figures import log_figures
-from src.experiment_trackers import figure_loggers
+from src.callbacks.tensorboard_figures import datamodule_to_draw, log_figures
 from src.inference.predictor import run_loader
-from src.interpretation import MULTI_LABEL_SKIPPED, Interpretation
-from src.visualize.interpretation import confusion_matrix_figure, top_losses_figure
+from src.inference.interpretation import MULTI_LABEL_SKIPPED, Interpretation
+from src.visualize.interpretation_figures import confusion_matrix_figure, top_losses_figure
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,8 @@ class InterpretationFigures(L.Callback):
     @override
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if not figure_loggers(trainer.loggers) or datamodule is None or not datamodule.datasets.get("valid"):
+        datamodule = datamodule_to_draw(trainer)
+        if datamodule is None or not datamodule.datasets.get("valid"):
             return
         if getattr(pl_module, "multi_label", False):
             log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)

@@ -7,8 +7,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.callbacks.tensorboard_figures import log_figures
-from src.experiment_trackers import figure_loggers
+from src.callbacks.tensorboard_figures import datamodule_to_draw, log_figures
 from src.visualize.show_batch import show_batch_figure
 
 
@@ -26,8 +25,8 @@ class ShowBatch(L.Callback):
     @override
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if not figure_loggers(trainer.loggers) or datamodule is None:
+        datamodule = datamodule_to_draw(trainer)
+        if datamodule is None:
             return
         dataset = datamodule.datasets["train"]
         generator = torch.Generator().manual_seed(self.seed)

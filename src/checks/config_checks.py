@@ -1,0 +1,92 @@
+"""Check a composed config before any heavy work: every problem at once, one line each.
+
+``check_train_config(cfg)`` runs at the top of ``src.train.train``; ``check_inference_config``
+at the top of ``src.evaluate`` and ``src.predict``. The rules are not written here: each
+component lists its own problems (:meth:`ImageFolderDataModule.problems` with its label
+source's, :meth:`StageSchedule.problems`, :func:`batch_size_problems`, :func:`data_root_problems`)
+and its constructor raises the same ones. This module only collects them, so a run with three
+typos fails once, listing three. Its own: the precisions the Trainer accepts, ``optimizer.lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.datamodule import ImageFolderDataModule
+from src.data.dataset import batch_size_problems
+from src.data.image_files import data_root_problems
+from src.optim.stages import StageSchedule
+from src.checks.problems import ConfigError, Problem, is_number, raise_problems
+
+__all__ = ["PRECISIONS", "ConfigError", "Problem", "check_inference_config", "check_train_config", "model_layer_groups"]
+
+# What Lightning's Trainer(precision=...) accepts (tests/test_config_checks.py checks that they
+# agree), and "auto", which src.runs.hardware resolves before the Trainer is built.
+PRECISIONS = ("auto", "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+              "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
+
+
+def check_inference_config(cfg: DictConfig) -> None:
+    """The checks of ``src.evaluate`` / ``src.predict``: batch size and (when given) the data folder."""
+    batch_key = "data.batch_size" if "data" in cfg else "batch_size"
+    problems = batch_size_problems(OmegaConf.select(cfg, batch_key), batch_key)
+    if "data" in cfg:
+        problems += data_root_problems(cfg.data.get("root"), required=False)
+    raise_problems(problems)
+
+
+def model_layer_groups(model_cfg: DictConfig) -> int:
+    """The number of layer groups of the configured network (body groups + head), built on the meta
+    device with random weights: no memory, no download."""
+    with torch.device("meta"):
+        backbone = instantiate(model_cfg.backbone, weights=None)
+    return len(backbone.layer_groups()) + 1
+
+
+def _label_source(data: DictConfig) -> tuple[Any, list[Problem]]:
+    """The configured label source, built (its construction only stores settings), or why it cannot be."""
+    if not OmegaConf.is_dict(data.get("labels")):
+        return data.get("labels"), []  # a name, not a source config: the DataModule's problems name it
+    try:
+        return instantiate(data.labels), []
+    except InstantiationException as error:
+        return None, [Problem("data.labels", OmegaConf.to_container(data.labels), "a label source config of "
+                              "conf/data/labels/ (folder, csv or regex)", f"fix it: {error.__cause__ or error}")]
+
+
+def _data_problems(data: DictConfig) -> list[Problem]:
+    labels, problems = _label_source(data)
+    return problems + ImageFolderDataModule.problems(data.root, labels, data.valid_pct, data.batch_size, data.size,
+                                                     data.on_bad_file)
+
+
+def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> None:
+    """Raise :class:`ConfigError` listing every problem of a training config; return if there is none.
+
+    ``num_layer_groups`` defaults to the configured backbone's (built on the meta device).
+    """
+    problems = data_root_problems(cfg.data.get("root"))
+    problems += _data_problems(cfg.data)
+    precision = cfg.trainer.get("precision")
+    if str(precision) not in PRECISIONS:
+        problems.append(Problem("trainer.precision", precision, "one of " + ", ".join(PRECISIONS),
+                                "auto picks bf16-mixed where the hardware has native bf16, else 32-true"))
+    lr = cfg.get("optimizer", {}).get("lr")
+    if lr is not None and (not is_number(lr) or not math.isfinite(lr) or lr <= 0):
+        problems.append(Problem("optimizer.lr", lr, "a positive number", "remove it (the stages set the rates)"))
+    schedule = cfg.schedule
+    if schedule.get("stages") and num_layer_groups is None:
+        try:
+            num_layer_groups = model_layer_groups(cfg.model)
+        except (InstantiationException, ValueError) as error:  # named here; the stages are checked too
+            problems.append(Problem("model.backbone", OmegaConf.to_container(cfg.model.backbone),
+                                    "a backbone that can be built", f"fix it: {error}"))
+    problems += StageSchedule.problems(schedule.get("stages"), schedule.div_factor, schedule.final_div_factor,
+                                       schedule.pct_start, schedule.moms, num_layer_groups)
+    raise_problems(problems)

@@ -1,0 +1,107 @@
+"""Building a run from its composed config: the one construction path of every entry point.
+
+``src.train``, ``src.lr_find``, ``src.bench``, ``src.inspect`` and checkpoint loading
+(:mod:`src.models.loading`, the network alone) build the DataModule, the LightningModule (network,
+optimizer, stage schedule) and the Trainer (callbacks, loggers, atomic checkpoints) here, so the same config gives
+the same objects whichever command reads it (as timm's ``create_model`` for every model).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from src.data.datamodule import ImageFolderDataModule
+from src.models.classifier_module import ImageClassifierModule
+from src.models.components.classifier import ImageClassifier
+from src.runs.checkpoint_io import AtomicCheckpointIO
+from src.runs.experiment_trackers import build_loggers
+from src.runs.hardware import resolve_precision
+
+
+def build_datamodule(data_config: DictConfig, **overrides) -> ImageFolderDataModule:
+    """The DataModule of ``data_config`` (a run's ``cfg.data``); ``overrides`` replace its arguments
+    (e.g. ``num_workers=0``)."""
+    return instantiate(data_config, **overrides)
+
+
+def build_module(
+    cfg: DictConfig,
+    *,
+    classes: Sequence[str],
+    multi_label: bool,
+    run_config: str | None = None,
+    pretrained: bool = True,
+) -> ImageClassifierModule:
+    """The LightningModule of ``cfg.model`` with ``cfg.optimizer`` and ``cfg.schedule``.
+
+    ``classes`` and ``multi_label`` come from the data (``**datamodule.model_fields()``) or from a
+    checkpoint. ``pretrained=False`` builds the body with random weights (a checkpoint brings its
+    own: nothing is downloaded). ``run_config`` is the YAML stored in checkpoints.
+    """
+    model_cfg = copy.deepcopy(cfg.model)
+    with open_dict(model_cfg):
+        model_cfg.merge_with({"classes": list(classes), "multi_label": bool(multi_label)})
+        if not pretrained:
+            model_cfg.backbone.weights = None
+    return instantiate(model_cfg, optimizer=instantiate(cfg.optimizer), schedule=instantiate(cfg.schedule),
+                       run_config=run_config)
+
+
+def build_network(model_cfg: DictConfig, *, num_classes: int) -> ImageClassifier:
+    """The plain network of ``model_cfg`` (``cfg.model``) with a random body: what a checkpoint's weights
+    load into. Only the model config is read, so a checkpoint whose optimizer or schedule settings
+    no longer validate still evaluates."""
+    backbone = instantiate(model_cfg.backbone, weights=None)
+    return ImageClassifier(backbone, num_classes=num_classes, **OmegaConf.to_container(model_cfg.head, resolve=True))
+
+
+def build_trainer(cfg: DictConfig, max_epochs: int) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg`` and atomic checkpoint writes."""
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    loggers = build_loggers(cfg)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, max_epochs=max_epochs,
+                       plugins=[AtomicCheckpointIO()])
+
+
+@dataclass
+class Run:
+    """A training run's config (completed from the data), its DataModule and its LightningModule."""
+
+    cfg: DictConfig
+    datamodule: ImageFolderDataModule
+    module: ImageClassifierModule
+
+    def use_schedule_of_config(self) -> None:
+        """Rebuild the module's schedule from ``cfg.schedule`` after it changed (``lr_find=true``)."""
+        self.module.schedule = instantiate(self.cfg.schedule)
+        self.module.hparams.run_config = run_config_yaml(self.cfg)
+
+    def trainer(self) -> L.Trainer:
+        return build_trainer(self.cfg, max_epochs=self.module.schedule.total_epochs)
+
+
+def run_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML text, as checkpoints store it (a mapping would make
+    ``instantiate`` build every ``_target_`` inside it)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """The DataModule and LightningModule of a training config.
+
+    ``cfg`` is completed in place with what the run really uses, as ``config.yaml`` and the
+    checkpoints record it: the data's classes (the one source of the class list and count) and
+    the precision ``auto`` resolved to.
+    """
+    datamodule = build_datamodule(cfg.data)
+    with open_dict(cfg):
+        cfg.model.merge_with(datamodule.model_fields())
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    module = build_module(cfg, **datamodule.model_fields(), run_config=run_config_yaml(cfg))
+    return Run(cfg, datamodule, module)
