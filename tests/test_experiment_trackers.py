@@ -142,6 +142,8 @@ def test_a_sweep_is_one_mlflow_experiment_and_one_wandb_group_with_a_run_per_job
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: an earlier in-process run must not choose the store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep_dir = tmp_path / "sweep"
     result = run_sweep([*SWEEP_OVERRIDES, f"data.root={image_root}", f"hydra.sweep.dir={sweep_dir}",
                         "logger=[mlflow,wandb]", f"paths.log_dir={tmp_path}", "seed=1,2"], timeout=300)
