@@ -63,6 +63,18 @@ def tiny_cfg(tmp_path: Path, image_root: Path) -> DictConfig:
     return cfg
 
 
+def train_tiny_run(base: Path, overrides: list[str], classes: int = 3, per_class: int = 10) -> Path:
+    """Train the tiny run on ``classes`` x ``per_class`` real images copied under ``base``; its run directory."""
+    from src.train import train
+
+    root = copy_sample(base / "images", classes=classes, per_class=per_class)
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(base / "run")
+    train(cfg)
+    return base / "run"
+
+
 def _bomb_png(path: Path, side: int = 10_001) -> None:
     """A valid 1-bit PNG of ``side`` x ``side`` pixels (100 MP) that is ~15 kB on disk: a decompression bomb."""
     import struct

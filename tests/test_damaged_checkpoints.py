@@ -17,19 +17,13 @@ from src.inspect import inspect_model
 from src.models.safe_load import DamagedFileError
 from src.predict import predict
 from src.train import train
-from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
+from tests.conftest import TINY_OVERRIDES, compose_config, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("damaged")
-    root = copy_sample(base / "images", classes=3, per_class=10)
     # 32-true: the precision plays no part here, and bf16 is emulated (slow) on CPUs without it
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", "trainer.precision=32-true"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(base / "run")
-    train(cfg)
-    return base / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("damaged"), ["trainer.precision=32-true"])
 
 
 def _task(name: str, out: Path, overrides: list[str]):

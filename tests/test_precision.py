@@ -16,8 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from src import Predictor
 from src.evaluate import evaluate
 from src.inspect import inspect_model
-from src.train import train
-from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
+from tests.conftest import compose_config, train_tiny_run
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
 pytestmark = pytest.mark.precision
@@ -25,13 +24,7 @@ pytestmark = pytest.mark.precision
 
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("bf16")
-    root = copy_sample(base / "images", classes=4, per_class=10)
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", "trainer.precision=bf16-mixed"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(base / "run")
-    train(cfg)
-    return base / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("bf16"), ["trainer.precision=bf16-mixed"], classes=4)
 
 
 def _evaluate(run: Path, out: Path, checkpoint: str, *overrides: str) -> dict:
