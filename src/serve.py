@@ -51,7 +51,11 @@ def _add_page(app) -> None:
     """``GET /`` is the page (LitServe's own ``/`` answers "litserve running"); its files under /page/."""
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
-    app.add_api_route("/", lambda: FileResponse(PAGE_DIR / "index.html"), methods=["GET"], include_in_schema=False)
+
+    async def page() -> FileResponse:
+        return FileResponse(PAGE_DIR / "index.html")
+
+    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
 
 
 def _document_predict(app) -> None:

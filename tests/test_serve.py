@@ -273,3 +273,24 @@ def test_the_onnx_backend_serves_the_exported_model(trained, photos, tmp_path):
     assert (tmp_path / "model.onnx").is_file()  # exported at start
     expected = predictor_probabilities(trained, photos, precision="32-true")
     assert (torch.tensor([p["probabilities"] for p in answer["predictions"]]) - expected).abs().max() < 1e-4
+
+
+def test_bad_settings_are_named_before_anything_starts(trained, tmp_path):
+    from src.serve import build_server
+
+    def cfg(*overrides: str):
+        composed = compose_config([f"ckpt_path={trained}", *overrides], config_name="serve")
+        with open_dict(composed):
+            composed.paths.output_dir = str(tmp_path)
+        return composed
+
+    with pytest.raises(ValueError, match=r"max_files=0; expected a number > 0.*upload_timeout_s=-1"):
+        build_server(cfg("max_files=0", "upload_timeout_s=-1"))
+    with pytest.raises(ValueError, match="topk=0"):
+        build_server(cfg("topk=0"))
+    with pytest.raises(FileNotFoundError, match="ckpt_path=.*missing"):
+        build_server(cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+    with pytest.raises(FileNotFoundError, match="backend.onnx_path"):
+        build_server(cfg("backend=onnx", f"backend.onnx_path={tmp_path / 'nope.onnx'}"))
+    server = build_server(cfg())  # built, not started: the page replaces LitServe's "/"
+    assert [r.endpoint.__name__ for r in server.app.router.routes if getattr(r, "path", None) == "/"] == ["page"]
