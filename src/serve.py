@@ -18,6 +18,7 @@ exported to ONNX in onnxruntime. See docs/serving.md.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import hydra
@@ -121,6 +122,8 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
 def serve(cfg: DictConfig) -> None:
     """Build the server and run it until interrupted (Ctrl+C or SIGTERM)."""
     server = build_server(cfg)
+    # LitServe shuts its workers down on KeyboardInterrupt only; make SIGTERM (docker stop, kill, systemd) do the same
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     log.info("serving %s on http://%s:%d/ (the page), POST %s, docs at /docs", cfg.ckpt_path, cfg.host, cfg.port,
              API_PATH)
     server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level=cfg.log_level)

@@ -22,6 +22,8 @@ from urllib.parse import parse_qs
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -136,11 +138,16 @@ async def uploaded_files(scope: Scope, body: bytes, limits: UploadLimits) -> lis
     async def replay() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
+    too_many = UploadError(413, f"more than max_files={limits.max_files} files in one request; send them in "
+                                "several requests")
     try:
-        # max_files + 1 so that the count below, not the parser, names the limit
+        # the parser stops at max_files + 1 files (Starlette spools each to a temporary file)
         form = await Request(scope, replay).form(max_files=limits.max_files + 1, max_fields=1000)
-    except Exception as error:  # MultiPartException or its HTTPException: a malformed body
-        raise UploadError(400, f"the multipart body cannot be parsed ({getattr(error, 'detail', error)}); "
+    except (MultiPartException, HTTPException) as error:  # Starlette raises the latter inside an app
+        message = str(getattr(error, "detail", error))
+        if message.startswith("Too many files"):
+            raise too_many from None
+        raise UploadError(400, f"the multipart body cannot be parsed ({message}); "
                                "send files as multipart/form-data fields") from None
     try:
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
@@ -148,8 +155,7 @@ async def uploaded_files(scope: Scope, body: bytes, limits: UploadLimits) -> lis
             raise UploadError(400, "the multipart body holds no file; send the image as a file field "
                                    "(curl -F file=@photo.jpg)")
         if len(files) > limits.max_files:
-            raise UploadError(413, f"{len(files)} or more files in one request, over max_files={limits.max_files}; "
-                                   "send them in several requests")
+            raise too_many
         return [(repr(f.filename or f"file {i + 1}"), await f.read()) for i, f in enumerate(files)]
     finally:
         await form.close()
