@@ -36,11 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_memory_mb(pid: int) -> float:
-    """Memory of a process and all its children (HTTP and inference workers, LitServe's queue manager), in MB:
-    the sum of their proportional set sizes, so pages the forked processes share count once."""
+def process_memory_mb(pid: int) -> dict[str, float]:
+    """Memory of a process and each of its children (HTTP and inference workers, LitServe's queue manager)
+    in MB: proportional set sizes, so the pages forked processes share count once in their sum."""
     parent = psutil.Process(pid)
-    return sum(p.memory_full_info().pss for p in [parent, *parent.children(recursive=True)]) / 2**20
+    return {f"{p.name()}[{p.pid}]": p.memory_full_info().pss / 2**20 for p in [parent, *parent.children(recursive=True)]}
+
+
+def tree_memory_mb(pid: int) -> float:
+    return sum(process_memory_mb(pid).values())
 
 
 async def client(port: int, photos: list[bytes], stop_at: float, budget: list[int], latencies: list[float],
@@ -104,8 +108,12 @@ def run_one(ckpt: str, backend: str, batching: str, clients: list[int], args, ph
                 raise RuntimeError(f"no /health in 300 s; see {run_dir / 'server.log'}")
             time.sleep(0.5)
         for count in clients:
-            asyncio.run(load(port, photos, count, 5.0, 20 * count))  # warm-up: allocator pools, lazy inits
+            asyncio.run(load(port, photos, count, args.warmup, 20 * count))  # allocator pools, lazy inits
             before = tree_memory_mb(server.pid)
+            for _ in range(args.repeat - 1):  # the same load again: memory that keeps growing grows per request
+                result = asyncio.run(load(port, photos, count, args.seconds, args.max_requests))
+                print(f"  after {result['requests']} requests: " + ", ".join(
+                    f"{name} {mb:.0f}" for name, mb in process_memory_mb(server.pid).items()), flush=True)
             result = asyncio.run(load(port, photos, count, args.seconds, args.max_requests))
             after = tree_memory_mb(server.pid)
             rows.append(f"| {backend} | {batching} | {count} | {result['requests']} | {result['rps']:.0f} | "
@@ -128,6 +136,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop a run after this many requests")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of the same load before `memory before`")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of --seconds per setting (memory after each)")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"])
     parser.add_argument("--batching", nargs="+", default=["on", "off"])
     parser.add_argument("--photos", type=Path, default=ROOT / "data" / "fashion-mnist-sample")

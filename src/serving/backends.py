@@ -36,7 +36,7 @@ class TorchBackend:
     cam_available = True
 
     def __init__(self, ckpt_path: str, device: str, precision: str | None = None, tta: bool = False,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, cam_layer: str | None = None) -> None:
         from src.inspect import cam_layers  # the stages Grad-CAM can look at (layer4 of a ResNet: the last)
 
         self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, tta=tta, threshold=threshold,
@@ -48,7 +48,10 @@ class TorchBackend:
         # PrecisionNet is built in train mode around an eval-mode network, and grad_cam restores the mode it
         # found: without this, the first Grad-CAM would leave batch norm training (and batch-of-1 errors).
         self.predictor.net.eval()
-        self.cam_layer = list(cam_layers(self.predictor.net.net.backbone).values())[-1]
+        layers = cam_layers(self.predictor.net.net.backbone)
+        if cam_layer is not None and cam_layer not in layers:
+            raise ValueError(f"backend.cam_layer={cam_layer!r}; choose one of {', '.join(layers)} (null: the last)")
+        self.cam_layer = layers[cam_layer] if cam_layer is not None else list(layers.values())[-1]
 
     @staticmethod
     def prepare(backend: DictConfig, ckpt_path: str, output_dir: Path) -> DictConfig:
