@@ -21,11 +21,15 @@ import logging
 import signal
 from pathlib import Path
 
+try:  # LitServe and FastAPI come with the serve extra
+    import litserve as ls
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+except ModuleNotFoundError as error:  # an optional extra: say which
+    raise ModuleNotFoundError(f"{error}: python -m src.serve needs the serve extra; pip install -e '.[serve]'") from None
+
 import hydra
-import litserve as ls
 import torch
-from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
