@@ -18,11 +18,11 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from src.data.transforms import EvalTransform
-from src.hardware import FULL_PRECISION
-from src.inference.predictor import Prediction, Predictor
+from src.runs.hardware import FULL_PRECISION
+from src.inference.predictor import Prediction, Predictor, prediction_of
 from src.models.loading import eval_transform_for, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
-from src.visualize.cam import grad_cam
+from src.visualize.cam import cam_layers, grad_cam
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,12 @@ class TorchBackend:
 
     def __init__(self, ckpt_path: str, device: str, precision: str | None = None, tta: bool = False,
                  threshold: float | None = None, cam_layer: str | None = None) -> None:
-        from src.inspect import cam_layers  # the stages Grad-CAM can look at (layer4 of a ResNet: the last)
-
         self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, tta=tta, threshold=threshold,
                                                    precision=precision)
         self.classes = self.predictor.classes
         self.multi_label = self.predictor.multi_label
         self.threshold = self.predictor.threshold
         self.precision = self.predictor.precision
-        # PrecisionNet is built in train mode around an eval-mode network, and grad_cam restores the mode it
-        # found: without this, the first Grad-CAM would leave batch norm training (and batch-of-1 errors).
-        self.predictor.net.eval()
         layers = cam_layers(self.predictor.net.net.backbone)
         if cam_layer is not None and cam_layer not in layers:
             raise ValueError(f"backend.cam_layer={cam_layer!r}; choose one of {', '.join(layers)} (null: the last)")
@@ -122,15 +117,7 @@ class OnnxBackend:
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         batch = torch.stack([self.view(image) for image in images]).numpy()
         probabilities = torch.from_numpy(self.session.run(None, {"images": batch})[0])
-        return [self._prediction(p) for p in probabilities]
-
-    def _prediction(self, probabilities: torch.Tensor) -> Prediction:
-        # Predictor's rule (src/inference/predictor.py, Predictor._prediction): the top class, or every class above the threshold
-        if self.multi_label:
-            above = [i for i in probabilities.argsort(descending=True).tolist() if probabilities[i] > self.threshold]
-            return Prediction(tuple(self.classes[i] for i in above), tuple(above), probabilities)
-        index = int(probabilities.argmax())
-        return Prediction(self.classes[index], index, probabilities)
+        return [prediction_of(p, self.classes, self.multi_label, self.threshold) for p in probabilities]
 
     def cam(self, image: Image.Image, index: int) -> torch.Tensor:
         raise NotImplementedError("Grad-CAM needs the torch backend")
