@@ -25,15 +25,14 @@ from src.data.image_files import load_rgb
 from src.data.split import label_text
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier
-from src.models.components.timm_body import TimmBody
 from src.inference.precision_net import PrecisionNet
 from src.models.freezing import first_trainable_group, freeze_layer_groups
 from src.models.loading import eval_transform_for, load_classifier
 from src.runs.builder import build_datamodule, build_module
 from src.runs.hardware import FULL_PRECISION, normalize_precision
-from src.visualize.cam import cam_figure, grad_cam
+from src.visualize.cam import cam_figure, cam_layers, grad_cam
 from src.visualize.figure_files import save_figure
-from src.visualize.features import RESNET_BODY_NAMES, features_figure, stage_outputs
+from src.visualize.features import features_figure, stage_outputs
 from src.visualize.kernels import kernels_figure
 from src.visualize.pooling import pooling_figure
 from src.visualize.show_batch import denormalize, normalized_and_denormalized_figure
@@ -128,13 +127,6 @@ def _split_normalize(transform: EvalTransform, image) -> tuple[torch.Tensor, tor
         raise TypeError(f"expected the eval transform to end with Normalize, got {type(normalize).__name__}")
     unnormalized = v2.Compose(steps)(image)
     return unnormalized, normalize(unnormalized)
-
-
-def cam_layers(backbone: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The stages Grad-CAM can look at, first to last: layer1-layer4 of a ResNet, timm's feature_info stages."""
-    if isinstance(backbone, TimmBody):
-        return backbone.stages()
-    return {name: backbone[RESNET_BODY_NAMES.index(name)] for name in RESNET_BODY_NAMES[4:]}
 
 
 def _cam_layer(net: ImageClassifier, name: str | None) -> tuple[str, torch.nn.Module]:

@@ -86,3 +86,19 @@ def test_predictor_and_inspect_run_at_the_trained_precision(bf16_run, tmp_path, 
         cfg.paths.output_dir = str(tmp_path / "inspect")
     paths = inspect_model(cfg)
     assert paths["cam"].stat().st_size > 0
+
+
+def test_the_precision_wrapper_keeps_the_networks_eval_mode_through_grad_cam(bf16_run):
+    """grad_cam restores the mode it found: the wrapper must report the network's (eval), or batch norm
+    is left training and a batch of one fails."""
+    from PIL import Image
+
+    from src.visualize.cam import grad_cam
+
+    predictor = Predictor.from_checkpoint(bf16_run / "checkpoints" / "last.ckpt", device="cpu", precision="32-true")
+    assert not any(m.training for m in predictor.net.modules())
+    image = predictor.transform(Image.open(next((bf16_run.parent / "images").rglob("*.png"))).convert("RGB"))
+    before = predictor.probabilities(image[None])
+    grad_cam(predictor.net, predictor.net.net.backbone[-1], image)
+    assert not any(m.training for m in predictor.net.modules())
+    assert predictor.probabilities(image[None]) == pytest.approx(before)

@@ -52,6 +52,7 @@ class PrecisionNet(nn.Module):
         self.plugin = precision_plugin(self.precision, device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = self.plugin.convert_module(net.to(device)).to(memory_format=self.memory_format)
+        self.train(net.training)  # the wrapper's mode is the network's: code that saves and restores it keeps eval
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = self.plugin.convert_input(images.contiguous(memory_format=self.memory_format))

@@ -113,6 +113,16 @@ def _keep_lists(batch: list) -> list:
     return batch
 
 
+def prediction_of(probabilities: torch.Tensor, classes: Sequence[str], multi_label: bool, threshold: float) -> Prediction:
+    """The :class:`Prediction` of one image's class probabilities: the top class, or (multi-label)
+    every class above ``threshold``, most probable first."""
+    if multi_label:
+        above = [i for i in probabilities.argsort(descending=True).tolist() if probabilities[i] > threshold]
+        return Prediction(tuple(classes[i] for i in above), tuple(above), probabilities)
+    index = int(probabilities.argmax())
+    return Prediction(classes[index], index, probabilities)
+
+
 class Predictor:
     """A trained classifier ready to predict, on ``device`` (the best available by default).
 
@@ -183,11 +193,7 @@ class Predictor:
                    precision=run_precision, channels_last=loaded.channels_last_at(run_precision))
 
     def _prediction(self, probabilities: torch.Tensor) -> Prediction:
-        if self.multi_label:
-            above = [i for i in probabilities.argsort(descending=True).tolist() if probabilities[i] > self.threshold]
-            return Prediction(tuple(self.classes[i] for i in above), tuple(above), probabilities)
-        index = int(probabilities.argmax())
-        return Prediction(self.classes[index], index, probabilities)
+        return prediction_of(probabilities, self.classes, self.multi_label, self.threshold)
 
     def _image_tensor(self, item: Image.Image | str | Path) -> torch.Tensor:
         if isinstance(item, Image.Image):

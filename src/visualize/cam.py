@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from src.models.components.timm_body import TimmBody
+from src.visualize.features import RESNET_BODY_NAMES
+
 
 def grad_cam(net: nn.Module, layer: nn.Module, image: torch.Tensor, target: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (H, W) Grad-CAM of class ``target`` (the predicted one if None), scaled to [0, 1], and the logits.
@@ -70,3 +73,10 @@ def cam_figure(
         axes[row, 2 * col + 1].set_title("Grad-CAM", fontsize=8)
     fig.suptitle(suptitle, fontsize=11)
     return fig
+
+
+def cam_layers(backbone: nn.Module) -> dict[str, nn.Module]:
+    """The stages Grad-CAM can look at, first to last: layer1-layer4 of a ResNet, timm's feature_info stages."""
+    if isinstance(backbone, TimmBody):
+        return backbone.stages()
+    return {name: backbone[RESNET_BODY_NAMES.index(name)] for name in RESNET_BODY_NAMES[4:]}

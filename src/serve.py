@@ -1,0 +1,142 @@
+"""Serve a trained model: ``python -m src.serve ckpt_path=RUN/checkpoints/best.ckpt [port=8000] [host=127.0.0.1]``.
+
+An HTTP server built on LitServe (FastAPI and uvicorn underneath) with one inference worker per
+device and dynamic batching (``max_batch_size`` requests, waiting at most ``batch_timeout`` s):
+
+- ``POST /predict``: one image as raw bytes (``Content-Type: image/...``) or one or several
+  multipart files; JSON back with each image's class, probability and top-k classes (every class
+  above the threshold for a multi-label model), the model and which forward pass served it.
+  ``?topk=K`` and ``?cam=true`` (a Grad-CAM map of the top class; torch backend) are optional.
+- ``GET /``: a page to try the model in a browser; ``GET /info``: the model and its classes;
+  ``GET /health``; ``GET /docs``: the OpenAPI page.
+
+It listens on 127.0.0.1 (this machine only) unless ``host=0.0.0.0`` is asked for. Bad uploads get
+a 4xx JSON ``{"detail": ...}`` (:mod:`src.serving.uploads`). ``backend=onnx`` serves the model
+exported to ONNX in onnxruntime. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+try:  # LitServe and FastAPI come with the serve extra
+    import litserve as ls
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+except ModuleNotFoundError as error:  # an optional extra: say which
+    raise ModuleNotFoundError(f"{error}: python -m src.serve needs the serve extra; pip install -e '.[serve]'") from None
+
+import hydra
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from src.runs.hardware import inference_precision
+from src.models.loading import check_checkpoint_path, read_checkpoint
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD
+from src.serving.api import ClassifierAPI
+from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
+
+log = logging.getLogger(__name__)
+
+PAGE_DIR = Path(__file__).resolve().parent / "serving" / "page"
+API_PATH = "/predict"
+
+
+def _device(accelerator: str) -> torch.device:
+    """The device LitServe's ``auto`` picks (for the precision shown on /info): CUDA, MPS, else the CPU."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+    return torch.device(accelerator)
+
+
+def _add_page(app) -> None:
+    """``GET /`` is the page (LitServe's own ``/`` answers "litserve running"); its files under /page/."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
+    app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
+
+    async def page() -> FileResponse:
+        return FileResponse(PAGE_DIR / "index.html")
+
+    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+
+
+def _document_predict(app) -> None:
+    """What ``POST /predict`` takes, for the OpenAPI page (the route reads the raw request, so FastAPI cannot see it)."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    for route in app.router.routes:
+        if getattr(route, "path", None) == API_PATH:
+            route.summary = "Classify one or several images"
+            route.description = ("One image as the raw body (Content-Type image/jpeg, image/png ... or "
+                                 "application/octet-stream), or multipart/form-data files (any field name).")
+            route.openapi_extra = {
+                "parameters": [
+                    {"name": "topk", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+                     "description": "classes per image in the answer (default: the server's topk)"},
+                    {"name": "cam", "in": "query", "required": False, "schema": {"type": "boolean"},
+                     "description": "add a Grad-CAM map (PNG data URL) of the top class (torch backend)"},
+                ],
+                "requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+                    **{f"{kind}*" if kind.endswith("/") else kind: binary for kind in RAW_TYPES},
+                }},
+            }
+
+
+def build_server(cfg: DictConfig) -> ls.LitServer:
+    """The LitServer for ``cfg`` (see conf/serve.yaml), not yet running; raises on a bad setting."""
+    ckpt_path = check_checkpoint_path(cfg.ckpt_path)
+    limits = UploadLimits(cfg.max_upload_mb, cfg.max_files, cfg.max_image_pixels, cfg.upload_timeout_s)
+    problems = limits.problems()
+    if not isinstance(cfg.topk, int) or cfg.topk < 1:
+        problems.append(f"topk={cfg.topk!r}; expected an integer >= 1 (it is capped at the model's class count)")
+    if problems:
+        raise ValueError("conf/serve.yaml: " + "; ".join(problems))
+    hparams = read_checkpoint(ckpt_path, mmap=True)["hyper_parameters"]
+    run = OmegaConf.create(hparams["run_config"])
+    classes = list(hparams["classes"])
+    backend_class = get_class(cfg.backend._target_)
+    backend = backend_class.prepare(cfg.backend, str(ckpt_path), Path(cfg.paths.output_dir))
+    precision = getattr(backend_class, "precision", None) or inference_precision(
+        run.trainer.get("precision"), cfg.backend.get("precision"), _device(cfg.accelerator))
+    model = {"name": run.model.backbone.name, "checkpoint": str(ckpt_path), "backend": backend_class.name,
+             "precision": precision}
+    multi_label = bool(hparams.get("multi_label", False))
+    info = {**model, "classes": classes, "multi_label": multi_label, "topk": min(cfg.topk, len(classes)),
+            "threshold": float(hparams.get("threshold", DEFAULT_THRESHOLD)) if multi_label else None,
+            "size": run.data.size, "cam": backend_class.cam_available, "max_upload_mb": cfg.max_upload_mb,
+            "max_files": cfg.max_files, "max_batch_size": cfg.max_batch_size, "batch_timeout": cfg.batch_timeout}
+    api = ClassifierAPI(OmegaConf.to_container(backend, resolve=True), str(ckpt_path), model, info["topk"],
+                        cfg.max_image_pixels, run.data.size, max_batch_size=cfg.max_batch_size,
+                        batch_timeout=cfg.batch_timeout, api_path=API_PATH)
+    server = ls.LitServer(
+        api, accelerator=cfg.accelerator, devices=cfg.devices, workers_per_device=1, timeout=cfg.timeout_s,
+        model_metadata=info,
+        middlewares=[(UploadGuard, {"path": API_PATH, "limits": limits, "classes": len(classes),
+                                    "min_size": run.data.size})],
+    )
+    _add_page(server.app)
+    _document_predict(server.app)
+    return server
+
+
+def serve(cfg: DictConfig) -> None:
+    """Build the server and run it until interrupted (Ctrl+C or SIGTERM)."""
+    server = build_server(cfg)
+    # LitServe shuts its workers down on KeyboardInterrupt only; make SIGTERM (docker stop, kill, systemd) do the same
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    log.info("serving %s on http://%s:%d/ (the page), POST %s, docs at /docs", cfg.ckpt_path, cfg.host, cfg.port,
+             API_PATH)
+    server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level=cfg.log_level)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Serving a trained model over HTTP (``python -m src.serve``): LitServe's API, upload checks, the page."""

@@ -1,0 +1,121 @@
+"""The LitServe API: requests checked by :mod:`src.serving.uploads` in, JSON predictions out.
+
+With ``max_batch_size`` > 1 LitServe's worker collects up to that many requests (waiting at most
+``batch_timeout`` seconds for them) and :meth:`ClassifierAPI.predict` runs all their images in one
+forward pass; every answer says which pass served it (``batch``), so batching can be seen.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import litserve as ls
+import matplotlib
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from src.inference.predictor import Prediction
+from src.serving.uploads import decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImagesRequest:
+    """One request's images (decoded), their names and what it asked for."""
+
+    names: list[str]
+    images: list[Image.Image]
+    topk: int
+    cam: bool
+
+
+def heatmap_png(cam: torch.Tensor) -> str:
+    """A [0, 1] map as a PNG data URL in matplotlib's ``jet`` colours (the page lays it over the photo)."""
+    rgba = (matplotlib.colormaps["jet"](cam.numpy()) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class ClassifierAPI(ls.LitAPI):
+    """Predictions of the backend ``backend`` (a ``conf/backend/`` config, built in the worker).
+
+    Args:
+        backend: the backend's config (``_target_`` and its arguments other than ``ckpt_path``/``device``).
+        ckpt_path: the checkpoint.
+        model: what every answer says about the model (name, checkpoint ...).
+        topk: classes per image in the answer unless the request asks for another count.
+        max_pixels / min_size: as the upload check decoded the images (:func:`decode_image`).
+    """
+
+    def __init__(self, backend: dict, ckpt_path: str, model: dict, topk: int, max_pixels: int, min_size: int,
+                 max_batch_size: int = 1, batch_timeout: float = 0.0, api_path: str = "/predict") -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
+        self.backend_config = backend
+        self.ckpt_path = ckpt_path
+        self.model = model
+        self.topk = topk
+        self.max_pixels = max_pixels
+        self.min_size = min_size
+
+    def setup(self, device: str) -> None:
+        self.backend = instantiate(OmegaConf.create(self.backend_config), ckpt_path=self.ckpt_path, device=device)
+        self.forward_passes = 0
+        self.model = {**self.model, "precision": self.backend.precision}  # what the worker really runs at
+        log.info("serving %s with the %s backend on %s at %s", self.ckpt_path, self.backend.name, device,
+                 self.backend.precision)
+
+    def decode_request(self, request: dict) -> ImagesRequest:
+        items = request["images"]
+        images = [decode_image(base64.b64decode(item["data"]), item["name"], self.max_pixels, self.min_size)
+                  for item in items]
+        return ImagesRequest([item["name"].strip("'") for item in items], images, request.get("topk") or self.topk,
+                             bool(request.get("cam")))
+
+    def batch(self, inputs: list[ImagesRequest]) -> list[ImagesRequest]:
+        return inputs  # predict stacks the images of every request itself (a request may hold several)
+
+    def unbatch(self, output: list[dict]) -> list[dict]:
+        return output
+
+    def predict(self, x: ImagesRequest | list[ImagesRequest]) -> dict | list[dict]:
+        requests = x if isinstance(x, list) else [x]
+        predictions = self.backend.predict([image for r in requests for image in r.images])
+        self.forward_passes += 1
+        batch = {"forward_pass": self.forward_passes, "requests": len(requests), "images": len(predictions)}
+        answers, start = [], 0
+        for r in requests:
+            mine = predictions[start:start + len(r.images)]
+            start += len(r.images)
+            answers.append({"model": self.model, "predictions": [self._describe(name, image, p, r)
+                                                                 for name, image, p in zip(r.names, r.images, mine)],
+                            "batch": batch})
+        return answers if isinstance(x, list) else answers[0]
+
+    def _describe(self, name: str, image: Image.Image, prediction: Prediction, request: ImagesRequest) -> dict[str, Any]:
+        label, index, probabilities = prediction
+        top = probabilities.topk(min(request.topk, len(probabilities)))
+        answer: dict[str, Any] = {
+            "file": name,
+            "label": list(label) if isinstance(label, tuple) else label,
+            "probability": ([float(probabilities[i]) for i in index] if isinstance(index, tuple)
+                            else float(probabilities[index])),
+            "top": [{"label": self.backend.classes[i], "probability": float(p)}
+                    for p, i in zip(top.values.tolist(), top.indices.tolist())],
+            "probabilities": probabilities.tolist(),
+        }
+        if request.cam and self.backend.cam_available:
+            answer["cam"] = {"class": self.backend.classes[int(top.indices[0])],
+                             "png": heatmap_png(self.backend.cam(image, int(top.indices[0])))}
+        return answer
+
+    def encode_response(self, output: dict) -> dict:
+        return output

@@ -1,0 +1,123 @@
+"""What runs the network behind the API: the checkpoint in PyTorch (:class:`TorchBackend`, through
+:class:`~src.inference.predictor.Predictor`, at the precision the run trained with) or the exported
+ONNX model in onnxruntime (:class:`OnnxBackend`). ``conf/backend/`` picks one by ``_target_``.
+
+Each is built in LitServe's inference worker, on the device LitServe gives it, and answers
+``predict(images) -> list[Prediction]`` in one forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
+from torchvision.transforms import v2
+
+from src.data.transforms import EvalTransform
+from src.runs.hardware import FULL_PRECISION
+from src.inference.predictor import Prediction, Predictor, prediction_of
+from src.models.loading import eval_transform_for, read_checkpoint
+from src.models.multi_label_metrics import DEFAULT_THRESHOLD
+from src.visualize.cam import cam_layers, grad_cam
+
+log = logging.getLogger(__name__)
+
+EXPORT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "export.yaml"
+
+
+class TorchBackend:
+    """The checkpoint's network in PyTorch; Grad-CAM available."""
+
+    name = "torch"
+    cam_available = True
+
+    def __init__(self, ckpt_path: str, device: str, precision: str | None = None, tta: bool = False,
+                 threshold: float | None = None, cam_layer: str | None = None) -> None:
+        self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, tta=tta, threshold=threshold,
+                                                   precision=precision)
+        self.classes = self.predictor.classes
+        self.multi_label = self.predictor.multi_label
+        self.threshold = self.predictor.threshold
+        self.precision = self.predictor.precision
+        layers = cam_layers(self.predictor.net.net.backbone)
+        if cam_layer is not None and cam_layer not in layers:
+            raise ValueError(f"backend.cam_layer={cam_layer!r}; choose one of {', '.join(layers)} (null: the last)")
+        self.cam_layer = layers[cam_layer] if cam_layer is not None else list(layers.values())[-1]
+
+    @staticmethod
+    def prepare(backend: DictConfig, ckpt_path: str, output_dir: Path) -> DictConfig:
+        return backend
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        return self.predictor.predict_batch(images)
+
+    def cam(self, image: Image.Image, index: int) -> torch.Tensor:
+        """The (S, S) Grad-CAM of class ``index`` over the image the network sees (resized, centre-cropped)."""
+        tensor = self.predictor.transform(image).to(self.predictor.device)
+        return grad_cam(self.predictor.net, self.cam_layer, tensor, target=index)[0].cpu()
+
+
+def uint8_view(transform: EvalTransform) -> v2.Compose:
+    """The eval transform up to its uint8 tensor (resize, crop), without ``ToDtype`` and ``Normalize``:
+    the exported model normalises inside (src.export.ServingModel)."""
+    *steps, to_float, normalize = transform.transforms
+    if not (isinstance(to_float, v2.ToDtype) and isinstance(normalize, v2.Normalize)):
+        raise TypeError(f"expected the eval transform to end with ToDtype and Normalize, got "
+                        f"{type(to_float).__name__} and {type(normalize).__name__}")
+    return v2.Compose(steps)
+
+
+class OnnxBackend:
+    """The model exported by ``src.export`` (uint8 images in, probabilities out) in onnxruntime, fed the
+    images resized and cropped as the eval transform does (the export's own resize is then a no-op).
+    Always float32; no Grad-CAM (onnxruntime gives no gradients)."""
+
+    name = "onnx"
+    cam_available = False
+    precision = FULL_PRECISION
+
+    def __init__(self, ckpt_path: str, device: str, onnx_path: str, threshold: float | None = None) -> None:
+        import onnxruntime
+
+        hparams = read_checkpoint(ckpt_path, mmap=True)["hyper_parameters"]
+        config = OmegaConf.create(hparams["run_config"])
+        self.classes = list(hparams["classes"])
+        self.multi_label = bool(hparams.get("multi_label", False))
+        self.threshold = float(hparams.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else threshold
+        self.view = uint8_view(eval_transform_for(config))
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=providers)
+
+    @staticmethod
+    def prepare(backend: DictConfig, ckpt_path: str, output_dir: Path) -> DictConfig:
+        """Export the checkpoint to ``output_dir/model.onnx`` unless ``onnx_path`` names an exported model."""
+        if backend.onnx_path is not None:
+            if not Path(backend.onnx_path).is_file():
+                raise FileNotFoundError(f"backend.onnx_path={backend.onnx_path!r} does not exist; export the checkpoint "
+                                        "with `python -m src.export ckpt_path=... format=onnx`, or leave it null to "
+                                        "export at start")
+            return backend
+        from src.export import export
+
+        log.info("exporting %s to ONNX for the onnx backend", ckpt_path)
+        defaults = OmegaConf.load(EXPORT_CONFIG)  # the opset `python -m src.export` uses
+        paths = export(OmegaConf.create({"ckpt_path": ckpt_path, "format": "onnx", "opset": defaults.opset,
+                                         "paths": {"output_dir": str(output_dir)}}))
+        backend = backend.copy()
+        with open_dict(backend):
+            backend.onnx_path = paths["model"]
+        return backend
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        batch = torch.stack([self.view(image) for image in images]).numpy()
+        probabilities = torch.from_numpy(self.session.run(None, {"images": batch})[0])
+        return [prediction_of(p, self.classes, self.multi_label, self.threshold) for p in probabilities]
+
+    def cam(self, image: Image.Image, index: int) -> torch.Tensor:
+        raise NotImplementedError("Grad-CAM needs the torch backend")

@@ -1,0 +1,308 @@
+"""`python -m src.serve`: the real server in a subprocess on a free 127.0.0.1 port, asked over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+from PIL import Image
+
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, _bomb_png, compose_config, copy_sample
+
+pytest.importorskip("litserve", reason="the serve extra: pip install -e '.[serve]'")
+
+CLASSES = 4
+START_TIMEOUT_S = 240  # two cores shared with other jobs: importing torch in the worker and loading take a while
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny training run on real photos: its best checkpoint."""
+    from src.train import train
+
+    base = tmp_path_factory.mktemp("served")
+    image_root = copy_sample(base / "images", classes=CLASSES, per_class=8)
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={image_root}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(base / "run")
+    train(cfg)
+    return base / "run" / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def photos(trained) -> list[Path]:
+    """One real photo per class."""
+    images = trained.parents[2] / "images"
+    return [sorted(folder.iterdir())[-1] for folder in sorted(images.iterdir())]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    """Plain HTTP/1.1 requests to the server (the standard library only)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def get_json(self, path: str) -> dict:
+        status, body = self.request("GET", path)
+        assert status == 200, body
+        return json.loads(body)
+
+    def post(self, body: bytes, content_type: str | None, query: str = "") -> tuple[int, dict]:
+        headers = {"Content-Type": content_type} if content_type else {}
+        status, answer = self.request("POST", "/predict" + query, body, headers)
+        return status, json.loads(answer)
+
+    def post_files(self, files: list[tuple[str, bytes]], query: str = "") -> tuple[int, dict]:
+        return self.post(*multipart(files), query=query)
+
+
+def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@contextmanager
+def running_server(ckpt: Path, run_dir: Path, overrides: list[str] = ()) -> Iterator[tuple[Client, subprocess.Popen]]:
+    """``python -m src.serve`` on a free port until the block ends; then stopped (its whole process group)."""
+    port = free_port()
+    log = (run_dir / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "src.serve", f"ckpt_path={ckpt}", f"port={port}", f"hydra.run.dir={run_dir}",
+         "log_level=warning", *overrides],
+        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    client = Client(port)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"the server exited: {(run_dir / 'server.log').read_text()[-3000:]}"
+            try:
+                if client.request("GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no /health in {START_TIMEOUT_S} s: {(run_dir / 'server.log').read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield client, process
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGINT)  # LitServe's graceful shutdown: workers, then the HTTP servers
+            process.wait(timeout=60)
+        except ProcessLookupError:  # already stopped, by a test
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+# Small limits, so each refusal is quick to provoke.
+LIMITS = ["max_upload_mb=1", "max_files=3", "upload_timeout_s=3", "max_batch_size=8", "batch_timeout=0.5"]
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory) -> Iterator[tuple[Client, subprocess.Popen]]:
+    with running_server(trained, tmp_path_factory.mktemp("serve"), LIMITS) as started:
+        yield started
+
+
+def predictor_probabilities(ckpt: Path, paths: list[Path], precision: str | None = None) -> torch.Tensor:
+    from src import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", precision=precision)
+    return torch.stack([p.probabilities for p in predictor.predict_batch([Image.open(p) for p in paths])])
+
+
+def test_predictions_equal_the_predictors_with_the_model_named(server, trained, photos):
+    from src import Predictor
+
+    client, _ = server
+    assert client.request("GET", "/health") == (200, b"ok")
+    info = client.get_json("/info")["model"]
+    classes = info["classes"]
+    assert len(classes) == CLASSES and info["topk"] == CLASSES and info["cam"] is True
+
+    status, one = client.post(photos[0].read_bytes(), "image/png")  # raw bytes
+    assert status == 200, one
+    status, several = client.post_files([(p.name, p.read_bytes()) for p in photos[:3]], query="?topk=2")
+    assert status == 200, several
+
+    predictor = Predictor.from_checkpoint(trained, device="cpu")
+    assert one["model"] == {"name": "resnet18", "checkpoint": str(trained), "backend": "torch",
+                            "precision": predictor.precision}
+    for answer, paths in ((one, photos[:1]), (several, photos[:3])):
+        expected = predictor_probabilities(trained, paths)
+        got = torch.tensor([p["probabilities"] for p in answer["predictions"]])
+        assert (got - expected).abs().max() < 1e-5
+        for prediction, probabilities in zip(answer["predictions"], expected):
+            assert prediction["label"] == classes[int(probabilities.argmax())]
+            assert prediction["probability"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+            assert [t["label"] for t in prediction["top"]] == [classes[i] for i in
+                                                               probabilities.topk(len(prediction["top"])).indices]
+    assert [len(p["top"]) for p in several["predictions"]] == [2, 2, 2] and len(one["predictions"][0]["top"]) == CLASSES
+    assert [p["file"] for p in several["predictions"]] == [p.name for p in photos[:3]]
+
+
+def test_concurrent_requests_share_forward_passes(server, trained, photos):
+    client, _ = server
+    requests = [photos[i % len(photos)] for i in range(8)]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda p: client.post(p.read_bytes(), "image/png"), requests))
+    assert all(status == 200 for status, _ in answers), answers
+    passes = {answer["batch"]["forward_pass"] for _, answer in answers}
+    assert len(passes) < len(requests), "every request had its own forward pass: no batching"
+    assert max(answer["batch"]["requests"] for _, answer in answers) > 1
+    # each request still gets its own image's answer
+    classes = client.get_json("/info")["model"]["classes"]
+    for path, (_, answer) in zip(requests, answers):
+        expected = predictor_probabilities(trained, [path])[0]
+        assert answer["predictions"][0]["label"] == classes[int(expected.argmax())]
+
+
+def test_the_grad_cam_map_comes_with_the_answer(server, photos):
+    client, _ = server
+    status, answer = client.post(photos[1].read_bytes(), "image/png", query="?cam=true")
+    assert status == 200, answer
+    cam = answer["predictions"][0]["cam"]
+    assert cam["class"] == answer["predictions"][0]["label"]
+    png = Image.open(io.BytesIO(base64.b64decode(cam["png"].split(",", 1)[1])))
+    assert png.size == (32, 32)  # the training size: the map covers what the network sees
+    # the network is left as it was (in eval mode): a single image still predicts
+    assert client.post(photos[1].read_bytes(), "image/png")[0] == 200
+
+
+def test_it_listens_on_loopback_only_and_documents_predict(server):
+    client, _ = server
+    listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    ours = [fields[1] for fields in listening if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == client.port]
+    assert ours == [f"0100007F:{client.port:04X}"]  # 127.0.0.1, not 0.0.0.0
+    schema = client.get_json("/openapi.json")
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "image/*" in body
+    status, page = client.request("GET", "/")
+    assert status == 200 and b"<title>Image classifier</title>" in page
+
+
+def bad_requests(photo: bytes, tmp_path: Path) -> dict[str, tuple[tuple, int, str]]:
+    """What to send (a ``Client.post`` call) -> the status and a phrase of the message."""
+    big = io.BytesIO()
+    Image.effect_noise((1200, 1200), 64).convert("RGB").save(big, format="PNG")  # ~1.4 MB of noise
+    _bomb_png(tmp_path / "bomb.png")
+    return {
+        "not an image": ((b"plain text, not a picture\n", "image/png"), 415, "is not an image"),
+        "truncated": ((photo[: len(photo) // 2], "image/png"), 400, "truncated or corrupt"),
+        "empty body": ((b"", "image/png"), 400, "body is empty"),
+        "wrong content type": ((photo, "application/json"), 415, "Content-Type 'application/json'"),
+        "no content type": ((photo, None), 415, "is not accepted"),
+        "over max_upload_mb": ((big.getvalue(), "image/png"), 413, "over max_upload_mb=1"),
+        "decompression bomb": (((tmp_path / "bomb.png").read_bytes(), "image/png"), 413, "decompression-bomb"),
+        "too many files": (multipart([(f"{i}.png", photo) for i in range(4)]), 413, "more than max_files=3"),
+        "far too many files": (multipart([(f"{i}.png", photo) for i in range(9)]), 413, "more than max_files=3"),
+        "no file in the form": ((b"--x--\r\n", "multipart/form-data; boundary=x"), 400, "holds no file"),
+        "an empty file in the form": (multipart([("a.png", b"")]), 400, "'a.png' is empty"),
+    }
+
+
+def test_every_bad_input_gets_a_4xx_naming_it_and_the_server_keeps_serving(server, photos, tmp_path):
+    client, process = server
+    photo = photos[0].read_bytes()
+    for name, (call, status, phrase) in bad_requests(photo, tmp_path).items():
+        got, answer = client.post(*call)
+        assert (got, phrase in answer.get("detail", "")) == (status, True), (name, answer)
+    got, answer = client.post(photo, "image/png", query="?topk=99")
+    assert got == 400 and "use 1 to 4" in answer["detail"]
+    assert client.post(photo, "image/png")[0] == 200
+    assert process.poll() is None
+
+
+def test_a_client_that_disconnects_or_stalls_mid_upload_leaves_the_server_serving(server, photos):
+    client, process = server
+    photo = photos[0].read_bytes()
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(photo)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", client.port)) as gone:  # half the body, then gone
+        gone.sendall(head + photo[: len(photo) // 2])
+    with socket.create_connection(("127.0.0.1", client.port), timeout=30) as stalled:  # half, then nothing
+        stalled.sendall(head + photo[: len(photo) // 2])
+        started = time.monotonic()
+        reply = b""
+        while not reply.endswith(b"}") and (chunk := stalled.recv(4096)):  # the head, then the JSON body
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408") and b"upload_timeout_s=3" in reply
+        assert time.monotonic() - started < 20
+    assert client.post(photo, "image/png")[0] == 200
+    assert process.poll() is None
+
+
+def test_the_onnx_backend_serves_the_exported_model(trained, photos, tmp_path):
+    pytest.importorskip("onnxruntime")
+    psutil = pytest.importorskip("psutil")
+    with running_server(trained, tmp_path, ["backend=onnx", "max_batch_size=4"]) as (client, process):
+        assert client.get_json("/info")["model"]["cam"] is False
+        status, answer = client.post_files([(p.name, p.read_bytes()) for p in photos])
+        # SIGTERM to the main process alone (as `docker stop` sends it) stops every process of the server
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) is not None
+        psutil.wait_procs(children, timeout=30)
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert status == 200, answer
+    assert answer["model"]["backend"] == "onnx" and answer["model"]["precision"] == "32-true"
+    assert (tmp_path / "model.onnx").is_file()  # exported at start
+    expected = predictor_probabilities(trained, photos, precision="32-true")
+    assert (torch.tensor([p["probabilities"] for p in answer["predictions"]]) - expected).abs().max() < 1e-4
+
+
+def test_bad_settings_are_named_before_anything_starts(trained, tmp_path):
+    from src.serve import build_server
+
+    def cfg(*overrides: str):
+        composed = compose_config([f"ckpt_path={trained}", *overrides], config_name="serve")
+        with open_dict(composed):
+            composed.paths.output_dir = str(tmp_path)
+        return composed
+
+    with pytest.raises(ValueError, match=r"max_files=0; expected a number > 0.*upload_timeout_s=-1"):
+        build_server(cfg("max_files=0", "upload_timeout_s=-1"))
+    with pytest.raises(ValueError, match="topk=0"):
+        build_server(cfg("topk=0"))
+    with pytest.raises(FileNotFoundError, match="ckpt_path=.*missing"):
+        build_server(cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+    with pytest.raises(FileNotFoundError, match="backend.onnx_path"):
+        build_server(cfg("backend=onnx", f"backend.onnx_path={tmp_path / 'nope.onnx'}"))
+    server = build_server(cfg())  # built, not started: the page replaces LitServe's "/"
+    assert [r.endpoint.__name__ for r in server.app.router.routes if getattr(r, "path", None) == "/"] == ["page"]
