@@ -14,8 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from src.evaluate import evaluate
 from src.inference.interpretation import Interpretation
-from src.train import train
-from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
+from tests.conftest import compose_config, copy_sample, train_tiny_run
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
 pytestmark = pytest.mark.precision
@@ -26,13 +25,7 @@ CLASSES = 6  # more than 5, so top-5 accuracy is reported
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """One tiny training run on real images, shared by the module: its run directory."""
-    base = tmp_path_factory.mktemp("trained")
-    image_root = copy_sample(base / "images", classes=CLASSES, per_class=10)
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={image_root}"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(base / "run")
-    train(cfg)
-    return base / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("trained"), [], classes=CLASSES)
 
 
 def task_cfg(name: str, output_dir: Path, overrides: list[str]) -> DictConfig:

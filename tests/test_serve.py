@@ -23,7 +23,7 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, _bomb_png, compose_config, copy_sample
+from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config, train_tiny_run
 
 pytest.importorskip("litserve", reason="the serve extra: pip install -e '.[serve]'")
 
@@ -34,15 +34,7 @@ START_TIMEOUT_S = 240  # two cores shared with other jobs: importing torch in th
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny training run on real photos: its best checkpoint."""
-    from src.train import train
-
-    base = tmp_path_factory.mktemp("served")
-    image_root = copy_sample(base / "images", classes=CLASSES, per_class=8)
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={image_root}"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(base / "run")
-    train(cfg)
-    return base / "run" / "checkpoints" / "best.ckpt"
+    return train_tiny_run(tmp_path_factory.mktemp("served"), [], classes=CLASSES, per_class=8) / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
