@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import math
 from pathlib import Path
 
@@ -357,7 +358,12 @@ def test_onnx_export_matches_pytorch_on_real_images(trained, tmp_path, real_imag
     info = json.loads(Path(paths["classes"]).read_text())
     assert info["classes"] == json.loads((trained / "metrics.json").read_text())["classes"] and info["size"] == 32
 
-    session = ort.InferenceSession(paths["model"])
+    # one self-contained file: it runs from wherever it is copied to
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".log") == ["classes.json", "model.onnx"]
+    copied = tmp_path / "copied" / "model.onnx"
+    copied.parent.mkdir()
+    shutil.copy(paths["model"], copied)
+    session = ort.InferenceSession(str(copied))
     images = real_images_at_training_size
     model, _, _ = serving_model(ckpt)
     with torch.inference_mode():
