@@ -67,6 +67,17 @@ def test_short_training_run_writes_the_run_directory(tiny_cfg):
     assert checkpoint["state_dict"]["net.head.8.weight"].shape == (3, 512)
 
 
+def test_the_model_summary_counts_the_flops_of_one_image_at_the_data_size(tiny_cfg):
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from src.runs.builder import build_run
+
+    module = build_run(tiny_cfg).module
+    assert tuple(module.example_input_array.shape) == (1, 3, 32, 32)
+    summary = ModelSummary(module, max_depth=2)
+    assert summary.total_flops > 0  # "Total FLOPs: 0" without an example input
+
+
 def test_tensorboard_has_group_learning_rates_and_the_augmented_batch(tiny_cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
