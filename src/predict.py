@@ -89,7 +89,6 @@ def _header(topk: int) -> list[str]:
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every file of ``cfg.input``; write the CSV; return the results and where they went."""
     check_inference_config(cfg)
-    output = predictions_path(cfg.output, cfg.paths.output_dir)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, tta=cfg.tta, threshold=cfg.get("threshold"),
                                           precision=cfg.get("precision"))
     if not 1 <= cfg.topk <= len(predictor.classes):
@@ -98,6 +97,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     files = input_files(cfg.input)
     if not files:
         raise ValueError(f"input={cfg.input!r} holds no files; expected images (e.g. .jpg, .png)")
+    output = predictions_path(cfg.output, cfg.paths.output_dir)  # after the checks that write nothing
     results = list(predictor.predict_files(files, cfg.batch_size, cfg.num_workers, progress=len(files) > 1))
     write_predictions_csv(output, _header(cfg.topk), prediction_rows(results, predictor.classes, cfg.topk,
                                                                       predictor.label_delim))
