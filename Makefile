@@ -40,10 +40,10 @@ train: $(STAMP) ## Train the demo experiment on the committed Fashion-MNIST samp
 	$(BIN)/python -m src.train experiment=demo
 
 inspect: $(STAMP) ## See how the demo's CNN works on its data, before training (outputs/inspect/runs/)
-	$(BIN)/python -m src.inspect experiment=demo cam_layer=layer2
+	$(BIN)/python -m src.inspect experiment=demo
 
 inspect-demo: $(STAMP) ## The same from the latest demo checkpoint (run `make train` first)
-	$(BIN)/python -m src.inspect ckpt_path=$$(ls -td outputs/train/runs/*/ | head -1)checkpoints/best.ckpt cam_layer=layer2
+	$(BIN)/python -m src.inspect ckpt_path=$$(ls -td outputs/train/runs/*/ | head -1)checkpoints/best.ckpt
 
 test: $(DEV_STAMP) ## Run the test suite (CI runs this)
 	$(BIN)/python -m pytest

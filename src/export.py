@@ -9,7 +9,9 @@ no-op, whereas on other sizes the training transform's crop and antialiasing are
 Batch size, height and width are dynamic in both formats. ``classes.json`` next to it names the
 classes in output order.
 
-- ``onnx``: ``model.onnx`` for onnxruntime and other ONNX runtimes.
+- ``onnx``: ``model.onnx`` for onnxruntime and other ONNX runtimes: one self-contained file. A model
+  whose weights pass ONNX's 2 GB protobuf limit is written as a pair, ``model.onnx`` and its weights
+  ``model.onnx.data``, which must stay side by side.
 - ``torch_export``: ``model.pt2``, a ``torch.export`` ExportedProgram: the graph and weights, so
   ``torch.export.load("model.pt2").module()`` runs it with torch alone, without this project.
 
@@ -41,6 +43,9 @@ FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2"}
 # Both exporters trace the same graph; these ranges bound the sizes it is valid for.
 MAX_BATCH = 4096
 MIN_SIDE, MAX_SIDE = 8, 8192
+# A protobuf message is at most 2 GiB; past this much weight (leaving room for the graph) the ONNX
+# weights go to an external ``model.onnx.data`` file.
+MAX_EMBEDDED_ONNX_WEIGHT_BYTES = int(1.8 * 2**30)
 
 
 class ServingModel(nn.Module):
@@ -81,6 +86,27 @@ def dynamic_image_shapes() -> dict[int, torch.export.Dim]:
             3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
 
 
+def weight_bytes(model: nn.Module) -> int:
+    """The bytes of ``model``'s parameters and buffers (what an exported file stores)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """``model`` as ``path``: one self-contained file when its weights fit in a protobuf, else with
+    ``path.data`` beside it (and a warning, since copying the ``.onnx`` alone then breaks it)."""
+    external = weight_bytes(model) > MAX_EMBEDDED_ONNX_WEIGHT_BYTES
+    torch.onnx.export(
+        model, (example,), str(path), dynamo=True, opset_version=opset, external_data=external,
+        input_names=["images"], output_names=["probabilities"],
+        dynamic_shapes={"images": dynamic_image_shapes()},
+    )
+    data = path.with_name(path.name + ".data")
+    if external:
+        log.warning("the weights pass ONNX's 2 GB limit: they are in %s, which must stay beside %s", data, path)
+    else:
+        data.unlink(missing_ok=True)  # an earlier export's weights, which this model.onnx does not read
+
+
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Write the serving model of ``cfg.ckpt_path`` in ``cfg.format`` and ``classes.json``; return their paths."""
     if cfg.format == "torchscript":
@@ -95,11 +121,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
     path = output_dir / FORMATS[cfg.format]
     if cfg.format == "onnx":
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=True, opset_version=cfg.opset,
-            input_names=["images"], output_names=["probabilities"],
-            dynamic_shapes={"images": dynamic_image_shapes()},
-        )
+        export_onnx(model, example, path, cfg.opset)
     else:
         program = torch.export.export(model, (example,), dynamic_shapes={"images": dynamic_image_shapes()})
         torch.export.save(program, str(path))

@@ -30,7 +30,7 @@ from src.models.freezing import first_trainable_group, freeze_layer_groups
 from src.models.loading import eval_transform_for, load_classifier
 from src.runs.builder import build_datamodule, build_module
 from src.runs.hardware import FULL_PRECISION, normalize_precision
-from src.visualize.cam import cam_figure, cam_layers, grad_cam
+from src.visualize.cam import cam_figure, cam_layers, default_cam_layer, grad_cam
 from src.visualize.figure_files import save_figure
 from src.visualize.features import features_figure, stage_outputs
 from src.visualize.kernels import kernels_figure
@@ -129,9 +129,9 @@ def _split_normalize(transform: EvalTransform, image) -> tuple[torch.Tensor, tor
     return unnormalized, normalize(unnormalized)
 
 
-def _cam_layer(net: ImageClassifier, name: str | None) -> tuple[str, torch.nn.Module]:
+def _cam_layer(net: ImageClassifier, name: str | None, size: int) -> tuple[str, torch.nn.Module]:
     layers = cam_layers(net.backbone)
-    name = list(layers)[-1] if name is None else name  # the last stage by default (layer4)
+    name = default_cam_layer(net.backbone, size) if name is None else name
     if name not in layers:
         raise ValueError(f"cam_layer={name!r}; choose one of {', '.join(layers)}")
     return name, layers[name]
@@ -190,7 +190,7 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     paths["features"] = save_figure(features_figure(unnormalized, outputs), output_dir / "features.png")
     paths["pooling"] = save_figure(pooling_figure(net, image, classes), output_dir / "pooling.png")
 
-    cam_name, layer = _cam_layer(net, cfg.cam_layer)
+    cam_name, layer = _cam_layer(net, cfg.cam_layer, data.size)
     # The predictions from here on run as the network trained (autocast, memory format), so the
     # probabilities shown are the ones src.evaluate and src.predict give.
     net = PrecisionNet(net, subject.precision, torch.device("cpu"), subject.channels_last)

@@ -46,6 +46,23 @@ def input_files(path: str | Path) -> list[Path]:
     )
 
 
+def predictions_path(output: str | None, output_dir: str | Path) -> Path:
+    """Where the CSV goes: ``output`` (a file, or a folder that receives ``predictions.csv``), else this
+    run's directory. Its folder is created and probed here, so a bad ``output`` fails before any prediction."""
+    path = Path(output).expanduser() if output else Path(output_dir)
+    if not output or path.is_dir() or str(output).endswith(("/", "\\")):
+        path = path / "predictions.csv"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / ".write_probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"output={output!r}: cannot write {path} ({type(error).__name__}: {error}); expected a CSV "
+                      "path or a folder you can write to, e.g. output=/tmp/predictions.csv") from error
+    return path
+
+
 def prediction_rows(results: list[FileResult], classes: list[str], topk: int, label_delim: str | None) -> list[list]:
     """One row per file: the prediction, its probability, the ``topk`` classes, or the error.
 
@@ -80,8 +97,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     files = input_files(cfg.input)
     if not files:
         raise ValueError(f"input={cfg.input!r} holds no files; expected images (e.g. .jpg, .png)")
+    output = predictions_path(cfg.output, cfg.paths.output_dir)  # after the checks that write nothing
     results = list(predictor.predict_files(files, cfg.batch_size, cfg.num_workers, progress=len(files) > 1))
-    output = Path(cfg.output).expanduser() if cfg.output else Path(cfg.paths.output_dir) / "predictions.csv"
     write_predictions_csv(output, _header(cfg.topk), prediction_rows(results, predictor.classes, cfg.topk,
                                                                       predictor.label_delim))
     failed = [r for r in results if r.error]

@@ -15,7 +15,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.checks.config_checks import check_train_config
 from src.runs.experiment_trackers import log_run_end
 from src.lr_find import suggest_lr, with_max_lr
-from src.models.loading import check_resumable
+from src.models.loading import check_resumable, epochs_finished
 from src.optim.lr_range_test import SUGGESTIONS
 from src.runs.builder import Run, build_run
 from src.runs.run_files import check_writable, write_json, write_resolved_config
@@ -52,6 +52,19 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(check_resumable(last))
 
 
+def check_epochs_left(ckpt_path: str, total_epochs: int) -> None:
+    """Refuse a checkpoint that has finished every epoch of the schedule: resuming it would train
+    nothing and report NaN metrics (Lightning stops at once, before any validation)."""
+    finished = epochs_finished(ckpt_path)
+    if finished >= total_epochs:
+        raise ValueError(
+            f"ckpt_path={ckpt_path!r} has finished all its epochs ({finished} of the {total_epochs} that "
+            "schedule.stages trains), so there is nothing left to resume. To train it more, add epochs: a longer "
+            "last stage or another stage in schedule.stages, with the same ckpt_path. To start a new run, "
+            "leave out ckpt_path; to evaluate it, use python -m src.evaluate ckpt_path=..."
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model described by ``cfg``; return the final and best validation metrics.
 
@@ -62,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path is not None:
+        check_epochs_left(ckpt_path, instantiate(cfg.schedule).total_epochs)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)

@@ -32,6 +32,14 @@ def test_split_is_stratified_and_keeps_every_class_with_two_images_in_validation
     assert not set(train) & set(valid)
 
 
+def test_validation_order_is_shuffled_once_so_its_first_batches_hold_every_class():
+    samples = _samples({0: 50, 1: 50, 2: 50})
+    train, valid = stratified_split(samples, 0.2, seed=0)
+    assert {s.label for s in valid[:8]} == {0, 1, 2}  # what limit_val_batches=1 at batch size 8 sees
+    assert sorted(valid, key=lambda s: s.label) != valid  # not in class order
+    assert stratified_split(samples, 0.2, seed=0) == (train, valid)  # the same order every time
+
+
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5])
 def test_valid_pct_outside_zero_one_is_refused(bad):
     with pytest.raises(ValueError, match="data.valid_pct"):
@@ -135,6 +143,7 @@ def test_datamodule_batches_split_csv_and_classes(image_root, tmp_path):
     assert labels.dtype == torch.int64
     # normalised with ImageNet statistics: values go below 0
     assert images.min() < 0
+    assert b"\r" not in (tmp_path / "split.csv").read_bytes()  # \n line endings, not the csv module's \r\n
     with (tmp_path / "split.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 36

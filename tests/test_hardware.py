@@ -24,6 +24,20 @@ def test_explicit_precision_is_kept(monkeypatch):
     assert hardware.resolve_precision("32-true", "auto") == "32-true"
 
 
+@pytest.mark.parametrize("precision", ["16-mixed", "16", 16])
+def test_fp16_mixed_on_the_cpu_is_recorded_as_the_bf16_mixed_lightning_runs(monkeypatch, tmp_path, precision):
+    import lightning as L
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for accelerator in ("cpu", "auto"):
+        resolved = hardware.resolve_precision(precision, accelerator)
+        assert resolved == "bf16-mixed"
+        trainer = L.Trainer(accelerator=accelerator, precision=precision, logger=False, default_root_dir=tmp_path)
+        assert trainer.precision == resolved  # what Lightning runs
+    assert hardware.resolve_precision("16-true", "cpu") == "16-true"  # Lightning runs it as given
+
+
 @pytest.mark.parametrize("amx, avx512_bf16, expected", [
     (False, False, False),  # AVX2 only (the build machine): bf16 is emulated
     (True, False, True),  # AMX tiles (Xeon Sapphire Rapids+)

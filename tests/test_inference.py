@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import math
 from pathlib import Path
 
@@ -282,6 +283,23 @@ def test_predict_a_folder_with_a_corrupt_and_a_non_image_file(trained, tmp_path)
         assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
 
 
+def test_predict_into_an_existing_folder_writes_predictions_csv_there(trained, tmp_path):
+    from src.predict import predict
+
+    folder = _folder_with_bad_files(tmp_path)
+    (tmp_path / "results").mkdir()
+    summary = predict(task_cfg("predict", tmp_path / "out", [
+        f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", f"input={folder}", f"output={tmp_path / 'results'}",
+    ]))
+    assert summary["output"] == str(tmp_path / "results" / "predictions.csv")
+    assert len(read_rows(tmp_path / "results" / "predictions.csv")) == 6
+    # an output that cannot be written fails before anything is predicted (a file where a folder must be)
+    from src.predict import predictions_path
+
+    with pytest.raises(OSError, match=r"output=.*cannot write .*expected a CSV path or a folder"):
+        predictions_path(str(tmp_path / "results" / "predictions.csv" / "x.csv"), tmp_path / "out")
+
+
 def test_predict_one_image_then_a_list_file_from_the_cli_with_its_exit_status(trained, tmp_path):
     import subprocess
     import sys
@@ -333,7 +351,12 @@ def test_onnx_export_matches_pytorch_on_real_images(trained, tmp_path, real_imag
     info = json.loads(Path(paths["classes"]).read_text())
     assert info["classes"] == json.loads((trained / "metrics.json").read_text())["classes"] and info["size"] == 32
 
-    session = ort.InferenceSession(paths["model"])
+    # one self-contained file: it runs from wherever it is copied to
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".log") == ["classes.json", "model.onnx"]
+    copied = tmp_path / "copied" / "model.onnx"
+    copied.parent.mkdir()
+    shutil.copy(paths["model"], copied)
+    session = ort.InferenceSession(str(copied))
     images = real_images_at_training_size
     model, _, _ = serving_model(ckpt)
     with torch.inference_mode():

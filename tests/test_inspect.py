@@ -242,3 +242,21 @@ def test_filters_are_laid_out_in_one_mosaic():
     sheet = mosaic(scaled)
     assert sheet.shape == (3, 8 * 8 + 1, 8 * 8 + 1)  # 8 x 8 filters of 7 px with 1 px gaps
     assert torch.equal(sheet[:, 1:8, 9:16], scaled[1])
+
+
+@pytest.mark.parametrize("size, expected", [(224, "layer4"), (64, "layer3"), (32, "layer2")])
+def test_default_cam_layer_is_the_deepest_stage_with_a_map_of_at_least_4x4(size, expected):
+    from src.visualize.cam import cam_map_sizes, default_cam_layer
+
+    net = build_net(compose_config(TINY_OVERRIDES), num_classes=3)
+    assert default_cam_layer(net.backbone, size) == expected
+    assert min(cam_map_sizes(net.backbone, size)[expected]) >= 4
+    assert net.backbone.training  # the probe leaves the mode as it was
+
+
+def test_default_cam_layer_warns_when_no_stage_is_4x4(caplog):
+    from src.visualize.cam import default_cam_layer
+
+    net = build_net(compose_config(TINY_OVERRIDES), num_classes=3)
+    assert default_cam_layer(net.backbone, 8) == "layer1"  # 2x2, the widest there is
+    assert "no stage's map is 4 x 4 cells or more (layer1 2x2, layer2 1x1" in caplog.text

@@ -76,3 +76,19 @@ def test_kill_9_mid_epoch_then_ckpt_path_last_finishes_like_an_uninterrupted_run
     # RandomStateCheckpoint restores the generators; without it the error rate differed by 0.33.
     assert got["final"]["val/loss"] == pytest.approx(expected["final"]["val/loss"], rel=1e-6)
     assert got["final"]["val/error_rate"] == pytest.approx(expected["final"]["val/error_rate"], abs=1e-6)
+
+
+def test_a_finished_checkpoint_is_refused_before_the_scan_with_how_to_train_more(tmp_path, started):
+    from tests.conftest import compose_config, train_tiny_run
+    from omegaconf import open_dict
+    from src.train import train
+
+    finished = train_tiny_run(tmp_path / "first", []) / "checkpoints" / "last.ckpt"
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={tmp_path / 'first' / 'images'}", f"ckpt_path={finished}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "again")
+    started.clear()
+    with pytest.raises(ValueError, match=r"has finished all its epochs \(2 of the 2 .*schedule.stages.*same ckpt_path"):
+        train(cfg)
+    assert started == []  # no image read, no trainer built
+    assert not (tmp_path / "again" / "metrics.json").exists()

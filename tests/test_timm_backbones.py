@@ -201,8 +201,9 @@ def test_timm_backbone_trains_frozen_then_unfrozen_and_reloads(image_root, tmp_p
     assert loaded.net(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
-def test_inspect_draws_a_timm_body_at_its_last_stage(image_root, tmp_path):
+def test_inspect_draws_a_timm_body_at_its_deepest_stage_of_at_least_4x4(image_root, tmp_path):
     from src.inspect import _cam_layer, inspect_model
+    from src.visualize.cam import cam_map_sizes
     from tests.test_inspect import build_net
 
     cfg = compose_config(["model.backbone.name=timm/mobilenetv3_small_050", "model.backbone.weights=null",
@@ -215,5 +216,7 @@ def test_inspect_draws_a_timm_body_at_its_last_stage(image_root, tmp_path):
     assert "timm/mobilenetv3_small_050 body" in paths["summary"].read_text()
     net = build_net(cfg, num_classes=3)
     with pytest.raises(ValueError, match=r"cam_layer='layer4'; choose one of bn1, blocks.0, blocks.1, blocks.3, blocks.5"):
-        _cam_layer(net, "layer4")
-    assert _cam_layer(net, None)[0] == "blocks.5"  # the last stage by default
+        _cam_layer(net, "layer4", 64)
+    # by default the deepest stage whose map is at least 4 x 4: at 64 px blocks.5 is 2 x 2
+    assert cam_map_sizes(net.backbone, 64)["blocks.5"] == (2, 2)
+    assert _cam_layer(net, None, 64)[0] == "blocks.3" and cam_map_sizes(net.backbone, 64)["blocks.3"] == (4, 4)

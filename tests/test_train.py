@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import lightning as L
@@ -67,15 +68,32 @@ def test_short_training_run_writes_the_run_directory(tiny_cfg):
     assert checkpoint["state_dict"]["net.head.8.weight"].shape == (3, 512)
 
 
+def test_the_model_summary_counts_the_flops_of_one_image_at_the_data_size(tiny_cfg):
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from src.runs.builder import build_run
+
+    module = build_run(tiny_cfg).module
+    assert tuple(module.example_input_array.shape) == (1, 3, 32, 32)
+    summary = ModelSummary(module, max_depth=2)
+    assert summary.total_flops > 0  # "Total FLOPs: 0" without an example input
+
+
 def test_tensorboard_has_group_learning_rates_and_the_augmented_batch(tiny_cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    tiny_cfg.callbacks.throughput.warmup_steps = 1  # the tiny run's 3 batches an epoch: one left to time
     train(tiny_cfg)
     events = EventAccumulator(str(Path(tiny_cfg.paths.output_dir) / "tensorboard")).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"val/error_rate", "val/loss", "val/accuracy", "train/loss_step", "val/error_rate_best"} <= scalars
     assert {f"lr-AdamW/group{i}" for i in range(3)} <= scalars
     assert "train/augmented_batch" in events.Tags()["images"]
+    # every plain scalar tag the run-directory page names is one TensorBoard shows
+    page = (Path(__file__).resolve().parents[1] / "docs" / "run-directory.md").read_text()
+    scalars_paragraph = page[page.index("Scalars:"):page.index("HPARAMS")]
+    named = {tag for tag in re.findall(r"`([\w/-]+)`", scalars_paragraph) if "/" in tag}
+    assert {"train/loss_step", "train/loss_epoch"} <= named and named <= scalars, named - scalars
     head_lrs = [e.value for e in events.Scalars("lr-AdamW/group2")]
     body_lrs = [e.value for e in events.Scalars("lr-AdamW/group0")]
     assert head_lrs[0] == pytest.approx(3e-3 / 25, rel=1e-4)  # stage 1 starts at max_lr / div
@@ -193,3 +211,11 @@ def test_stage_description_for_tensorboard_accepts_stages_without_freeze_to():
     assert _describe_stage(OmegaConf.create({"epochs": 1, "lr": [1e-6, 1e-4], "freeze_to": -1})) == (
         "1ep lr=[1e-06, 0.0001] freeze_to=-1"
     )
+
+
+def test_the_compile_figures_are_the_ones_performance_md_measured():
+    root = Path(__file__).resolve().parents[1]
+    measured = re.search(r"`torch.compile` made the ResNet18 step ([\d.]+x) faster on CPU A, but costs (\d+ s)",
+                         (root / "docs" / "performance.md").read_text())
+    comment = (root / "conf" / "model" / "resnet.yaml").read_text()
+    assert measured and f"{measured[1]} faster" in comment and f"{measured[2]} of compiling" in comment

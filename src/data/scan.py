@@ -139,7 +139,7 @@ class FileScan:
     def write_csv(self, path: Path, root: Path) -> None:
         """``path,reason`` rows, paths relative to ``root``; written atomically."""
         with atomic_open(path, newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, lineterminator="\n")  # the csv module's default is \r\n
             writer.writerow(["path", "reason"])
             for bad in sorted(self.bad, key=lambda b: str(b.path)):
                 writer.writerow([relative_posix(bad.path, root), f"{bad.kind}: {bad.reason}"])

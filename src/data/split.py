@@ -31,6 +31,8 @@ def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> 
 
     Every class with at least two images is in validation and keeps one for training. The result
     depends only on the sorted samples and ``seed``, not on the order the file system lists files.
+    The validation images are shuffled once (with the same seed) rather than left in class order,
+    so a part of them (``trainer.limit_val_batches``) holds every class.
     """
     raise_problems(valid_pct_problems(valid_pct))
     by_label: dict[int, list[Sample]] = defaultdict(list)
@@ -44,6 +46,7 @@ def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> 
         n_valid = _validation_count(len(items), valid_pct)
         valid += items[:n_valid]
         train += items[n_valid:]
+    rng.shuffle(valid)
     return train, valid
 
 
@@ -76,7 +79,7 @@ def write_split_csv(
     table it was read from.
     """
     with atomic_open(path, newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")  # the csv module's default is \r\n
         writer.writerow(["path", "label", "subset"])
         for subset, samples in subsets.items():
             for sample in samples:

@@ -25,6 +25,6 @@ def prediction_cells(
 def write_predictions_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """Write ``header`` and ``rows`` to ``path`` (atomically, its folder created)."""
     with atomic_open(path, newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")  # the csv module's default is \r\n
         writer.writerow(header)
         writer.writerows(rows)

@@ -119,6 +119,12 @@ def check_resumable(path: str | Path) -> Path:
     return path
 
 
+def epochs_finished(path: str | Path) -> int:
+    """How many epochs the run of checkpoint ``path`` had finished when it was saved (Lightning's fit
+    loop counts an epoch once it is processed; a mid-epoch ``last.ckpt`` does not count its epoch)."""
+    return int(read_checkpoint(path, mmap=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+
+
 def eval_transform_for(config: DictConfig) -> EvalTransform:
     data = config.data
     return EvalTransform(data.size, list(data.mean), list(data.std), data.resize_method, data.interpolation)

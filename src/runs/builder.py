@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -104,4 +105,7 @@ def build_run(cfg: DictConfig) -> Run:
         cfg.model.merge_with(datamodule.model_fields())
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     module = build_module(cfg, **datamodule.model_fields(), run_config=run_config_yaml(cfg))
+    # One image at the data's size: Lightning's model summary runs it (in eval mode) to count the
+    # FLOPs and layer sizes it prints ("Total FLOPs" is per image; without it the summary says 0).
+    module.example_input_array = torch.zeros(1, 3, cfg.data.size, cfg.data.size)
     return Run(cfg, datamodule, module)

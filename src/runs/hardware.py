@@ -82,14 +82,27 @@ def has_native_bf16(device: str) -> bool:
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str | int:
-    """``auto`` -> ``bf16-mixed`` on native-bf16 hardware, else ``32-true``; other values as given."""
+    """``auto`` -> ``bf16-mixed`` on native-bf16 hardware, else ``32-true``; ``16-mixed`` on a CPU ->
+    ``bf16-mixed`` (what Lightning runs there, so config.yaml records it); other values as given."""
     if precision != AUTO:
+        if normalize_precision(precision) == "16-mixed" and _runs_on_cpu(accelerator):
+            # Lightning's accelerator connector swaps it (CPU autocast has no fp16) with a warning only
+            log.info("trainer.precision=%s on the CPU: bf16-mixed (CPUs have no fp16 autocast)", precision)
+            return "bf16-mixed"
         return precision
     device = device_type(accelerator)
     chosen = "bf16-mixed" if has_native_bf16(device) else "32-true"
     log.info("trainer.precision=auto: %s (%s %s native bf16)", chosen, device,
              "has" if chosen == "bf16-mixed" else "has no")
     return chosen
+
+
+def _runs_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` setting picks the CPU (``auto`` picks a CUDA GPU or MPS first)."""
+    if str(accelerator) == "cpu":
+        return True
+    return device_type(accelerator) == "cpu" and not (str(accelerator) in ("auto", "mps")
+                                                        and torch.backends.mps.is_available())
 
 
 def normalize_precision(precision: str | int) -> str:

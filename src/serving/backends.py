@@ -22,7 +22,7 @@ from src.runs.hardware import FULL_PRECISION
 from src.inference.predictor import Prediction, Predictor, prediction_of
 from src.models.loading import eval_transform_for, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
-from src.visualize.cam import cam_layers, grad_cam
+from src.visualize.cam import MIN_CAM_CELLS, cam_layers, default_cam_layer, grad_cam
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,11 @@ class TorchBackend:
         self.precision = self.predictor.precision
         layers = cam_layers(self.predictor.net.net.backbone)
         if cam_layer is not None and cam_layer not in layers:
-            raise ValueError(f"backend.cam_layer={cam_layer!r}; choose one of {', '.join(layers)} (null: the last)")
-        self.cam_layer = layers[cam_layer] if cam_layer is not None else list(layers.values())[-1]
+            raise ValueError(f"backend.cam_layer={cam_layer!r}; choose one of {', '.join(layers)} "
+                             f"(null: the deepest whose map is at least {MIN_CAM_CELLS} x {MIN_CAM_CELLS} at the training size)")
+        if cam_layer is None:
+            cam_layer = default_cam_layer(self.predictor.net.net.backbone, self.predictor.transform.size)
+        self.cam_layer = layers[cam_layer]
 
     @staticmethod
     def prepare(backend: DictConfig, ckpt_path: str, output_dir: Path) -> DictConfig:

@@ -7,6 +7,7 @@ goes through a ReLU and is upsampled to the image's size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -17,6 +18,12 @@ from torch import nn
 
 from src.models.components.timm_body import TimmBody
 from src.visualize.features import RESNET_BODY_NAMES
+
+log = logging.getLogger(__name__)
+
+# A Grad-CAM map is upsampled from the stage's cells: below 4 x 4 (a 1 x 1 layer4 at 32 px) it is a
+# flat colour, or a few blocks, rather than a place in the image.
+MIN_CAM_CELLS = 4
 
 
 def grad_cam(net: nn.Module, layer: nn.Module, image: torch.Tensor, target: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,3 +87,35 @@ def cam_layers(backbone: nn.Module) -> dict[str, nn.Module]:
     if isinstance(backbone, TimmBody):
         return backbone.stages()
     return {name: backbone[RESNET_BODY_NAMES.index(name)] for name in RESNET_BODY_NAMES[4:]}
+
+
+def cam_map_sizes(backbone: nn.Module, size: int) -> dict[str, tuple[int, int]]:
+    """The (height, width) of each :func:`cam_layers` stage's map for a ``size`` x ``size`` image."""
+    layers = cam_layers(backbone)
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [layer.register_forward_hook(lambda _m, _i, output, name=name: sizes.__setitem__(name, tuple(output.shape[-2:])))
+             for name, layer in layers.items()]
+    parameter = next(backbone.parameters())
+    training = backbone.training
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        backbone.train(training)
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
+def default_cam_layer(backbone: nn.Module, size: int) -> str:
+    """The deepest stage whose map is at least ``MIN_CAM_CELLS`` cells each way at ``size`` px (the last
+    stage at ImageNet sizes; ``layer2`` for a ResNet at 32 px); with none that wide, the widest, and a warning."""
+    sizes = cam_map_sizes(backbone, size)
+    wide = [name for name, (height, width) in sizes.items() if min(height, width) >= MIN_CAM_CELLS]
+    if wide:
+        return wide[-1]
+    name = next(iter(sizes))
+    log.warning("at %d px no stage's map is %d x %d cells or more (%s): Grad-CAM uses %s, whose map is coarse; "
+                "train at a larger data.size for a finer one", size, MIN_CAM_CELLS, MIN_CAM_CELLS,
+                ", ".join(f"{n} {h}x{w}" for n, (h, w) in sizes.items()), name)
+    return name
