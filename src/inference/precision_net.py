@@ -9,26 +9,20 @@ Lightning Fabric's own plugins for the casts and the autocast.
 
 from __future__ import annotations
 
-import logging
 
 import torch
 from lightning.fabric.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from torch import nn
 
-from src.runs.hardware import normalize_precision
+from src.runs.hardware import as_lightning_runs_it, normalize_precision
 
-log = logging.getLogger(__name__)
 
 INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
 def precision_plugin(precision: str, device: torch.device) -> Precision:
     """Lightning Fabric's plugin for ``precision`` on ``device`` (what the Trainer would use)."""
-    precision = normalize_precision(precision)
-    if precision == "16-mixed" and device.type == "cpu":
-        # Lightning's Trainer runs 16-mixed as bf16-mixed on a CPU (no fp16 autocast there); so do we.
-        log.warning("precision=16-mixed runs as bf16-mixed on a CPU, as Lightning's Trainer does")
-        precision = "bf16-mixed"
+    precision = normalize_precision(as_lightning_runs_it(precision, on_cpu=device.type == "cpu"))
     if precision in ("bf16-mixed", "16-mixed"):
         return MixedPrecision(precision, device=device.type)
     if precision in ("bf16-true", "16-true"):

@@ -81,15 +81,20 @@ def has_native_bf16(device: str) -> bool:
     return bool(capabilities.get("amx_tile") or capabilities.get("avx512_bf16"))
 
 
+def as_lightning_runs_it(precision: str | int, on_cpu: bool) -> str | int:
+    """``16-mixed`` on a CPU is ``bf16-mixed``, as Lightning's accelerator connector swaps it (CPU
+    autocast has no fp16, and Lightning only warns); any other value as given."""
+    if on_cpu and normalize_precision(precision) == "16-mixed":
+        log.info("precision=%s on the CPU: bf16-mixed (CPUs have no fp16 autocast)", precision)
+        return "bf16-mixed"
+    return precision
+
+
 def resolve_precision(precision: str | int, accelerator: str) -> str | int:
     """``auto`` -> ``bf16-mixed`` on native-bf16 hardware, else ``32-true``; ``16-mixed`` on a CPU ->
     ``bf16-mixed`` (what Lightning runs there, so config.yaml records it); other values as given."""
     if precision != AUTO:
-        if normalize_precision(precision) == "16-mixed" and _runs_on_cpu(accelerator):
-            # Lightning's accelerator connector swaps it (CPU autocast has no fp16) with a warning only
-            log.info("trainer.precision=%s on the CPU: bf16-mixed (CPUs have no fp16 autocast)", precision)
-            return "bf16-mixed"
-        return precision
+        return as_lightning_runs_it(precision, on_cpu=_runs_on_cpu(accelerator))
     device = device_type(accelerator)
     chosen = "bf16-mixed" if has_native_bf16(device) else "32-true"
     log.info("trainer.precision=auto: %s (%s %s native bf16)", chosen, device,
