@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: ``python -m src.evaluate ckpt_path=RUN/checkpoints/best.ckpt [data.root=DIR]``.
 
 By default the images are the validation split of the run that wrote the checkpoint (its
-``split.csv``); with ``data.root`` every image in a folder of class folders is evaluated. The run
+``split.csv``); ``subset=test`` takes that split's test images instead (a ``test/`` folder of the
+split-folders layout); with ``data.root`` every image in a folder of class folders is evaluated. The run
 directory receives ``metrics.json``, ``predictions.csv``, ``most_confused.txt``,
 ``confusion_matrix.png`` and ``top_losses.png`` (fastai's ``ClassificationInterpretation``). A
 multi-label model gets its metrics (accuracy_thresh, F-beta, per-class precision/recall/F1) and
@@ -19,13 +20,14 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from src.data.dataset import ImageDataset
 from src.data.image_files import Sample, list_images, relative_posix
 from src.data.scan import FileScan
 from src.data.split import label_text
 from src.checks.config_checks import check_inference_config
+from src.checks.problems import Problem, raise_problems
 from src.runs.hardware import resolve_num_workers
 from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import Predictor, run_loader
@@ -38,8 +40,22 @@ from src.visualize.interpretation_figures import confusion_matrix_figure, top_lo
 log = logging.getLogger(__name__)
 
 
-def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[Sample], Counter]:
-    """The validation rows of the run's ``split.csv`` (next to ``checkpoints/``), as samples.
+SUBSETS = ("valid", "test")  # the rows of a run's split.csv that evaluate reads (train would be no evaluation)
+
+
+def subset_problems(subset: Any, data_root: Any) -> list[Problem]:
+    """``subset`` names rows of the run's ``split.csv``: it needs ``data.root`` unset."""
+    if subset not in SUBSETS:
+        return [Problem("subset", subset, " or ".join(SUBSETS), "valid: the run's validation images; test: its test/ images")]
+    if subset != "valid" and data_root is not None:
+        return [Problem("subset", subset, "valid (the default) with data.root",
+                        f"data.root={data_root!r} evaluates every image of that folder; leave out data.root to "
+                        f"evaluate the run's {subset} images, or subset to evaluate the folder")]
+    return []
+
+
+def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier, subset: str = "valid") -> tuple[list[Sample], Counter]:
+    """The ``subset`` rows (``valid`` or ``test``) of the run's ``split.csv`` (next to ``checkpoints/``), as samples.
 
     A multi-label model's label cells hold class names joined by its ``data.labels.label_delim``.
     """
@@ -50,10 +66,11 @@ def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[S
             "(RUN/checkpoints/*.ckpt next to RUN/split.csv); pass data.root=DIR to evaluate a folder of class folders"
         )
     root = Path(loaded.config.data.root).expanduser()
-    samples, unknown = [], Counter()
+    samples, unknown, subsets = [], Counter(), Counter()
     with split_csv.open(newline="") as f:
         for row in csv.DictReader(f):
-            if row["subset"] != "valid":
+            subsets[row["subset"]] += 1
+            if row["subset"] != subset:
                 continue
             names = [n for n in row["label"].split(loaded.label_delim) if n] if loaded.multi_label else [row["label"]]
             if any(name not in loaded.classes for name in names):
@@ -61,10 +78,16 @@ def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier) -> tuple[list[S
                 continue
             indices = tuple(sorted(loaded.classes.index(name) for name in names))
             samples.append(Sample(root / row["path"], indices if loaded.multi_label else indices[0]))
+    if not subsets[subset]:
+        held = ", ".join(f"{name} ({n})" for name, n in sorted(subsets.items()))
+        raise ValueError(
+            f"{split_csv} has no {subset} rows (it has {held or 'none'}): the run's data.root had no {subset}/ "
+            "folder. Evaluate subset=valid, or a folder of class folders with data.root=DIR"
+        )
     missing = [s.path for s in samples if not s.path.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} validation image(s) of {split_csv} are missing under the training data.root={str(root)!r}, "
+            f"{len(missing)} {subset} image(s) of {split_csv} are missing under the training data.root={str(root)!r}, "
             f"e.g. {missing[0]}; run from the directory training ran in, or pass data.root=DIR"
         )
     return samples, unknown
@@ -100,6 +123,22 @@ class EvaluationImages:
     source: str  # in words, for the log and metrics.json
     unknown: Counter  # images of labels the model does not know, by label
     unreadable: int
+    dataset: Dataset | None = None  # where the images are read from, when not files (shards)
+
+
+def shard_images(ckpt_path: Path, loaded: LoadedClassifier) -> EvaluationImages:
+    """The validation subset of the shards a run trained from (``data.format=litdata``), refused if
+    their classes are not the checkpoint's."""
+    from src.data.shard_manifest import check_classes, read_manifest
+    from src.data.streaming import ShardSubset
+
+    data = loaded.config.data
+    manifest = read_manifest(data.root)
+    check_classes(manifest, data.root, loaded.classes, f"the checkpoint {ckpt_path}")
+    dataset = ShardSubset(data.root, "valid", loaded.transform, num_labels=len(loaded.classes) if loaded.multi_label
+                          else None, decode_size=loaded.transform.size, cache_dir=data.get("shard_cache_dir"))
+    root = Path(manifest["source"])
+    return EvaluationImages(dataset.samples(root), root, f"validation shards of {data.root}", Counter(), 0, dataset)
 
 
 def images_to_evaluate(
@@ -107,11 +146,14 @@ def images_to_evaluate(
 ) -> EvaluationImages:
     """The run's validation split (``data.root`` unset) or every image of ``data.root``'s class folders;
     unreadable files are left out and listed in ``bad_files.csv``."""
+    if cfg.data.root is None and loaded.config.data.get("format", "folder") == "litdata":
+        return shard_images(ckpt_path, loaded)
     scan = FileScan()
     if cfg.data.root is None:
         root = Path(loaded.config.data.root).expanduser()
-        samples, unknown = split_csv_samples(ckpt_path, loaded)
-        source = f"validation split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
+        subset = cfg.subset
+        samples, unknown = split_csv_samples(ckpt_path, loaded, subset)
+        source = f"{'validation' if subset == 'valid' else subset} split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
         # The split lists files that were readable at training time; check they still are.
         readable = set(scan.keep_readable([s.path for s in samples]))
         samples = [s for s in samples if s.path in readable]
@@ -149,9 +191,9 @@ def interpret(
     predictor = Predictor.from_loaded(loaded, device=cfg.device, tta=cfg.tta, threshold=threshold,
                                       precision=cfg.get("precision"))
     # Strict: a replacement image would change the metrics, so a file failing after the scan stops.
-    dataset = ImageDataset(images.samples, loaded.transform, skip_unreadable=False,
-                           num_labels=len(loaded.classes) if loaded.multi_label else None,
-                           decode_size=loaded.transform.size)
+    dataset = images.dataset if images.dataset is not None else ImageDataset(
+        images.samples, loaded.transform, skip_unreadable=False,
+        num_labels=len(loaded.classes) if loaded.multi_label else None, decode_size=loaded.transform.size)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=resolve_num_workers(cfg.data.num_workers))
     log_probs, targets = run_loader(predictor.net, loader, predictor.device, cfg.tta, progress="evaluating",
                                     multi_label=loaded.multi_label)
@@ -189,6 +231,7 @@ def write_single_label_pictures(cfg: DictConfig, output_dir: Path, interpretatio
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path``; write the interpretation files to ``cfg.paths.output_dir``; return the metrics."""
     check_inference_config(cfg)
+    raise_problems(subset_problems(cfg.subset, cfg.data.get("root")))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
@@ -222,7 +265,8 @@ def main(cfg: DictConfig) -> float:
         print("left out (labels the model does not know): "
               + ", ".join(f"{label} ({n} images)" for label, n in sorted(metrics["unknown_labels"].items())))
     print(f"error_rate: {metrics['error_rate']:.4f}  accuracy: {metrics['accuracy']:.4f}  "
-          f"loss: {metrics['loss']:.4f}" + (f"  fbeta: {metrics['fbeta']:.4f}" if "fbeta" in metrics else "")
+          f"loss: {metrics['loss']:.4f}  macro-F1: {metrics['macro_f1']:.4f}"
+          + (f"  fbeta: {metrics['fbeta']:.4f}" if "fbeta" in metrics else "")
           + f"  ({metrics['images']} images, precision {metrics['precision']})")
     return metrics["error_rate"]
 

@@ -14,6 +14,9 @@ classes in output order.
   ``model.onnx.data``, which must stay side by side.
 - ``torch_export``: ``model.pt2``, a ``torch.export`` ExportedProgram: the graph and weights, so
   ``torch.export.load("model.pt2").module()`` runs it with torch alone, without this project.
+- ``body``: ``body.pth``, the body's plain state_dict (no head), named as its library names it, for
+  other tools: it loads strictly into ``torchvision.models.<name>()`` with ``fc = nn.Identity()``, or
+  into ``timm.create_model("<name>", num_classes=0)``; ``model.backbone.weights=body.pth`` takes it too.
 
 TorchScript is not offered: ``torch.jit.trace`` is deprecated (a FutureWarning naming
 ``torch.export`` as its replacement).
@@ -39,7 +42,7 @@ from src.runs.run_files import write_json
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2"}
+FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2", "body": "body.pth"}
 # Both exporters trace the same graph; these ranges bound the sizes it is valid for.
 MAX_BATCH = 4096
 MIN_SIDE, MAX_SIDE = 8, 8192
@@ -107,6 +110,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int)
         data.unlink(missing_ok=True)  # an earlier export's weights, which this model.onnx does not read
 
 
+def export_body(ckpt_path: str | Path, path: Path) -> dict[str, Any]:
+    """Write the body of checkpoint ``ckpt_path`` as a plain state_dict at ``path`` (see the module doc)."""
+    loaded = load_classifier(ckpt_path)
+    body = loaded.net.backbone
+    torch.save(body.source_state_dict(), path)
+    log.info("wrote the %s body of %s to %s", body.name, ckpt_path, path)
+    return {"model": str(path), "backbone": body.name}
+
+
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Write the serving model of ``cfg.ckpt_path`` in ``cfg.format`` and ``classes.json``; return their paths."""
     if cfg.format == "torchscript":
@@ -116,6 +128,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"format={cfg.format!r}; choose one of {', '.join(FORMATS)}")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "body":
+        return export_body(cfg.ckpt_path, output_dir / FORMATS["body"])
     model, classes, size = serving_model(cfg.ckpt_path)
     multi_label = model.multi_label
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
@@ -143,7 +157,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     paths = export(cfg)
     print(f"model: {paths['model']}")
-    print(f"classes: {paths['classes']}")
+    if "classes" in paths:
+        print(f"classes: {paths['classes']}")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,11 @@ def _datamodule(data_config: DictConfig, output_dir: Path, image: str | None) ->
 
 
 def _setup_datamodule(data_config: DictConfig, output_dir: Path) -> ImageFolderDataModule:
-    datamodule = build_datamodule(data_config, split_csv=str(output_dir / "split.csv"), num_workers=0)
+    # Single images and the CPU: the workers' transforms show what the network sees either way
+    # (data.augment.on=device draws from the same distributions on whole batches).
+    augment = {**(data_config.get("augment") or {}), "on": "workers"}
+    datamodule = build_datamodule(data_config, split_csv=str(output_dir / "split.csv"), num_workers=0,
+                                  augment=augment, decode_on="workers")
     datamodule.setup("fit")
     return datamodule
 

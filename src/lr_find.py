@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
@@ -47,8 +48,10 @@ def suggest_lr(
     output_dir = Path(cfg.paths.output_dir)
     datamodule.setup("fit")
     settings = cfg.lr_finder
+    device = device_type(cfg.trainer.accelerator)
     result = find_lr(
-        module, datamodule.train_dataloader(), stage_index=stage_index, device=device_type(cfg.trainer.accelerator),
+        module, datamodule.model_batches(datamodule.train_dataloader(), torch.device(device), train=True),
+        stage_index=stage_index, device=device,
         start_lr=settings.start_lr, end_lr=settings.end_lr, num_steps=settings.num_steps,
         beta=settings.beta, stop_factor=settings.stop_factor,
     )

@@ -18,15 +18,19 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from src.checks.config_checks import check_train_config
 from src.runs.experiment_trackers import log_run_end
 from src.lr_find import suggest_lr, with_max_lr
-from src.models.loading import check_resumable, epochs_finished
+from src.data.shard_manifest import check_classes
+from src.models.loading import check_resumable, checkpoint_classes, epochs_finished
 from src.optim.lr_range_test import SUGGESTIONS
 from src.runs.builder import Run, build_run
-from src.runs.run_files import check_writable, write_json, write_resolved_config
+from src.runs.launch_handoff import handed_over, received
+from src.runs.run_files import check_room_for_checkpoints, check_writable, write_json, write_resolved_config
+from src.runs.test_subset import evaluate_test_subset
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +84,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)
+    check_room_for_checkpoints(output_dir, run.module.net)
+    if ckpt_path is not None and run.datamodule.format == "litdata":  # shards written again since: other classes?
+        check_classes(run.datamodule.manifest, cfg.data.root, checkpoint_classes(ckpt_path), f"ckpt_path={ckpt_path!r}")
+    handoff = {}  # what the DDP processes that trainer.fit launches receive instead of doing it again
     if cfg.get("lr_find"):
-        _use_lr_finder_suggestion(run)
+        handoff["first_stage_lr"] = _use_lr_finder_suggestion(run)
     write_resolved_config(output_dir / "config.yaml", cfg)
     datamodule, model, schedule = run.datamodule, run.module, run.module.schedule
     trainer = run.trainer()
     log.info("training %s on %d classes for %d epochs in %d stage(s)", cfg.model.backbone.name,
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # Shards (data.format=litdata) have no scan to hand over: each process reads its own part of them.
+    scanned = datamodule.format == "folder"
+    with handed_over(trainer, lambda: {**handoff, **({"scan": datamodule.index_payload()} if scanned else {})}):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}
     checkpoint = _monitoring_checkpoint(trainer)
@@ -108,28 +119,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "classes": datamodule.classes,
         "multi_label": datamodule.multi_label,
     }
+    # root/test/<class>/ images, when there are any: scored with the best checkpoint, after training.
+    summary["test"] = evaluate_test_subset(trainer, model, datamodule, summary["best_checkpoint"])
+    metrics.update({k: v for k, v in (summary["test"] or {}).items() if k.startswith("test/")})
     write_json(output_dir / "metrics.json", summary)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(_hparams_for_tensorboard(cfg), metrics=metrics)
     log_run_end(trainer.loggers, summary["final"], summary["best"], trainer.global_step)
-    return {**metrics, "output_dir": str(output_dir), "skipped_during_training": skipped}
+    return {**metrics, "output_dir": str(output_dir), "skipped_during_training": skipped,
+            "test_images": (summary["test"] or {}).get("images", 0)}
 
 
-def _use_lr_finder_suggestion(run: Run) -> None:
+def _use_lr_finder_suggestion(run: Run) -> float | list[float]:
     """Run the finder on the run's own module and data (frozen as the first stage), then train that
     stage at its suggestion; the random state is the finder's own, so the run is the one that
-    typing the suggested lr would give."""
+    typing the suggested lr would give. Returns the first stage's new lr.
+
+    A DDP process launched by rank 0 takes rank 0's choice instead of running the finder again
+    (every process must train at the same rate)."""
     cfg = run.cfg
     suggestion = cfg.lr_finder.suggestion
     if suggestion not in SUGGESTIONS:
         raise ValueError(f"lr_finder.suggestion={suggestion!r}; expected one of {', '.join(SUGGESTIONS)}")
-    suggestions = suggest_lr(run.module, run.datamodule, cfg, stage_index=0)
     first = cfg.schedule.stages[0]
-    lr = OmegaConf.to_object(first.lr) if OmegaConf.is_config(first.lr) else first.lr
-    first.lr = with_max_lr(lr, suggestions[suggestion])
+    handed = received()
+    if handed is not None and "first_stage_lr" in handed:
+        first.lr = handed["first_stage_lr"]
+        suggestion = "rank 0's"
+    else:
+        suggestions = suggest_lr(run.module, run.datamodule, cfg, stage_index=0)
+        lr = OmegaConf.to_object(first.lr) if OmegaConf.is_config(first.lr) else first.lr
+        first.lr = with_max_lr(lr, suggestions[suggestion])
     run.use_schedule_of_config()
     log.info("lr_find: stage %r trains at lr=%s (%s suggestion)", first.get("name", 0), first.lr, suggestion)
+    return OmegaConf.to_object(first.lr) if OmegaConf.is_config(first.lr) else first.lr
 
 
 def _describe_stage(stage: DictConfig) -> str:
@@ -177,10 +201,15 @@ def main(cfg: DictConfig) -> float | None:
             return None
     else:
         metrics = train(cfg)
+    if rank_zero_only.rank != 0:  # every DDP process returns here; the result is printed once
+        return metrics.get(cfg.get("optimized_metric"))
     # The command's result, for people and scripts (the rest goes to train.log).
     print(f"run directory: {metrics['output_dir']}")
     print(f"final val/error_rate: {metrics.get('val/error_rate', math.nan):.4f} "
           f"(best {metrics.get('val/error_rate_best', math.nan):.4f})")
+    if "test/error_rate" in metrics:
+        print(f"test/error_rate: {metrics['test/error_rate']:.4f}  test/loss: {metrics['test/loss']:.4f} "
+              f"({metrics['test_images']} images of test/)")
     return metrics.get(cfg.get("optimized_metric"))
 
 

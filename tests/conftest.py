@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,16 @@ TINY_OVERRIDES = [
     "model.backbone.weights=null",
     "data.size=32",
     "data.batch_size=8",
+    # Loader workers off: each worker process costs ~1 s to start, on every loader of the ~200 tiny runs.
+    # The default (num_workers=auto, persistent) has its own tests: test_resume.py (kill -9 with the
+    # defaults), test_scaling.py (DDP), test_progressive_resizing.py, test_samplers.py (auto vs 0).
     "data.num_workers=0",
     "schedule.stages=[{name:head,epochs:1,lr:[3e-3],freeze_to:-1},{name:all,epochs:1,lr:[1e-6,1e-4],freeze_to:0}]",
     "trainer.accelerator=cpu",
     "trainer.limit_train_batches=3",
     "trainer.log_every_n_steps=1",
+    # Terminal output only (no files, no state): off to keep the captured logs readable; the resume,
+    # DDP and test-subset tests run with every callback.
     "~callbacks.progress_bar",
     "~callbacks.model_summary",
 ]
@@ -169,3 +175,27 @@ def started(monkeypatch) -> list[str]:
     monkeypatch.setattr(Image, "open", opened)
     monkeypatch.setattr(L.Trainer, "__init__", built)
     return events
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scan_cache_under_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Scan caches (``paths.cache_dir``, from $XDG_CACHE_HOME) go under pytest's temporary folder, not ~/.cache;
+    the runs the tests start as subprocesses inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder for what one test module trains once and shares (a run, shards), removed when the module's
+    tests are done unless one of them failed (kept to look at, as pytest keeps a failed test's ``tmp_path``).
+    A tiny run's checkpoints take ~190 MB: kept to the end, the suite's runs took 12 GB and filled a CI
+    machine's disk. Function-scoped ``tmp_path`` folders go when their test passes
+    (``tmp_path_retention_policy`` in pyproject.toml)."""
+    failed_before = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path)

@@ -59,6 +59,33 @@ def test_smoke_benchmark_writes_table_and_json(tmp_path):
     # the training run is a real src.train run, with its own run directory
     assert json.loads((Path(train["run_dir"]) / "metrics.json").read_text())["performance"]["perf/train_images_per_s"] \
         == pytest.approx(train["images_per_s"])
+    # one worker's speed and CPU per image for each data.augment.on path, on the same images
+    paths = result["data_paths"]
+    assert {"workers", "device"} <= set(paths) and paths["device"]["augment"]["device"] == "cpu"
+    for name in ("workers", "device"):
+        assert paths[name]["images"] == 2 * 8 and paths[name]["cpu_ms_per_image"] > 0
+    assert paths["device_over_workers_cpu"]["ratio"] == pytest.approx(
+        paths["device"]["cpu_ms_per_image"] / paths["workers"]["cpu_ms_per_image"])
+    # a whole src.train run per path: its phases add up to its wall clock
+    runs = result["whole_runs"]
+    assert set(runs) == {"workers", "device"}
+    for run in runs.values():
+        assert run["epochs"] == 2 and run["train_images"] == 2 * 2 * 8  # bench.whole_run's 2 epochs of 2 batches
+        phases = [run[k] for k in ("to_first_step_s", "train_s", "val_s", "end_s", "other_s")]
+        assert all(p >= 0 for p in phases[:4]) and sum(phases) == pytest.approx(run["wall_s"])
+        assert run["sanity_check_s"] <= run["to_first_step_s"]
+        assert run["train_over_floor"] == pytest.approx(run["images_per_s"] / floor["images_per_s"])
+        assert run["worker_cpu_s"] >= 0 and 0 <= run["error_rate"] <= 1
+        assert json.loads((Path(run["run_dir"]) / "metrics.json").read_text())["epochs"] == 2
+    # the runs wrote their checkpoints (they are part of what is timed) and the bench removed them after
+    # (bench.keep_checkpoints=false): ~140 MB apiece for a ResNet18
+    run_dirs = [run_dir / name for name in ("train", "accuracy-32-true", "accuracy-bf16-mixed",
+                                            "whole-run-workers", "whole-run-device")]
+    assert all((d / "metrics.json").is_file() and not (d / "checkpoints").exists() for d in run_dirs)
+    assert all(json.loads((d / "metrics.json").read_text())["best_checkpoint"].endswith("best.ckpt") for d in run_dirs)
+    for line in ("Data by data.augment.on", "worker CPU per image, device / workers", "Whole src.train run",
+                 "time to the first training step", "Train / Floor over whole epochs"):
+        assert line in completed.stdout
     for line in ("Floor: bare PyTorch loop", "Data: pipeline, one worker", "Train: src.train fit", "Train / Floor",
                  "Data / Train", "32-true+channels_last", "Accuracy check after 2 batches"):
         assert line in completed.stdout

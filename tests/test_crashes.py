@@ -32,7 +32,7 @@ class PoisonLoss(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
-            pl_module.criterion = _NanLoss(pl_module.criterion)
+            pl_module.train_criterion = _NanLoss(pl_module.train_criterion)  # the training loss
 
 
 def test_a_nan_loss_stops_the_run_naming_step_and_stage_and_keeps_the_last_good_checkpoint(tiny_cfg):

@@ -21,9 +21,9 @@ from tests.conftest import TINY_OVERRIDES, compose_config, train_tiny_run
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(module_tmp_path) -> Path:
     # 32-true: the precision plays no part here, and bf16 is emulated (slow) on CPUs without it
-    return train_tiny_run(tmp_path_factory.mktemp("damaged"), ["trainer.precision=32-true"])
+    return train_tiny_run(module_tmp_path / "damaged", ["trainer.precision=32-true"])
 
 
 def _task(name: str, out: Path, overrides: list[str]):

@@ -144,3 +144,20 @@ def test_the_fallback_warning_names_both_precisions(monkeypatch, caplog):
         hardware.inference_precision("bf16-mixed", None, CPU)
     [record] = caplog.records
     assert "trained at bf16-mixed" in record.message and "running at 32-true instead" in record.message
+
+
+@pytest.mark.parametrize("cuda, expected", [(True, True), (False, False)])
+def test_sync_batchnorm_auto_is_on_only_where_syncbatchnorm_runs(monkeypatch, caplog, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with caplog.at_level("INFO"):
+        assert hardware.resolve_sync_batchnorm("auto", "auto") is expected
+    assert f"trainer.sync_batchnorm=auto: {expected}" in caplog.text  # the decision is logged once, here
+    assert hardware.resolve_sync_batchnorm(False, "auto") is False
+
+
+def test_sync_batchnorm_true_on_a_cpu_names_the_key_and_the_fix(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"trainer.sync_batchnorm=true with trainer.accelerator=cpu.*=auto"):
+        hardware.resolve_sync_batchnorm(True, "cpu")
+    with pytest.raises(ValueError, match="expected auto, true or false"):
+        hardware.resolve_sync_batchnorm("yes", "cpu")

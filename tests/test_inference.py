@@ -24,9 +24,9 @@ CLASSES = 6  # more than 5, so top-5 accuracy is reported
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(module_tmp_path) -> Path:
     """One tiny training run on real images, shared by the module: its run directory."""
-    return train_tiny_run(tmp_path_factory.mktemp("trained"), [], classes=CLASSES)
+    return train_tiny_run(module_tmp_path / "trained", [], classes=CLASSES)
 
 
 def task_cfg(name: str, output_dir: Path, overrides: list[str]) -> DictConfig:

@@ -46,16 +46,16 @@ def totals(summary: str) -> tuple[int, int, int]:
 
 
 @pytest.fixture(scope="module")
-def image_root(tmp_path_factory) -> Path:
-    return copy_sample(tmp_path_factory.mktemp("data") / "images")
+def image_root(module_tmp_path) -> Path:
+    return copy_sample(module_tmp_path / "data" / "images")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, image_root) -> Path:
+def checkpoint(module_tmp_path, image_root) -> Path:
     """A tiny trained run (ResNet18, 64 px, 3 classes, two stages of three batches)."""
     cfg = compose_config([*TINY_OVERRIDES, f"data.root={image_root}", f"data.size={SIZE}"])
     with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path_factory.mktemp("run"))
+        cfg.paths.output_dir = str(module_tmp_path / "run")
     train(cfg)
     return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
 

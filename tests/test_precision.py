@@ -23,8 +23,8 @@ pytestmark = pytest.mark.precision
 
 
 @pytest.fixture(scope="module")
-def bf16_run(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("bf16"), ["trainer.precision=bf16-mixed"], classes=4)
+def bf16_run(module_tmp_path) -> Path:
+    return train_tiny_run(module_tmp_path / "bf16", ["trainer.precision=bf16-mixed"], classes=4)
 
 
 def _evaluate(run: Path, out: Path, checkpoint: str, *overrides: str) -> dict:

@@ -38,9 +38,11 @@ def test_slurm_launcher_config_composes():
 
 
 def test_ddp_on_cpu_with_two_gloo_processes(tmp_path, image_root):
+    """The ddp preset as written (sync_batchnorm auto, every callback), with lr_find: rank 0 scans and runs
+    the finder, the other process receives both, and the result is printed once."""
     run_dir = tmp_path / "ddp"
     overrides = [*TINY_OVERRIDES, f"data.root={image_root}", f"hydra.run.dir={run_dir}",
-                 "trainer=ddp", "trainer.devices=2", "trainer.sync_batchnorm=false", "~callbacks.interpretation", "~callbacks.show_batch"]
+                 "trainer=ddp", "trainer.devices=2", "lr_find=true", "lr_finder.num_steps=20"]
     result = subprocess.run([sys.executable, "-m", "src.train", *overrides], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,3 +59,13 @@ def test_ddp_on_cpu_with_two_gloo_processes(tmp_path, image_root):
     index = index_folder(image_root, 0.2, 42)
     split = (run_dir / "split.csv").read_text()
     assert all(Path(s.path).name in split for s in index.valid)
+    logs = result.stdout + result.stderr
+    # one scan: rank 0 opened the 36 files (no cache yet), rank 1 received its index and opened none
+    assert logs.count("opened 36 file(s)") == 1
+    assert "rank 1 uses rank 0's scan of 36 images and opened 0 of the files" in logs
+    # one lr finder run, its choice used by both processes
+    assert logs.count("lr_find suggestions for stage 0") == 1
+    assert logs.count("(rank 0's suggestion)") == 1
+    assert "trainer.sync_batchnorm=auto: False" in logs
+    assert "sync_dist" not in result.stderr  # Lightning's "use sync_dist=True" warning
+    assert result.stdout.count("final val/error_rate") == 1

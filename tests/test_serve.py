@@ -32,9 +32,9 @@ START_TIMEOUT_S = 240  # two cores shared with other jobs: importing torch in th
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(module_tmp_path) -> Path:
     """A tiny training run on real photos: its best checkpoint."""
-    return train_tiny_run(tmp_path_factory.mktemp("served"), [], classes=CLASSES, per_class=8) / "checkpoints" / "best.ckpt"
+    return train_tiny_run(module_tmp_path / "served", [], classes=CLASSES, per_class=8) / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,7 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
 def running_server(ckpt: Path, run_dir: Path, overrides: list[str] = ()) -> Iterator[tuple[Client, subprocess.Popen]]:
     """``python -m src.serve`` on a free port until the block ends; then stopped (its whole process group)."""
     port = free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
     log = (run_dir / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "src.serve", f"ckpt_path={ckpt}", f"port={port}", f"hydra.run.dir={run_dir}",
@@ -127,8 +128,8 @@ LIMITS = ["max_upload_mb=1", "max_files=3", "upload_timeout_s=3", "max_batch_siz
 
 
 @pytest.fixture(scope="module")
-def server(trained, tmp_path_factory) -> Iterator[tuple[Client, subprocess.Popen]]:
-    with running_server(trained, tmp_path_factory.mktemp("serve"), LIMITS) as started:
+def server(trained, module_tmp_path) -> Iterator[tuple[Client, subprocess.Popen]]:
+    with running_server(trained, module_tmp_path / "serve", LIMITS) as started:
         yield started
 
 

@@ -31,6 +31,7 @@ class Speed:
     images: int
     seconds: float
     warmup_s: float  # the steps before the measured window (compilation, allocator, autotuning)
+    cpu_s: float = 0.0  # CPU seconds of this process (all its threads) in the measured window
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,12 +51,13 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, images_per_step: i
     for _ in range(warmup):
         step()
     synchronize(device)
-    measured = time.perf_counter()
+    measured, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     synchronize(device)
     seconds = time.perf_counter() - measured
-    return Speed(images_per_step * steps / seconds, images_per_step * steps, seconds, measured - start)
+    return Speed(images_per_step * steps / seconds, images_per_step * steps, seconds, measured - start,
+                 time.process_time() - cpu)
 
 
 def floor_speed(
@@ -127,3 +129,14 @@ def data_speed(dataset: Dataset, batch_size: int, warmup: int = 1, batches: int 
     batches_iter = iter(loader)
     with _threads(1):
         return _timed(lambda: next(batches_iter), warmup, batches, batch_size, torch.device("cpu"))
+
+
+def augment_speed(prepare: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int,
+                  device: torch.device, batches: int = 5, seed: int = 0) -> Speed:
+    """Images/second of ``prepare`` (``data.augment.on=device``'s batch augmentation) on ``device``, on
+    uint8 batches of ``dataset`` already there: what the training process spends per image on top of
+    the workers' part."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(seed))
+    batch = next(iter(loader))[0].to(device)
+    return _timed(lambda: prepare(batch), 1, batches, len(batch), device)

@@ -43,6 +43,8 @@ def format_report(result: dict[str, Any]) -> str:
             mark = "  (the default here)" if variant["default"] else ""
             lines.append(f"  {variant['name']:32}{_number(variant['images_per_s']):>10}"
                          f"   {variant['vs_default']:.2f}x, {variant['warmup_s']:.0f} s warm-up{mark}")
+    lines += _data_paths_lines(result.get("data_paths") or {})
+    lines += _whole_run_lines(result.get("whole_runs") or {})
     accuracy = result["accuracy"]
     if "skipped" in accuracy:
         lines += ["", f"Accuracy check: skipped ({accuracy['skipped']})"]
@@ -52,3 +54,52 @@ def format_report(result: dict[str, Any]) -> str:
                       f"difference {accuracy['difference_pp']:+.2f} pp (tolerance {accuracy['tolerance_pp']:.0f} pp: "
                       f"{'within' if accuracy['within_tolerance'] else 'OUTSIDE'})"]
     return "\n".join(lines)
+
+
+def _data_paths_lines(paths: dict[str, Any]) -> list[str]:
+    if not paths:
+        return []
+    what = {"workers": "decode, augment, normalise", "device": "decode, resize, crop to uint8"}
+    lines = ["", f"{'Data by data.augment.on, one worker':42}{'images/s':>10}{'CPU ms/image':>14}"]
+    for name in ("workers", "device"):
+        if name in paths:
+            entry = paths[name]
+            lines.append(f"  {name + ': ' + what[name]:40}{_number(entry['images_per_s']):>10}"
+                         f"{_number(entry['cpu_ms_per_image'], 2):>14}")
+            if "augment" in entry:
+                augment = entry["augment"]
+                lines.append(f"  {'  + batch augmentation on ' + augment['device']:40}{_number(augment['images_per_s']):>10}"
+                             f"{_number(augment['ms_per_image'], 2):>14}   (wall ms/image, training process)")
+    if "device_over_workers_cpu" in paths:
+        ratio = paths["device_over_workers_cpu"]
+        lines.append(f"  worker CPU per image, device / workers: {ratio['ratio']:.2f} "
+                     f"(target <= {ratio['target']:.2f}: {_verdict(ratio)})")
+    return lines
+
+
+WHOLE_RUN_ROWS = (
+    ("to_first_step_s", "time to the first training step, s", 1),
+    ("sanity_check_s", "  of which the sanity check, s", 1),
+    ("train_s", "training epochs, s", 1),
+    ("val_s", "validation, s", 1),
+    ("end_s", "end of run (after the last epoch), s", 1),
+    ("other_s", "between epochs (checkpoints, logging), s", 1),
+    ("wall_s", "wall clock, s", 1),
+    ("images_per_s", "training images/s over whole epochs", 1),
+    ("train_over_floor", "Train / Floor over whole epochs", 3),
+    ("worker_cpu_ms_per_image", "worker CPU ms per image loaded", 2),
+    ("error_rate", "final validation error rate", 4),
+)
+
+
+def _whole_run_lines(runs: dict[str, Any]) -> list[str]:
+    if not runs:
+        return []
+    names = list(runs)
+    first = runs[names[0]]
+    lines = ["", f"Whole src.train run ({first['epochs']} epoch(s), validation, logging, progress bar, checkpoints), "
+                 "by data.augment.on:",
+             f"{'':42}" + "".join(f"{name:>12}" for name in names)]
+    for key, label, digits in WHOLE_RUN_ROWS:
+        lines.append(f"  {label:40}" + "".join(f"{_number(runs[n].get(key), digits):>12}" for n in names))
+    return lines

@@ -8,15 +8,19 @@ overrides. See README "Performance" for what each line means and the numbers mea
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.bench.environment import machine, versions
-from src.bench.measure import Speed, data_speed, floor_speed
+from src.bench.measure import Speed, augment_speed, data_speed, floor_speed
+from src.data.dataset import ImageDataset
 from src.bench.report import format_report
 from src.runs.builder import build_datamodule, build_module
 from src.runs.hardware import device_type, resolve_channels_last, resolve_precision
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 TRAIN_OVER_FLOOR_TARGET = 0.90
 DATA_OVER_TRAIN_TARGET = 3.0
 ACCURACY_TOLERANCE_PP = 1.0  # percentage points of validation error rate
+# issue 14: the device path's workers spend at most a third of the workers path's CPU per image
+DEVICE_OVER_WORKERS_CPU_TARGET = 1 / 3
 
 
 def parse_variant(variant: str) -> dict[str, Any]:
@@ -63,6 +69,20 @@ def _train_config(cfg: DictConfig, output_dir: Path, train_batches: int, val_bat
         if precision is not None:
             train_cfg.trainer.precision = precision
     return train_cfg
+
+
+def _discard_checkpoints(cfg: DictConfig, run_dir: Path) -> None:
+    """Remove a measured run's checkpoints unless ``bench.keep_checkpoints``."""
+    checkpoints = run_dir / "checkpoints"
+    if not cfg.bench.keep_checkpoints and checkpoints.is_dir():
+        shutil.rmtree(checkpoints)
+
+
+def _measured(cfg: DictConfig, run_cfg: DictConfig) -> dict[str, Any]:
+    """``train(run_cfg)``'s metrics, its checkpoints discarded."""
+    metrics = train(run_cfg)
+    _discard_checkpoints(cfg, Path(run_cfg.paths.output_dir))
+    return metrics
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -104,7 +124,8 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     # speed drifts (other jobs, clocks) shows it as two different floors, not as a wrong ratio.
     floor_before = measure_floor("before")
     log.info("bench: src.train fit, %d + %d batches", bench.warmup_steps, bench.steps)
-    trained = train(_train_config(cfg, output_dir / "train", bench.warmup_steps + bench.steps, bench.val_batches))
+    trained = _measured(cfg, _train_config(cfg, output_dir / "train", bench.warmup_steps + bench.steps,
+                                           bench.val_batches))
     floor_after = measure_floor("after")
     floor_mean = (floor_before.images_per_s + floor_after.images_per_s) / 2
     train_speed = trained.get("perf/train_images_per_s")
@@ -138,6 +159,9 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     result["variants"] = _floor_variants(cfg, datamodule.model_fields(), torch_device, floor_mean,
                                          variant_name(precision, channels_last, compile_net))
     result["accuracy"] = _accuracy_check(cfg, output_dir, precision)
+    result["data_paths"] = _data_paths(cfg, datamodule, torch_device)
+    result["whole_runs"] = {path: _whole_run(cfg, output_dir, path, floor_mean)
+                            for path in cfg.bench.whole_run.paths or []}
     write_json(Path(bench.output), result)
     print(format_report(result))
     print(f"written: {bench.output}")
@@ -172,8 +196,8 @@ def _accuracy_check(cfg: DictConfig, output_dir: Path, precision: str) -> dict[s
     errors = {}
     for run_precision in ("32-true", compare):
         log.info("bench: accuracy check, %s", run_precision)
-        metrics = train(_train_config(cfg, output_dir / f"accuracy-{run_precision}", settings.train_batches,
-                                      settings.val_batches, precision=run_precision))
+        metrics = _measured(cfg, _train_config(cfg, output_dir / f"accuracy-{run_precision}", settings.train_batches,
+                                               settings.val_batches, precision=run_precision))
         errors[run_precision] = metrics["val/error_rate"]
     return {"train_batches": settings.train_batches, "val_batches": settings.val_batches,
             **compare_error_rates(errors, compare)}
@@ -188,4 +212,103 @@ def compare_error_rates(error_rates: dict[str, float], compared: str) -> dict[st
     return {
         "error_rate": error_rates, "compared": compared, "difference_pp": difference_pp,
         "tolerance_pp": ACCURACY_TOLERANCE_PP, "within_tolerance": within,
+    }
+
+
+def _datamodule_for(cfg: DictConfig, augment_on: str):
+    augment = {**OmegaConf.to_container(cfg.data.augment, resolve=True), "on": augment_on}
+    return build_datamodule(cfg.data, augment=augment, split_csv=None, bad_files_csv=None)
+
+
+def _data_paths(cfg: DictConfig, datamodule, device: torch.device) -> dict[str, Any]:
+    """Per ``data.augment.on`` path: one worker's images/s and CPU milliseconds per image over the
+    same training images, and for ``device`` the batch augmentation's speed on the training device."""
+    found: dict[str, Any] = {}
+    for path in cfg.bench.data_paths or []:
+        placed = _datamodule_for(cfg, path)
+        dataset = ImageDataset(datamodule.index.train, placed.train_transform, decode_size=cfg.data.size)
+        log.info("bench: data pipeline, augment.on=%s, %d batches", path, cfg.bench.data_batches)
+        speed = data_speed(dataset, cfg.data.batch_size, warmup=1, batches=cfg.bench.data_batches, seed=cfg.seed)
+        entry = {**speed.as_dict(), "cpu_ms_per_image": 1000 * speed.cpu_s / speed.images}
+        if path == "device":
+            augment = augment_speed(lambda images: placed.model_input(images, train=True), dataset,
+                                    cfg.data.batch_size, device, seed=cfg.seed)
+            entry["augment"] = {**augment.as_dict(), "device": str(device),
+                                "ms_per_image": 1000 * augment.seconds / augment.images}
+        found[path] = entry
+    if {"workers", "device"} <= set(found):
+        ratio = found["device"]["cpu_ms_per_image"] / found["workers"]["cpu_ms_per_image"]
+        found["device_over_workers_cpu"] = {"ratio": ratio, "target": DEVICE_OVER_WORKERS_CPU_TARGET,
+                                            "met": ratio <= DEVICE_OVER_WORKERS_CPU_TARGET}
+    return found
+
+
+def _whole_run_config(cfg: DictConfig, run_dir: Path, augment_on: str) -> DictConfig:
+    """The run's config as ``src.train`` runs it, with ``data.augment.on`` and the timeline recorder."""
+    settings = cfg.bench.whole_run
+    run_cfg = copy.deepcopy(cfg)
+    with open_dict(run_cfg):
+        del run_cfg["bench"]
+        if settings.epochs is not None:
+            first = run_cfg.schedule.stages[0]
+            first.epochs = settings.epochs
+            run_cfg.schedule.stages = [first]
+        run_cfg.data.augment["on"] = augment_on
+        for key in ("limit_train_batches", "limit_val_batches"):
+            if settings.get(key) is not None:
+                run_cfg.trainer[key] = settings[key]
+        run_cfg.paths.output_dir = str(run_dir)
+        run_cfg.callbacks = run_cfg.get("callbacks") or {}
+        run_cfg.callbacks.timeline = {"_target_": "src.callbacks.run_timeline.RunTimeline",
+                                      "path": str(run_dir / "timeline.json")}
+    return run_cfg
+
+
+def _whole_run(cfg: DictConfig, output_dir: Path, augment_on: str, floor_speed_mean: float) -> dict[str, Any]:
+    """A whole ``src.train`` run (every epoch, validation, logging, progress bar, checkpoints, the
+    end-of-run figures): where its wall clock went, and Train / Floor over whole epochs."""
+    run_dir = output_dir / f"whole-run-{augment_on}"
+    run_cfg = _whole_run_config(cfg, run_dir, augment_on)
+    log.info("bench: whole src.train run, augment.on=%s", augment_on)
+    start = time.perf_counter()
+    metrics = train(run_cfg)
+    end = time.perf_counter()
+    _discard_checkpoints(cfg, run_dir)
+    timeline = json.loads((run_dir / "timeline.json").read_text())
+    return whole_run_breakdown(timeline, start, end, floor_speed_mean) | {
+        "error_rate": metrics.get("val/error_rate"), "run_dir": str(run_dir)}
+
+
+def whole_run_breakdown(timeline: dict[str, Any], start: float, end: float, floor_speed_mean: float) -> dict[str, Any]:
+    """The phases of a run from its :class:`~src.callbacks.run_timeline.RunTimeline` record, ``start``
+    and ``end`` being the bench's clock around ``train(cfg)``."""
+    # The first epoch from its first step on: what comes before (workers starting, the sanity check)
+    # is the time to the first step. The phases and `other` add up to the wall clock.
+    epochs = [list(pair) for pair in timeline["train_epochs"]]
+    if epochs:
+        epochs[0][0] = max(epochs[0][0], timeline["first_step"])
+    train_s = sum(stop - begin for begin, stop in epochs)
+    validations = [stop - begin for begin, stop, sanity in timeline["validations"] if not sanity]
+    sanity_s = sum(stop - begin for begin, stop, sanity in timeline["validations"] if sanity)
+    last_epoch_end = max([stop for _, stop in timeline["train_epochs"]]
+                         + [stop for _, stop, _ in timeline["validations"]])
+    images_per_s = timeline["train_images"] / train_s if train_s else None
+    loaded = timeline["train_images"] + timeline["val_images"]
+    phases = {
+        "to_first_step_s": timeline["first_step"] - start,
+        "train_s": train_s,
+        "val_s": sum(validations),
+        "end_s": end - last_epoch_end,
+    }
+    return {
+        **phases,
+        "other_s": (end - start) - sum(phases.values()),
+        "sanity_check_s": sanity_s,
+        "epochs": len(timeline["train_epochs"]),
+        "wall_s": end - start,
+        "train_images": timeline["train_images"],
+        "images_per_s": images_per_s,
+        "train_over_floor": _ratio(images_per_s, floor_speed_mean),
+        "worker_cpu_s": timeline["worker_cpu_s"],
+        "worker_cpu_ms_per_image": 1000 * timeline["worker_cpu_s"] / loaded if loaded else None,
     }

@@ -1,5 +1,7 @@
-"""Random-number states in checkpoints, so a resumed run draws the shuffles, augmentations and
-dropout masks the uninterrupted run would have drawn (Lightning saves no RNG state)."""
+"""Random-number states in checkpoints, so a resumed run draws the dropout masks (and whatever else
+draws from the global generators) the uninterrupted run would have drawn (Lightning saves no RNG
+state). The training order and augmentation need no state: they are functions of (seed, epoch,
+index), see :mod:`src.data.samplers`."""
 
 from __future__ import annotations
 

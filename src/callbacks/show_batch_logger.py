@@ -15,7 +15,9 @@ class ShowBatch(L.Callback):
     """fastai's ``data.show_batch()``: what the model really sees, augmentation included.
 
     Draws ``count`` random training images (seeded, so runs are comparable) through the training
-    transform, so each picture is one possible augmentation of that image.
+    transform: each picture is the augmentation that image gets in epoch 0 (``ImageDataset`` seeds
+    it), and drawing it takes nothing from the global generators, so the run trains the same with
+    or without this callback.
     """
 
     def __init__(self, count: int = 16, seed: int = 0) -> None:
@@ -33,7 +35,7 @@ class ShowBatch(L.Callback):
         picks = torch.randperm(len(dataset), generator=generator)[: self.count].tolist()
         images, labels = zip(*(dataset[i] for i in picks))
         figure = show_batch_figure(
-            torch.stack(images), labels, datamodule.classes, datamodule.mean, datamodule.std,
+            datamodule.model_input(torch.stack(images), train=True), labels, datamodule.classes, datamodule.mean, datamodule.std,
             title="augmented training images",
         )
         log_figures(trainer, {"train/augmented_batch": figure})

@@ -65,10 +65,12 @@ class TrainThroughput(L.Callback):
             return
         metrics = {"perf/train_epoch_s": self.last_batch_end - self.epoch_start}
         if self.window_images and self.last_batch_end > self.window_start:
-            # Every process trains on its own batches: the run's rate is world_size times one rank's.
+            # Every process trains on its own batches: the mean over the processes (sync_dist below) of
+            # world_size times each one's rate is the sum of their rates, the run's.
             metrics["perf/train_images_per_s"] = (
                 self.window_images * trainer.world_size / (self.last_batch_end - self.window_start)
             )
         if self.val_seconds is not None:
             metrics["perf/val_s"] = self.val_seconds
-        pl_module.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
+        # The processes step together (DDP waits for every gradient), so their times differ little: the mean.
+        pl_module.log_dict(metrics, on_epoch=True, sync_dist=True)

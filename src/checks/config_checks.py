@@ -21,10 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.datamodule import ImageFolderDataModule
 from src.data.dataset import batch_size_problems
 from src.data.image_files import data_root_problems
+from src.models.classifier_module import ImageClassifierModule
+from src.data.stage_data import last_stage_size_problems
+from src.models.init_from import init_from_problems
+from src.data.placement import DataPlacement
 from src.optim.stages import StageSchedule
 from src.checks.problems import ConfigError, Problem, is_number, raise_problems
 
-__all__ = ["PRECISIONS", "ConfigError", "Problem", "check_inference_config", "check_train_config", "model_layer_groups"]
+__all__ = ["PRECISIONS", "ConfigError", "Problem", "check_inference_config", "check_train_config", "data_config_problems",
+           "model_layer_groups"]
 
 # What Lightning's Trainer(precision=...) accepts (tests/test_config_checks.py checks that they
 # agree), and "auto", which src.runs.hardware resolves before the Trainer is built.
@@ -49,6 +54,10 @@ def model_layer_groups(model_cfg: DictConfig) -> int:
     return len(backbone.layer_groups()) + 1
 
 
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def _label_source(data: DictConfig) -> tuple[Any, list[Problem]]:
     """The configured label source, built (its construction only stores settings), or why it cannot be."""
     if not OmegaConf.is_dict(data.get("labels")):
@@ -62,8 +71,19 @@ def _label_source(data: DictConfig) -> tuple[Any, list[Problem]]:
 
 def _data_problems(data: DictConfig) -> list[Problem]:
     labels, problems = _label_source(data)
-    return problems + ImageFolderDataModule.problems(data.root, labels, data.valid_pct, data.batch_size, data.size,
-                                                     data.on_bad_file)
+    data_format = data.get("format", "folder")
+    problems += ImageFolderDataModule.problems(data.root, labels, data.valid_pct, data.batch_size, data.size,
+                                               data.on_bad_file, sampler=data.get("sampler", "random"),
+                                               format=data_format)
+    return problems + DataPlacement.problems((data.get("augment") or {}).get("on", "auto"),
+                                             data.get("decode_on", "workers"), data_format=data_format)
+
+
+def data_config_problems(data: DictConfig) -> list[Problem]:
+    """The ``data`` group's problems: its root and the DataModule's settings (also for src.prepare)."""
+    # Shards (data.format=litdata) may be an s3:// prefix: the DataModule checks its own root.
+    problems = data_root_problems(data.get("root")) if data.get("format", "folder") == "folder" else []
+    return problems + _data_problems(data)
 
 
 def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> None:
@@ -71,8 +91,8 @@ def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> 
 
     ``num_layer_groups`` defaults to the configured backbone's (built on the meta device).
     """
-    problems = data_root_problems(cfg.data.get("root"))
-    problems += _data_problems(cfg.data)
+    problems = data_config_problems(cfg.data)
+    problems += init_from_problems(cfg.model.get("init_from"), cfg.get("ckpt_path"))
     precision = cfg.trainer.get("precision")
     if str(precision) not in PRECISIONS:
         problems.append(Problem("trainer.precision", precision, "one of " + ", ".join(PRECISIONS),
@@ -87,6 +107,10 @@ def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> 
         except (InstantiationException, ValueError) as error:  # named here; the stages are checked too
             problems.append(Problem("model.backbone", OmegaConf.to_container(cfg.model.backbone),
                                     "a backbone that can be built", f"fix it: {error}"))
+    model = cfg.model
+    problems += ImageClassifierModule.problems(model.get("label_smoothing", 0.0), _plain(model.get("mixup")),
+                                               _plain(model.get("class_weights")))
     problems += StageSchedule.problems(schedule.get("stages"), schedule.div_factor, schedule.final_div_factor,
                                        schedule.pct_start, schedule.moms, num_layer_groups)
+    problems += last_stage_size_problems(schedule.get("stages"), cfg.data.size)
     raise_problems(problems)

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, Sample, load_rgb
 from src.checks.problems import Problem, is_whole_number
+from src.runs.random_state import derived_seed, seeded_generators
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,13 @@ class ImageDataset(Dataset):
     A file that cannot be read any more (deleted, truncated or replaced since the scan) is, with
     ``skip_unreadable``, replaced by the next readable sample, with a warning; ``failures`` counts
     them across DataLoader worker processes (shared memory), so the run can report the total.
+
+    With ``seed`` (training), the transform's random draws are a function of (seed, epoch, index):
+    it runs with Python's, NumPy's and torch's generators seeded from them, and put back after it.
+    So a sample's augmentation is the same in any worker or in the main process, in any order, and
+    in a resumed run. The key is an ``(epoch, index)`` pair from a sampler of
+    :mod:`src.data.samplers`, or a bare index (epoch 0's draw, e.g. for ``ShowBatch``). Without
+    ``seed`` the transform draws from the process's generators as they are.
     """
 
     def __init__(
@@ -49,12 +57,16 @@ class ImageDataset(Dataset):
         skip_unreadable: bool = True,
         num_labels: int | None = None,
         decode_size: int | None = None,
+        seed: int | None = None,
+        read: Callable[..., Any] = load_rgb,
     ) -> None:
         self.samples = list(samples)
+        self.seed = seed
         self.num_labels = num_labels
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.decode_size = decode_size  # JPEGs decode at reduced scale down to this (load_rgb's min_size)
+        self.read = read  # path, min_size -> what transform takes (decode_on=device: JPEG bytes, src/data/gpu_decode.py)
         self.failures = multiprocessing.Value("i", 0)
         self._warned: set = set()  # per process: one warning per file, every failure counted
 
@@ -64,11 +76,18 @@ class ImageDataset(Dataset):
     def target(self, sample: Sample) -> int | torch.Tensor:
         return sample.label if self.num_labels is None else multi_hot(sample.label, self.num_labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if self.seed is None:
+            return self._load(index)
+        with seeded_generators(derived_seed(self.seed, epoch, index)):
+            return self._load(index)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         for attempt in range(min(MAX_REPLACEMENTS, len(self.samples))):
             sample = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.transform(load_rgb(sample.path, min_size=self.decode_size)), self.target(sample)
+                return self.transform(self.read(sample.path, min_size=self.decode_size)), self.target(sample)
             except UNREADABLE_IMAGE_ERRORS as error:
                 if not self.skip_unreadable:
                     raise OSError(f"{sample.path} became unreadable after the scan ({type(error).__name__}: "

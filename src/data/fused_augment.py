@@ -66,6 +66,8 @@ class RandomWarp:
     the side (torchvision's RandomPerspective); applied together, once. Uncovered areas are black."""
 
     def __init__(self, max_rotate: float, max_zoom: float, max_warp: float, p: float) -> None:
+        if max_zoom < 1.0:  # the one check of the zoom range, for the worker and the device path alike
+            raise ValueError(f"data.augment.max_zoom must be >= 1.0 (1.0 = no zoom), got {max_zoom}")
         self.max_rotate, self.max_zoom, self.max_warp, self.p = max_rotate, max_zoom, max_warp, p
 
     def _corners(self, width: int, height: int) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +39,17 @@ class Sample:
 
 
 def relative_posix(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` with ``/`` separators, or whole where it is not below ``root``."""
-    return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
+    """``path`` relative to ``root`` with ``/`` separators, or whole where it is not below ``root``.
+
+    On the strings (as ``Path.relative_to``, lexically): pathlib's relative_to costs ~30 us a call,
+    seconds for split.csv's rows of 200,000 images.
+    """
+    name, base = os.fspath(path), os.fspath(root)
+    if name == base:
+        return "."
+    prefix = os.path.join(base, "")
+    relative = name[len(prefix):] if name.startswith(prefix) else name
+    return relative if os.sep == "/" else relative.replace(os.sep, "/")
 
 
 def data_root_problems(root: Any, required: bool = True, key: str = "data.root") -> list[Problem]:
@@ -55,20 +67,74 @@ def data_root_problems(root: Any, required: bool = True, key: str = "data.root")
 
 def is_image_file(path: Path) -> bool:
     """An image by name: a known extension in any case, and not hidden (``.DS_Store``, ``._x.jpg``)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return is_image_name(path.name)
+
+
+def is_image_name(name: str) -> bool:
+    """:func:`is_image_file` of a file name (a string: no Path to build per file in a listing)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
+# A file or folder below a data folder that is not listed as an image: (path, kind, reason, ignored),
+# made a src.data.scan.BadFile by the scan (which imports this module).
+PassedOver = tuple[Path, str, str, bool]
 
 
 def list_images(folder: Path) -> list[Path]:
     """Image files below ``folder`` (recursively), sorted so every file system lists them alike.
 
-    Symlinked files are followed; symlinked folders are not (``rglob`` does not descend into
-    them), so a symlink loop cannot make the listing run forever.
+    Symlinked files are followed; symlinked folders are not, so a symlink loop cannot make the
+    listing run forever. Hidden files and folders are left out.
     """
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if is_image_file(p) and p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    return walk_images(folder)[0]
+
+
+def walk_images(folder: Path) -> tuple[list[Path], list[PassedOver]]:
+    """The images below ``folder`` (as :func:`list_images`) and what the listing passed over, with why.
+
+    One ``os.scandir`` walk on strings: pathlib's ``rglob``, ``relative_to`` and ``Path`` sorting
+    cost ~100 us per file (about a minute for 200,000 files on 2 loaded cores); this is ~10x less.
+    The order is pathlib's (by path components), so the listing is the one ``sorted(rglob)`` gave.
+    """
+    images: list[tuple[tuple[str, ...], str]] = []
+    passed: list[tuple[tuple[str, ...], PassedOver]] = []
+    pending = [(os.fspath(folder), ())]
+    while pending:
+        directory, parts = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                key = (*parts, entry.name)
+                if entry.name.startswith("."):  # the hidden item is noted; nothing below it is listed
+                    passed.append((key, (Path(entry.path), "hidden", "hidden file or folder (name starts with '.')", True)))
+                elif entry.is_symlink():
+                    try:
+                        target = os.stat(entry.path)
+                    except OSError as error:
+                        kind = "symlink loop" if error.errno == errno.ELOOP else "broken symlink"
+                        passed.append((key, (Path(entry.path), kind,
+                                             f"points to {os.readlink(entry.path)!r}: {error.strerror}", False)))
+                        continue
+                    if stat.S_ISDIR(target.st_mode):
+                        passed.append((key, (Path(entry.path), "symlinked folder",
+                                             "not followed (a link to a folder may loop)", True)))
+                    elif stat.S_ISREG(target.st_mode):
+                        _file_entry(entry, key, images, passed)
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, key))
+                elif entry.is_file(follow_symlinks=False):
+                    _file_entry(entry, key, images, passed)
+    images.sort(key=lambda item: item[0])
+    passed.sort(key=lambda item: item[0])
+    return [Path(path) for _, path in images], [item for _, item in passed]
+
+
+def _file_entry(entry: os.DirEntry, key: tuple[str, ...], images: list, passed: list) -> None:
+    if is_image_name(entry.name):
+        images.append((key, entry.path))
+    else:
+        suffix = os.path.splitext(entry.name)[1].rstrip(".")  # Path.suffix of "name." is ""
+        passed.append((key, (Path(entry.path), "not an image file name",
+                             f"extension {suffix or '(none)'!r} is not an image extension", True)))
 
 
 def scan_class_folders(root: Path, scan: FileScan | None = None) -> tuple[list[str], list[Sample]]:
@@ -88,10 +154,11 @@ def scan_class_folders(root: Path, scan: FileScan | None = None) -> tuple[list[s
         raise ValueError(
             f"data.root={str(root)!r} has no class folders; expected {root}/<class name>/<image files>"
         )
-    images_by_class = {folder.name: list_images(folder) for folder in folders}
+    listings = {folder.name: walk_images(folder) for folder in folders}
+    images_by_class = {name: images for name, (images, _) in listings.items()}
     if scan is not None:
-        for folder in folders:
-            scan.note_unlisted(folder)
+        for _, passed_over in listings.values():
+            scan.note_passed_over(passed_over)
         readable = set(scan.keep_readable([p for images in images_by_class.values() for p in images]))
         images_by_class = {name: [p for p in images if p in readable] for name, images in images_by_class.items()}
     empty = [name for name, images in images_by_class.items() if not images]

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from src.data.image_files import MAX_IMAGE_PIXELS, UNREADABLE_IMAGE_ERRORS, is_image_file, relative_posix
+from src.data.image_files import MAX_IMAGE_PIXELS, UNREADABLE_IMAGE_ERRORS, PassedOver, relative_posix, walk_images
+from src.data.scan_cache import ScanCache, Verdict
 from src.runs.atomic_write import atomic_open
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,23 @@ class BadFile:
 
 def check_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> BadFile | None:
     """Why ``path`` is not a usable image (a :class:`BadFile`), or None when it is one."""
+    return inspect_image(path, max_pixels)[1]
+
+
+def inspect_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[tuple[int, int], BadFile | None]:
+    """The pixel size of ``path`` (``(0, 0)`` where the header was not read) and what :func:`check_image` says."""
+    size = (0, 0)
     try:
         if path.stat().st_size == 0:
-            return BadFile(path, "empty file", "0 bytes")
+            return size, BadFile(path, "empty file", "0 bytes")
         with Image.open(path) as image:
-            width, height = image.size
+            width, height = size = image.size
             if width * height > max_pixels:
-                return BadFile(path, "too large", f"{width}x{height} = {width * height / 1e6:.0f} megapixels, over the "
-                               f"decompression-bomb limit of {max_pixels / 1e6:.0f} (data.max_image_pixels)")
+                return size, BadFile(path, "too large", f"{width}x{height} = {width * height / 1e6:.0f} megapixels, "
+                                     f"over the decompression-bomb limit of {max_pixels / 1e6:.0f} "
+                                     "(data.max_image_pixels)")
             if width < 1 or height < 1:
-                return BadFile(path, "corrupt", f"{width}x{height} pixels")
+                return size, BadFile(path, "corrupt", f"{width}x{height} pixels")
             image.verify()  # structure and checksums (PNG CRCs), without decoding the pixels
         if path.suffix.lower() in JPEG_SUFFIXES and not _ends_with(path, JPEG_END):
             # A JPEG cut short has no end marker. Some cameras append data after it, so decode
@@ -60,16 +68,24 @@ def check_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> BadFile | Non
             with Image.open(path) as image:
                 image.load()
     except Image.DecompressionBombError as error:
-        return BadFile(path, "too large", str(error))
+        return size, BadFile(path, "too large", str(error))
     except UnidentifiedImageError as error:
-        return BadFile(path, "not an image", str(error))
+        return size, BadFile(path, "not an image", str(error))
     except UNREADABLE_IMAGE_ERRORS as error:
         if isinstance(error, OSError) and error.errno == errno.ELOOP:
-            return BadFile(path, "symlink loop", str(error))
+            return size, BadFile(path, "symlink loop", str(error))
         if isinstance(error, OSError) and error.errno == errno.ENOENT:
-            return BadFile(path, "missing", str(error))
-        return BadFile(path, "truncated or corrupt", f"{type(error).__name__}: {error}")
-    return None
+            return size, BadFile(path, "missing", str(error))
+        return size, BadFile(path, "truncated or corrupt", f"{type(error).__name__}: {error}")
+    return size, None
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """``path``'s stat, or None where it cannot be read (the check then says why)."""
+    try:
+        return path.stat()
+    except OSError:
+        return None
 
 
 def _ends_with(path: Path, marker: bytes) -> bool:
@@ -80,46 +96,66 @@ def _ends_with(path: Path, marker: bytes) -> bool:
 
 def unlisted_files(folder: Path) -> list[BadFile]:
     """Files below ``folder`` that :func:`list_images` passes over, with the reason (for the report)."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).parts
-        if any(part.startswith(".") for part in relative):
-            if not any(part.startswith(".") for part in relative[:-1]):  # the hidden item, not its contents
-                found.append(BadFile(path, "hidden", "hidden file or folder (name starts with '.')", ignored=True))
-        elif path.is_symlink() and not path.exists():
-            try:
-                path.stat()
-            except OSError as error:
-                kind = "symlink loop" if error.errno == errno.ELOOP else "broken symlink"
-                found.append(BadFile(path, kind, f"points to {os.readlink(path)!r}: {error.strerror}"))
-        elif path.is_symlink() and path.is_dir():
-            found.append(BadFile(path, "symlinked folder", "not followed (a link to a folder may loop)", ignored=True))
-        elif path.is_file() and not is_image_file(path):
-            found.append(BadFile(path, "not an image file name", f"extension {path.suffix or '(none)'!r} is not an "
-                                 "image extension", ignored=True))
-    return found
+    return [BadFile(*passed) for passed in walk_images(folder)[1]]
 
 
 @dataclass
 class FileScan:
-    """Checks image files in ``workers`` threads (PIL releases the GIL while reading) and keeps the bad ones."""
+    """Checks image files in ``workers`` threads (PIL releases the GIL while reading) and keeps the bad ones.
+
+    With ``cache`` (:class:`~src.data.scan_cache.ScanCache`), a file whose size and modification
+    time are those of a cached verdict is not opened; :meth:`save_cache` keeps the new verdicts.
+    ``opened`` and ``from_cache`` count the files of each kind (the log's summary says them).
+    """
 
     max_pixels: int = MAX_IMAGE_PIXELS
     workers: int = 8
     bad: list[BadFile] = field(default_factory=list)
     kept: int = 0
+    cache: ScanCache | None = None
+    opened: int = 0
+    from_cache: int = 0
 
     def keep_readable(self, paths: Sequence[Path]) -> list[Path]:
         """``paths`` without the unreadable files, which are recorded in :attr:`bad`."""
-        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            results = list(pool.map(lambda p: check_image(p, self.max_pixels), paths))
+        results = self._verdicts(list(paths))
         self.bad += [r for r in results if r is not None]
         readable = [p for p, r in zip(paths, results) if r is None]
         self.kept += len(readable)
         return readable
 
+    def _verdicts(self, paths: list[Path]) -> list[BadFile | None]:
+        # stat() in this thread: a pool's per-item cost (~20 us) is ten times a stat's, and most files are cached.
+        stats = [_stat(p) for p in paths] if self.cache is not None else [None] * len(paths)
+        results: list[BadFile | None] = [None] * len(paths)
+        to_open = []
+        for i, (path, stat) in enumerate(zip(paths, stats)):
+            cached = self.cache.lookup(path, stat) if stat is not None else None
+            if cached is None:
+                to_open.append(i)
+            elif cached.bad_kind is not None:
+                results[i] = BadFile(path, cached.bad_kind, cached.bad_reason or "")
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            found = list(pool.map(lambda i: inspect_image(paths[i], self.max_pixels), to_open))
+        for i, ((width, height), bad) in zip(to_open, found):
+            results[i] = bad
+            if stats[i] is not None:  # the size and mtime from before the file was opened: a change since is seen
+                self.cache.record(paths[i], Verdict(stats[i].st_size, stats[i].st_mtime_ns, width, height,
+                                                    bad.kind if bad else None, bad.reason if bad else None))
+        self.opened += len(to_open)
+        self.from_cache += len(paths) - len(to_open)
+        return results
+
+    def save_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.save()
+
     def note_unlisted(self, folder: Path) -> None:
         self.bad += unlisted_files(folder)
+
+    def note_passed_over(self, passed_over: Sequence[PassedOver]) -> None:
+        """Record what a listing (:func:`~src.data.image_files.walk_images`) passed over."""
+        self.bad += [BadFile(*passed) for passed in passed_over]
 
     @property
     def unreadable(self) -> list[BadFile]:
@@ -134,6 +170,8 @@ class FileScan:
             parts[0] += " (" + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + ")"
         if ignored:
             parts.append("ignored " + ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items())))
+        if self.cache is not None:
+            parts.append(f"opened {self.opened} file(s), {self.from_cache} verdict(s) from the scan cache")
         return "; ".join(parts)
 
     def write_csv(self, path: Path, root: Path) -> None:

@@ -64,12 +64,10 @@ class TrainTransform(v2.Compose):
         p_affine: float = 0.75,
         p_lighting: float = 0.75,
     ) -> None:
-        if max_zoom < 1.0:
-            raise ValueError(f"data.augment.max_zoom must be >= 1.0 (1.0 = no zoom), got {max_zoom}")
         steps: list = [*_resize(size, resize_method, interpolation), v2.RandomCrop(size, pad_if_needed=True)]
         if do_flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
-        if max_rotate > 0 or max_zoom > 1.0 or max_warp > 0:
+        if max_rotate > 0 or max_zoom != 1.0 or max_warp > 0:  # RandomWarp refuses a zoom below 1
             # rotation, zoom and warp in one resampling (src/data/fused_augment.py)
             steps.append(RandomWarp(max_rotate, max_zoom, max_warp, p=p_affine))
         steps.append(LightingToTensor(mean, std, max_lighting, p=p_lighting))
@@ -89,4 +87,24 @@ class EvalTransform(v2.Compose):
         interpolation: str = "bilinear",
     ) -> None:
         super().__init__([*_resize(size, resize_method, interpolation), v2.CenterCrop(size), *_to_normalized_tensor(mean, std)])
+        self.size = size
+
+
+class TrainCropTransform(v2.Compose):
+    """``data.augment.on=device``: the workers' part of :class:`TrainTransform`, its resize and random
+    crop, to a uint8 tensor (3, size, size); :class:`~src.data.batch_augment.BatchAugment` does the rest
+    on the training device. Applies to PIL images and to uint8 tensors (GPU-decoded JPEGs) alike."""
+
+    def __init__(self, size: int, resize_method: str = "crop", interpolation: str = "bilinear") -> None:
+        super().__init__([*_resize(size, resize_method, interpolation), v2.RandomCrop(size, pad_if_needed=True),
+                          v2.PILToTensor()])
+        self.size = size
+
+
+class EvalCropTransform(v2.Compose):
+    """:class:`EvalTransform` without its float conversion and normalisation: uint8 (3, size, size),
+    normalised on the training device (``data.augment.on=device``)."""
+
+    def __init__(self, size: int, resize_method: str = "crop", interpolation: str = "bilinear") -> None:
+        super().__init__([*_resize(size, resize_method, interpolation), v2.CenterCrop(size), v2.PILToTensor()])
         self.size = size

@@ -65,7 +65,9 @@ class Interpretation:
         return F.nll_loss(self.log_probabilities, self.targets, reduction="none")
 
     def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
-        """error_rate (fastai's: 1 - micro accuracy), accuracy, loss, top-5 accuracy, per-class P/R/F1."""
+        """error_rate (fastai's: 1 - micro accuracy), accuracy, loss, top-5 accuracy, per-class P/R/F1,
+        and their macro averages ``macro_f1`` and ``macro_recall`` (balanced accuracy): on imbalanced
+        data the micro error rate hides the small classes, the macro figures weigh every class alike."""
         preds, targets, n = self.log_probabilities, self.targets, self.num_classes
         accuracy = float(multiclass_accuracy(preds, targets, num_classes=n, average="micro"))
         metrics: dict = {"error_rate": 1.0 - accuracy, "accuracy": accuracy, "loss": float(self.losses.mean())}
@@ -77,6 +79,9 @@ class Interpretation:
             name: fn(preds, targets, num_classes=n, average=None, zero_division=0.0)
             for name, fn in [("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)]
         }
+        # torchmetrics' macro average leaves out classes absent from both labels and predictions.
+        metrics["macro_f1"] = float(multiclass_f1_score(preds, targets, num_classes=n, average="macro"))
+        metrics["macro_recall"] = float(multiclass_recall(preds, targets, num_classes=n, average="macro"))
         support = torch.bincount(targets, minlength=n)
         metrics["per_class"] = {
             c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
@@ -162,6 +167,8 @@ class MultiLabelInterpretation:
             for name, fn in [("precision", multilabel_precision), ("recall", multilabel_recall),
                              ("f1", multilabel_f1_score)]
         }
+        metrics["macro_f1"] = float(multilabel_f1_score(probs, targets, num_labels=n, threshold=self.threshold,
+                                                        average="macro"))
         support = targets.sum(dim=0)
         metrics["per_class"] = {
             c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}

@@ -16,8 +16,11 @@ from torch import nn
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
+from src.checks.problems import Problem, raise_problems
+from src.data.batch_mixing import BatchMixing, batch_mixing_problems
 from src.runs.hardware import resolve_channels_last
 from src.models.components.classifier import ImageClassifier
+from src.models.losses import class_weights_problems, label_smoothing_problems, training_loss
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold, fbeta_per_sample
 from src.optim.one_cycle import StagedOneCycleLR
 from src.optim.param_groups import layer_group_param_groups
@@ -52,6 +55,12 @@ class ImageClassifierModule(L.LightningModule):
             see :mod:`src.runs.hardware`).
         compile: ``torch.compile`` the network when training starts (the weights and checkpoint
             keys stay those of the plain network).
+        label_smoothing: of the training loss (fastai's ``LabelSmoothingCrossEntropy`` is 0.1), see
+            :mod:`src.models.losses`; validation reports the plain loss.
+        mixup: MixUp/CutMix of training batches (:class:`~src.data.batch_mixing.BatchMixing`'s
+            keyword arguments; None or zero alphas: off).
+        class_weights: one training-loss weight per class, or None (``balanced`` is resolved from
+            the DataModule's class counts by :func:`src.runs.builder.build_run`).
     """
 
     def __init__(
@@ -67,9 +76,13 @@ class ImageClassifierModule(L.LightningModule):
         threshold: float = DEFAULT_THRESHOLD,
         channels_last: bool | str = False,
         compile: bool = False,
+        label_smoothing: float = 0.0,
+        mixup: dict[str, float] | None = None,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         check_threshold("model.threshold", threshold)
+        raise_problems(self.problems(label_smoothing, mixup, class_weights, len(classes), multi_label))
         self.save_hyperparameters(ignore=["backbone", "optimizer", "schedule"], logger=False)
         self.net = ImageClassifier(backbone, num_classes=len(classes), **head)
         self.optimizer_factory = optimizer
@@ -87,10 +100,22 @@ class ImageClassifierModule(L.LightningModule):
             self.criterion = nn.CrossEntropyLoss()
             # fastai's error_rate is 1 - accuracy over all images (micro average).
             self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # Smoothing and class weights apply to training only; self.criterion (validation, test) stays plain.
+        self.train_criterion = training_loss(multi_label=multi_label, label_smoothing=label_smoothing,
+                                             class_weights=class_weights)
+        self.batch_mixing = BatchMixing(num_classes, **(mixup or {}))
         self.val_error_rate_best = MinMetric()
         self.val_error_rate_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.memory_format = torch.contiguous_format  # set from channels_last once the precision is known
         self._compiled = False
+
+    @staticmethod
+    def problems(label_smoothing: Any, mixup: Any, class_weights: Any, num_classes: int | None = None,
+                 multi_label: bool = False) -> list[Problem]:
+        """The problems of the regularisation settings (``model.label_smoothing``, ``model.mixup``,
+        ``model.class_weights``); the constructor raises them, the config check collects them."""
+        return (label_smoothing_problems(label_smoothing) + batch_mixing_problems(mixup)
+                + class_weights_problems(class_weights, num_classes, multi_label))
 
     def configure_model(self) -> None:
         # Here, not in __init__: `auto` depends on the trainer's precision, known only now.
@@ -124,9 +149,19 @@ class ImageClassifierModule(L.LightningModule):
             self.val_fbeta.reset()
         self.val_error_rate_best.reset()
 
+    def on_train_epoch_start(self) -> None:
+        # A stage with its own batch size (progressive resizing) has its own number of steps per
+        # epoch, counted on its loader once it is built: before the stage's first step.
+        index = self.schedule.stage_index_at_epoch(self.current_epoch)
+        if self.schedule.resizes and self.current_epoch == self.schedule.first_epoch_of(index):
+            steps = self.schedule.stages[index].epochs * self.steps_per_epoch()
+            self.lr_schedulers().set_stage_steps(index, steps)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        loss = self.criterion(self(images), labels)
+        if self.batch_mixing.enabled:  # soft targets: train/loss is the loss against the mixed labels
+            images, labels = self.batch_mixing(images, labels)
+        loss = self.train_criterion(self(images), labels)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_message(loss, batch_idx))
         self.train_loss(loss)
@@ -157,11 +192,13 @@ class ImageClassifierModule(L.LightningModule):
             self.log("val/fbeta", self.val_fbeta, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
+        # torchmetrics' compute() already gathers every DDP process's counts: the value is the same on every
+        # process, so sync_dist's mean leaves it as it is (and every process's ModelCheckpoint monitors it).
         error_rate = 1.0 - self.val_accuracy.compute()
-        self.log("val/error_rate", error_rate, prog_bar=True, sync_dist=False)
+        self.log("val/error_rate", error_rate, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_error_rate_best(error_rate)
-            self.log("val/error_rate_best", self.val_error_rate_best.compute())
+            self.log("val/error_rate_best", self.val_error_rate_best.compute(), sync_dist=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -196,5 +233,6 @@ class ImageClassifierModule(L.LightningModule):
             final_div_factor=self.schedule.final_div_factor,
             pct_start=self.schedule.pct_start,
             moms=self.schedule.moms,
+            stage_settings=[stage.one_cycle_overrides() for stage in self.schedule.stages],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -125,6 +125,11 @@ def epochs_finished(path: str | Path) -> int:
     return int(read_checkpoint(path, mmap=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
+def checkpoint_classes(path: str | Path) -> list[str]:
+    """The class names of checkpoint ``path``, in label order."""
+    return list(read_checkpoint(path, mmap=True)["hyper_parameters"]["classes"])
+
+
 def eval_transform_for(config: DictConfig) -> EvalTransform:
     data = config.data
     return EvalTransform(data.size, list(data.mean), list(data.std), data.resize_method, data.interpolation)

@@ -8,7 +8,8 @@ from the global step alone, so its state is one integer and resuming mid-stage i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -37,6 +38,11 @@ class StagedOneCycleLR(LRScheduler):
         final_div_factor: and ends at ``start / final_div_factor``.
         pct_start: fraction of the stage spent warming up.
         moms: Adam's beta1 (or SGD momentum) at start, peak and end.
+        stage_settings: for each stage, the settings above that it sets itself (fastai's
+            ``fit_one_cycle(div=, pct_start=, ...)`` of one call); the others apply where it sets none.
+
+    A stage's length may be set again when it starts (:meth:`set_stage_steps`), once its loader
+    is known (a stage with its own batch size has its own number of steps per epoch).
 
     The values (fastai's ``fit_one_cycle`` defaults) are written once, in ``conf/schedule/fastai.yaml``.
     """
@@ -51,16 +57,20 @@ class StagedOneCycleLR(LRScheduler):
         final_div_factor: float,
         pct_start: float,
         moms: Sequence[float],
+        stage_settings: Sequence[Mapping[str, Any]] | None = None,
         last_epoch: int = -1,
     ) -> None:
         if len(stage_steps) != len(stage_lrs):
             raise ValueError(f"{len(stage_steps)} stage lengths but {len(stage_lrs)} stage learning rates")
+        if stage_settings is not None and len(stage_settings) != len(stage_steps):
+            raise ValueError(f"{len(stage_steps)} stage lengths but {len(stage_settings)} stage settings")
         self.stage_steps = [int(s) for s in stage_steps]
         self.stage_lrs = [list(lrs) for lrs in stage_lrs]
         self.div_factor = div_factor
         self.final_div_factor = final_div_factor
         self.pct_start = pct_start
         self.moms = tuple(moms)
+        self.stage_settings = [dict(s) for s in stage_settings] if stage_settings is not None else [{} for _ in stage_steps]
         for group in optimizer.param_groups:
             if "layer_group" not in group:
                 raise ValueError("StagedOneCycleLR needs param groups with a 'layer_group' index")
@@ -73,15 +83,24 @@ class StagedOneCycleLR(LRScheduler):
             step -= length
         return len(self.stage_steps) - 1, self.stage_steps[-1]  # past the end: hold the final value
 
+    def set_stage_steps(self, stage: int, steps: int) -> None:
+        """The length of ``stage`` in optimizer steps, known once its loader is built (before its first step)."""
+        self.stage_steps[stage] = int(steps)
+
     def get_lr(self) -> list[float]:
         stage, step = self._stage_and_step(self.last_epoch)
         total = self.stage_steps[stage]
+        settings = self.stage_settings[stage] if stage < len(self.stage_settings) else {}
+        div_factor = settings.get("div_factor", self.div_factor)
+        final_div_factor = settings.get("final_div_factor", self.final_div_factor)
+        pct_start = settings.get("pct_start", self.pct_start)
+        moms = tuple(settings.get("moms", self.moms))
         lrs = []
         for group in self.optimizer.param_groups:
             peak = self.stage_lrs[stage][group["layer_group"]]
-            start = peak / self.div_factor
-            lrs.append(one_cycle_value(step, total, start, peak, start / self.final_div_factor, self.pct_start))
-        momentum = one_cycle_value(step, total, self.moms[0], self.moms[1], self.moms[2], self.pct_start)
+            start = peak / div_factor
+            lrs.append(one_cycle_value(step, total, start, peak, start / final_div_factor, pct_start))
+        momentum = one_cycle_value(step, total, moms[0], moms[1], moms[2], pct_start)
         for group in self.optimizer.param_groups:
             if "betas" in group:
                 group["betas"] = (momentum, *group["betas"][1:])

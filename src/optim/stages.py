@@ -13,6 +13,11 @@ A learning rate is written the way fastai accepts ``max_lr``:
   last, which gets ``high``.
 ``freeze_to`` is fastai's ``learner.freeze_to(n)``: groups before ``n`` are frozen (their
 BatchNorm layers still train when ``train_bn``); ``-1`` trains only the head, ``0`` everything.
+
+A stage may also set its own one-cycle settings (``div_factor``, ``final_div_factor``,
+``pct_start``, ``moms``: fastai's ``fit_one_cycle(..., div=, pct_start=, moms=)`` arguments; unset,
+the schedule's apply) and its own data (``size``, ``batch_size``: progressive resizing; unset,
+``data.size`` and ``data.batch_size``). ``schedule=fine_tune`` writes its stages with them.
 """
 
 from __future__ import annotations
@@ -23,9 +28,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.checks.problems import Problem, is_number, is_whole_number, raise_problems
+from src.data.datamodule import MIN_IMAGE_SIZE
+from src.data.dataset import batch_size_problems
 
 LearningRate = float | Sequence[float]
 FREEZE_TO_FIX = "use -1 (train only the head) or 0 (train everything)"
+ONE_CYCLE_KEYS = ("div_factor", "final_div_factor", "pct_start", "moms")
+
+
+def one_cycle_problems(prefix: str, settings: Mapping[str, Any]) -> list[Problem]:
+    """The problems of the one-cycle ``settings`` given (any of :data:`ONE_CYCLE_KEYS`), keys under ``prefix``."""
+    problems = []
+    if "pct_start" in settings and not (is_number(settings["pct_start"]) and 0.0 < settings["pct_start"] < 1.0):
+        problems.append(Problem(f"{prefix}.pct_start", settings["pct_start"], "a fraction strictly between 0 and 1",
+                                "the share of each stage spent warming up: 0.3 (fastai's default)"))
+    for key in ("div_factor", "final_div_factor"):
+        if key in settings and not (is_number(settings[key]) and settings[key] > 0):
+            problems.append(Problem(f"{prefix}.{key}", settings[key], "a positive number",
+                                    "fastai's defaults: div_factor=25, final_div_factor=1e4"))
+    moms = settings.get("moms", (0.0, 0.0, 0.0))
+    if isinstance(moms, str) or not isinstance(moms, Sequence) or len(moms) != 3 or not all(map(is_number, moms)):
+        problems.append(Problem(f"{prefix}.moms", moms, "three numbers (start, middle, end)",
+                                f"fastai's default: {prefix}.moms=[0.95,0.85,0.95]"))
+    return problems
 
 
 def lr_problems(lr: Any, key: str = "lr") -> list[Problem]:
@@ -67,10 +92,28 @@ class Stage:
     lr: LearningRate
     freeze_to: int = 0
     name: str = ""
+    # The schedule's one-cycle settings, for this stage only (None: the schedule's).
+    div_factor: float | None = None
+    final_div_factor: float | None = None
+    pct_start: float | None = None
+    moms: Sequence[float] | None = None
+    # Progressive resizing: this stage's image side and batch size (None: data.size, data.batch_size).
+    size: int | None = None
+    batch_size: int | None = None
+
+    def one_cycle_overrides(self) -> dict[str, Any]:
+        """The one-cycle settings this stage sets itself."""
+        return {key: getattr(self, key) for key in ONE_CYCLE_KEYS if getattr(self, key) is not None}
 
     def problems(self, key: str, num_layer_groups: int | None = None) -> list[Problem]:
         """The stage's problems under config key ``key``; ``freeze_to``'s range too with ``num_layer_groups``."""
         problems = lr_problems(self.lr, f"{key}.lr")
+        problems += one_cycle_problems(key, self.one_cycle_overrides())
+        if self.size is not None and not is_whole_number(self.size, minimum=MIN_IMAGE_SIZE):
+            problems.append(Problem(f"{key}.size", self.size, f"a whole number >= {MIN_IMAGE_SIZE} (a ResNet "
+                                    "downsamples by 32), or null for data.size", f"e.g. {key}.size=64"))
+        if self.batch_size is not None:
+            problems += batch_size_problems(self.batch_size, f"{key}.batch_size")
         if not is_whole_number(self.epochs, minimum=1):
             problems.append(Problem(f"{key}.epochs", self.epochs, "a whole number >= 1", f"set {key}.epochs=1 or more"))
         if not is_whole_number(self.freeze_to):
@@ -127,19 +170,28 @@ class StageSchedule:
             try:
                 problems += as_stage(stage).problems(f"schedule.stages[{index}]", num_layer_groups)
             except TypeError as error:  # an unknown or missing key
-                problems.append(Problem(f"schedule.stages[{index}]", stage, "a stage {epochs, lr, freeze_to, name}",
+                problems.append(Problem(f"schedule.stages[{index}]", stage, "a stage {epochs, lr, freeze_to, name}, "
+                                        "optionally with its own " + ", ".join(ONE_CYCLE_KEYS) + ", size, batch_size",
                                         f"fix its keys ({error})"))
-        if not (is_number(pct_start) and 0.0 < pct_start < 1.0):
-            problems.append(Problem("schedule.pct_start", pct_start, "a fraction strictly between 0 and 1",
-                                    "the share of each stage spent warming up: 0.3 (fastai's default)"))
-        for key, value in (("schedule.div_factor", div_factor), ("schedule.final_div_factor", final_div_factor)):
-            if not (is_number(value) and value > 0):
-                problems.append(Problem(key, value, "a positive number",
-                                        "fastai's defaults: div_factor=25, final_div_factor=1e4"))
-        if isinstance(moms, str) or not isinstance(moms, Sequence) or len(moms) != 3 or not all(map(is_number, moms)):
-            problems.append(Problem("schedule.moms", moms, "three numbers (start, middle, end)",
-                                    "fastai's default: schedule.moms=[0.95,0.85,0.95]"))
+        problems += one_cycle_problems("schedule", {"pct_start": pct_start, "div_factor": div_factor,
+                                                    "final_div_factor": final_div_factor, "moms": moms})
         return problems
+
+    def one_cycle(self, index: int) -> dict[str, Any]:
+        """Stage ``index``'s one-cycle settings: its own where it sets them, else the schedule's."""
+        settings = {"div_factor": self.div_factor, "final_div_factor": self.final_div_factor,
+                    "pct_start": self.pct_start, "moms": self.moms}
+        return {**settings, **self.stages[index].one_cycle_overrides()}
+
+    def data_at_epoch(self, epoch: int) -> tuple[int | None, int | None]:
+        """The image size and batch size of epoch ``epoch``'s stage (None: the data's)."""
+        stage = self.stages[self.stage_index_at_epoch(epoch)]
+        return stage.size, stage.batch_size
+
+    @property
+    def resizes(self) -> bool:
+        """Whether a stage sets its own image size or batch size (progressive resizing)."""
+        return any(s.size is not None or s.batch_size is not None for s in self.stages)
 
     @property
     def total_epochs(self) -> int:
@@ -164,5 +216,10 @@ class StageSchedule:
 
 
 def as_stage(stage: Stage | Mapping) -> Stage:
-    """A :class:`Stage` from a stage or its config mapping (``{epochs, lr, freeze_to, name}``)."""
-    return stage if isinstance(stage, Stage) else Stage(**stage)
+    """A :class:`Stage` from a stage or its config mapping (``{epochs, lr, freeze_to, name, ...}``)."""
+    if isinstance(stage, Stage):
+        return stage
+    values = dict(stage)
+    if isinstance(values.get("moms"), Sequence) and not isinstance(values["moms"], str):
+        values["moms"] = tuple(values["moms"])  # hashable, as the frozen dataclass's other fields
+    return Stage(**values)

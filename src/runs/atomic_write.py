@@ -20,7 +20,8 @@ def atomic_open(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterat
     whose content replaces ``path`` only once the block has finished without an error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # The process id in the name: DDP processes, or runs sharing a scan cache, may write one file at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open(mode, **open_kwargs) as f:
             yield f

@@ -102,6 +102,27 @@ def resolve_precision(precision: str | int, accelerator: str) -> str | int:
     return chosen
 
 
+def resolve_sync_batchnorm(sync_batchnorm: bool | str, accelerator: str) -> bool:
+    """``auto`` -> SyncBatchNorm where it runs (CUDA GPUs), else plain BatchNorm; true or false as given.
+
+    PyTorch's SyncBatchNorm only works with GPU modules (on a CPU the first forward fails with
+    "SyncBatchNorm layers only work with GPU modules"); across gloo processes on CPUs each process
+    normalises with its own batch statistics, as a single process does.
+    """
+    if sync_batchnorm == AUTO:
+        chosen = device_type(accelerator) == "cuda"
+        log.info("trainer.sync_batchnorm=auto: %s (%s)", chosen,
+                 "BatchNorm statistics over every GPU's batch" if chosen else "SyncBatchNorm needs CUDA GPUs")
+        return chosen
+    if not isinstance(sync_batchnorm, bool):
+        raise ValueError(f"trainer.sync_batchnorm={sync_batchnorm!r}; expected auto, true or false")
+    if sync_batchnorm and device_type(accelerator) != "cuda":
+        raise ValueError(f"trainer.sync_batchnorm=true with trainer.accelerator={accelerator}, which runs on the "
+                         "CPU: PyTorch's SyncBatchNorm only works with CUDA GPUs. Set trainer.sync_batchnorm=auto "
+                         "(on where it works) or false")
+    return sync_batchnorm
+
+
 def _runs_on_cpu(accelerator: str) -> bool:
     """Whether Lightning's ``accelerator`` setting picks the CPU (``auto`` picks a CUDA GPU or MPS first)."""
     if str(accelerator) == "cpu":

@@ -3,12 +3,15 @@
 Checkpoints keep them (:class:`~src.callbacks.rng_state.RandomStateCheckpoint`), so a resumed run
 draws what the uninterrupted run would have drawn; the lr finder restores them, so a run with
 ``lr_find=true`` draws what the run with the suggested lr typed in would draw. Plain lists and
-tensors only, so checkpoints still load with ``weights_only=True``.
+tensors only, so checkpoints still load with ``weights_only=True``. :func:`seeded_generators` and
+:func:`derived_seed` give one piece of work (a training sample's augmentation) its own seeded draws.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -37,3 +40,29 @@ def set_random_states(states: dict[str, Any]) -> None:
 
 def _lists(value: Any) -> Any:
     return [_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def derived_seed(*values: int) -> int:
+    """A 64-bit seed mixed from ``values`` (e.g. a run's seed, an epoch, a sample index) by NumPy's
+    ``SeedSequence``, so nearby tuples give unrelated streams (``seed + epoch`` would not:
+    (42, 1) and (43, 0) would draw the same numbers)."""
+    entropy = [int(v) % 2**64 for v in values]  # SeedSequence takes non-negative integers
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
+@contextmanager
+def seeded_generators(seed: int) -> Iterator[None]:
+    """Python's, NumPy's and torch's CPU generators seeded with ``seed`` inside the block, and put
+    back as they were after it: what runs inside draws a function of ``seed`` alone, and what runs
+    after draws as if the block had not run. CUDA's generators are left alone (``torch.manual_seed``
+    would reseed them too, changing the dropout masks of a model training on the GPU)."""
+    python, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy's legacy seeding takes 32 bits
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)

@@ -9,6 +9,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from src.runs.atomic_write import atomic_open
 
@@ -18,13 +19,8 @@ def _write_atomically(path: Path, text: str) -> None:
         f.write(text)
 
 
-# A checkpoint of a ResNet50 with its AdamW state is ~300 MB: less free space than this fails the
-# first checkpoint, so it is refused at start-up instead of after the first epoch.
-MIN_FREE_BYTES = 512 * 2**20
-
-
-def check_writable(output_dir: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
-    """Create ``output_dir`` and prove it takes a file and has room for checkpoints, or raise ``OSError``."""
+def check_writable(output_dir: Path) -> None:
+    """Create ``output_dir`` and prove it takes a file, or raise ``OSError`` (at start-up, before the scan)."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".write_probe"
@@ -35,11 +31,29 @@ def check_writable(output_dir: Path, min_free_bytes: int = MIN_FREE_BYTES) -> No
             f"paths.output_dir={str(output_dir)!r} is not writable ({type(error).__name__}: {error}); "
             "choose a folder you can write to, e.g. paths.output_dir=/tmp/run, or free disk space"
         ) from error
+
+
+# best.ckpt, the best.ckpt it replaces (the new one is written before the old one is removed) and last.ckpt.
+CHECKPOINT_FILES_AT_ONCE = 3
+
+
+def checkpoint_bytes(net: nn.Module) -> int:
+    """What one checkpoint of ``net`` takes on disk, at most: its fp32 weights, AdamW's two moments per
+    weight (other optimisers keep fewer) and its buffers."""
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    return 3 * weights + sum(b.numel() * b.element_size() for b in net.buffers())
+
+
+def check_room_for_checkpoints(output_dir: Path, net: nn.Module) -> None:
+    """Refuse a run whose checkpoints would not fit in ``output_dir``'s free space, at start-up
+    instead of after the first epoch."""
+    needed = CHECKPOINT_FILES_AT_ONCE * checkpoint_bytes(net)
     free = shutil.disk_usage(output_dir).free
-    if free < min_free_bytes:
+    if free < needed:
         raise OSError(
-            f"paths.output_dir={str(output_dir)!r} has {free / 2**20:.0f} MiB free; checkpoints need at least "
-            f"{min_free_bytes / 2**20:.0f} MiB; free disk space or write the run elsewhere (paths.output_dir=...)"
+            f"paths.output_dir={str(output_dir)!r} has {free / 2**20:.0f} MiB free; this model's checkpoints need "
+            f"{needed / 2**20:.0f} MiB ({CHECKPOINT_FILES_AT_ONCE} files of up to {checkpoint_bytes(net) / 2**20:.0f} "
+            "MiB at once); free disk space or write the run elsewhere (paths.output_dir=...)"
         )
 
 

@@ -10,8 +10,10 @@ cannot be fetched, the error says which overrides work offline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import torchvision
 from torch import nn
 
@@ -52,9 +54,18 @@ def build_resnet(name: str, weights: str | Path | None) -> nn.Module:
                 f"could not fetch torchvision's ImageNet weights for {name} ({error}). " + _offline_hint(name)
             ) from error
     model = torchvision.models.get_model(name, weights=None)
+    child_names = [child for child, _ in model.named_children()]
     load_state_dict_file(model, Path(weights).expanduser(), name, classifier="fc",
-                         saved_from=f"torchvision.models.{name}()")
+                         saved_from=f"torchvision.models.{name}()",
+                         body_to_source=lambda state: {resnet_source_key(k, child_names): v for k, v in state.items()})
     return model
+
+
+def resnet_source_key(body_key: str, child_names: Sequence[str]) -> str:
+    """A :class:`ResNetBody` key as torchvision's ResNet names it: the body numbers the ResNet's children
+    (``4.0.conv1.weight``), torchvision names them (``layer1.0.conv1.weight``)."""
+    index, rest = body_key.split(".", 1)
+    return f"{child_names[int(index)]}.{rest}"
 
 
 class ResNetBody(nn.Sequential):
@@ -68,8 +79,14 @@ class ResNetBody(nn.Sequential):
         resnet = build_resnet(name, weights)
         super().__init__(*list(resnet.children())[:-2])
         self.name = name
+        self.source_names = [child for child, _ in resnet.named_children()][:-2]  # conv1, bn1, ..., layer4
         last_bn = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)][-1]
         self.num_features = last_bn.num_features
+
+    def source_state_dict(self) -> dict[str, torch.Tensor]:
+        """The body's weights named as torchvision's ResNet names them, without ``fc``: they load into
+        ``torchvision.models.<name>()`` with ``fc`` replaced by ``nn.Identity()``, strict."""
+        return {resnet_source_key(k, self.source_names): v for k, v in self.state_dict().items()}
 
     def layer_groups(self) -> list[nn.Module]:
         """fastai's split of a ResNet body: the stem to layer2, then layer3 and layer4."""

@@ -68,8 +68,13 @@ def create_timm_model(arch: str, weights: str | Path | None) -> nn.Module:
     if weights is not None and not pretrained:
         load_state_dict_file(model, Path(weights).expanduser(), PREFIX + arch,
                              classifier=model.pretrained_cfg.get("classifier") or "classifier",
-                             saved_from=f"timm.create_model('{arch}')")
+                             saved_from=f"timm.create_model('{arch}')", body_to_source=timm_source_state)
     return model
+
+
+def timm_source_state(body_state: dict) -> dict:
+    """A :class:`TimmBody`'s tensors named as timm's model names them (the body holds it as ``model``)."""
+    return {key.removeprefix(TimmBody.MODEL_PREFIX): value for key, value in body_state.items()}
 
 
 class TimmBody(nn.Module):
@@ -85,6 +90,8 @@ class TimmBody(nn.Module):
     reduction below 16 (ConvNeXt ``stages.1``, EfficientNet ``blocks.2``, ResNet ``layer2``); the
     second holds the later stages and the final convolution or norm.
     """
+
+    MODEL_PREFIX = "model."  # the timm model's attribute name, in the body's state_dict keys
 
     def __init__(self, name: str = "timm/convnext_tiny", weights: str | Path | None = None) -> None:
         super().__init__()
@@ -103,6 +110,11 @@ class TimmBody(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+    def source_state_dict(self) -> dict[str, torch.Tensor]:
+        """The body's weights named as timm names them: they load into
+        ``timm.create_model(<name>, num_classes=0)``, strict."""
+        return self.model.state_dict()
 
     def stages(self) -> dict[str, nn.Module]:
         """The modules whose outputs timm lists in ``feature_info``, by name, first to last."""

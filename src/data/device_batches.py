@@ -1,0 +1,103 @@
+"""The DataModule's side of ``data.augment.on`` / ``data.decode_on`` (:mod:`src.data.placement`): which
+transforms the loader workers run, and the batch hooks that finish the batch on the training device.
+
+:class:`DeviceBatchHooks` is mixed into :class:`~src.data.datamodule.ImageFolderDataModule`; it reads
+the ``placement``, ``batch_augment``, ``device_reader``, ``train_transform``,
+``loader_eval_transform`` and ``datasets`` that :func:`placed_transforms` and the DataModule set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.batch_augment import BatchAugment, ModelBatches, NormalizedItems
+from src.data.gpu_decode import CropUnlessEncoded, DeviceDecodeReader, collate_encoded, decode_batch
+from src.data.placement import DataPlacement
+from src.data.transforms import EvalCropTransform, EvalTransform, TrainCropTransform, TrainTransform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlacedTransforms:
+    """What the workers run for training and evaluation, and what finishes the batch on the device."""
+
+    train: Callable
+    loader_eval: Callable
+    batch_augment: BatchAugment | None
+    device_reader: DeviceDecodeReader | None
+
+    @property
+    def collate_fn(self) -> Callable | None:
+        """The loaders' collate (None: PyTorch's default)."""
+        return collate_encoded if self.device_reader is not None else None
+
+
+def placed_transforms(placement: DataPlacement, size: int, mean: Sequence[float], std: Sequence[float],
+                      resize_method: str, interpolation: str, eval_transform: EvalTransform,
+                      augment: dict[str, Any]) -> PlacedTransforms:
+    """The transforms of ``placement`` (``augment``: ``TrainTransform``'s keyword arguments)."""
+    if placement.augment_on == "device":  # workers stop at uint8; the rest in on_after_batch_transfer
+        placed = PlacedTransforms(TrainCropTransform(size, resize_method, interpolation),
+                                  EvalCropTransform(size, resize_method, interpolation),
+                                  BatchAugment(mean, std, **augment), None)
+    else:
+        placed = PlacedTransforms(TrainTransform(size, mean, std, resize_method, interpolation, **augment),
+                                  eval_transform, None, None)
+    if placement.decode_on == "device":  # JPEGs pass the workers as bytes; the crops then run on the GPU
+        placed.device_reader = DeviceDecodeReader()
+        placed.train, placed.loader_eval = CropUnlessEncoded(placed.train), CropUnlessEncoded(placed.loader_eval)
+    return placed
+
+
+class DeviceBatchHooks:
+    """Lightning's batch-transfer hooks, and the same for loops outside the Trainer (see the module docstring)."""
+
+    def model_input(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """A loader batch's images as the network takes them: with ``augment.on=device`` the uint8
+        batch augmented (``train``) and normalised on its device; with ``workers`` unchanged."""
+        if self.placement.augment_on == "workers":
+            return images
+        return self.batch_augment(images) if train else self.batch_augment.normalize(images)
+
+    def model_batches(self, loader: DataLoader, device: torch.device, train: bool) -> ModelBatches:
+        """``loader``'s batches on ``device`` as the network takes them, for loops outside the Trainer."""
+        def prepare(images: Any) -> torch.Tensor:
+            if self.device_reader is not None:  # a list of JPEG bytes and decoded images
+                transform = self.train_transform if train else self.loader_eval_transform
+                return self.model_input(decode_batch(images, transform.crop, device), train)
+            return self.model_input(images.to(device, non_blocking=True), train)
+
+        return ModelBatches(loader, prepare)
+
+    def normalized_items(self, subset: str) -> Dataset:
+        """``datasets[subset]`` with normalised float images whatever ``augment.on`` (figures of single images)."""
+        dataset = self.datasets[subset]
+        return dataset if self.placement.augment_on == "workers" else NormalizedItems(dataset, self.batch_augment)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.device_reader is None or not isinstance(batch, (tuple, list)):
+            return batch
+        items, labels = batch
+        transform = self.train_transform if self.trainer.training else self.loader_eval_transform
+        return decode_batch(items, transform.crop, self.trainer.strategy.root_device), labels
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The model summary passes its float example_input_array through this hook too: left as it is.
+        if self.placement.augment_on == "workers" or not isinstance(batch, (tuple, list)):
+            return batch
+        images, labels = batch
+        images = self.model_input(images, train=self.trainer.training)
+        # Lightning converted the batch for the precision before the transfer, when it was still
+        # uint8 (a no-op); the float batch gets the same conversion now (half for 16-true/bf16-true).
+        return self.trainer.precision_plugin.convert_input(images), labels
+
+    def teardown(self, stage: str) -> None:
+        if self.device_reader is not None and self.device_reader.summary():
+            log.info(self.device_reader.summary())

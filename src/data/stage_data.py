@@ -1,0 +1,73 @@
+"""Progressive resizing (fastai's trick: small images first, then larger): each stage's image size and batch size.
+
+A stage of ``schedule.stages`` may set ``size`` and ``batch_size``; the DataModule builds each
+epoch's training and validation loaders at that epoch's stage's values (``data.size`` and
+``data.batch_size`` where the stage sets none), so validation runs at the size the stage trains at.
+The stage comes from the trainer's epoch when a loader is built, so a resumed run (whose epoch
+is restored before its loaders are rebuilt) gets its stage's size. Lightning rebuilds the loaders
+when ``trainer.reload_dataloaders_every_n_epochs`` says so: 1 in a run whose stages resize (set
+by :meth:`src.runs.builder.Run.trainer`), which also restarts the loader workers every epoch.
+
+The last stage must train at ``data.size``: evaluate, predict, export and serve read the model's
+input size from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from src.checks.problems import Problem
+
+log = logging.getLogger(__name__)
+
+# (size, batch_size) of an epoch's stage; None where the stage keeps the data's.
+EpochData = Callable[[int], tuple[int | None, int | None]]
+
+
+def last_stage_size_problems(stages: Sequence[Any], data_size: Any) -> list[Problem]:
+    """The last stage's ``size`` must be ``data.size`` (or unset): the trained model's input size."""
+    if not stages or not hasattr(stages[-1], "get"):
+        return []
+    last = len(stages) - 1
+    size = stages[-1].get("size")
+    if size is None or size == data_size:
+        return []
+    return [Problem(f"schedule.stages[{last}].size", size, f"null or data.size ({data_size}): the last stage trains "
+                    "at the size evaluate, predict, export and serve use",
+                    f"set data.size={size} and leave the last stage's size out; give earlier stages smaller sizes")]
+
+
+class StageSizedLoaders:
+    """Mixed into the DataModule: its loaders at the size and batch size of the trainer's current stage.
+
+    The DataModule provides ``size``, ``batch_size``, ``datasets``, ``use_transforms_at(size)`` and
+    ``trainer`` (Lightning's, None outside a Trainer).
+    """
+
+    epoch_data: EpochData | None = None
+
+    def follow_stages(self, epoch_data: EpochData) -> None:
+        """Build each epoch's loaders with ``epoch_data(epoch)`` (a :class:`~src.optim.stages.StageSchedule`'s
+        ``data_at_epoch``); the DataModule's own size and batch size where it gives None."""
+        self.data_size, self.data_batch_size = self.size, self.batch_size
+        self.epoch_data = epoch_data
+
+    def use_epoch_data(self) -> None:
+        """Switch the transforms and batch size to those of the trainer's current epoch (called by the loaders)."""
+        if self.epoch_data is None or self.trainer is None:
+            return
+        epoch = self.trainer.current_epoch
+        size, batch_size = self.epoch_data(epoch)
+        size, batch_size = size or self.data_size, batch_size or self.data_batch_size
+        if size != self.size:
+            self.size = size
+            self.use_transforms_at(size)
+            for dataset, transform in ((self.datasets.get("train"), self.train_transform),
+                                       (self.datasets.get("valid"), self.loader_eval_transform),
+                                       (self.datasets.get("test"), self.loader_eval_transform)):
+                if dataset is not None:
+                    dataset.transform, dataset.decode_size = transform, size
+            log.info("epoch %d: images at %d px, batches of %d", epoch + 1, size, batch_size)
+        self.batch_size = batch_size

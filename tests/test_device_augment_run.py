@@ -1,0 +1,89 @@
+"""data.augment.on=device through the real entry points: src.train, then src.evaluate on its checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from src.data.transforms import TrainCropTransform
+from src.evaluate import evaluate
+from src.runs.builder import build_datamodule
+from tests.conftest import IMAGENET_STATS, compose_config, copy_sample, train_tiny_run
+
+# The loss compared below depends on what `auto` picks (bf16 or fp32): run both ways by make test-other-cpu.
+pytestmark = pytest.mark.precision
+
+
+@pytest.fixture(scope="module")
+def device_run(module_tmp_path) -> Path:
+    return train_tiny_run(module_tmp_path / "device", ["data.augment.on=device"])
+
+
+def test_the_device_path_trains_and_evaluate_reproduces_its_logged_loss(device_run, tmp_path):
+    logged = json.loads((device_run / "metrics.json").read_text())
+    assert logged["epochs"] == 2 and 0.0 <= logged["final"]["val/error_rate"] <= 1.0
+    # recorded as run (the key quoted: YAML 1.1 reads a bare `on` as true)
+    assert OmegaConf.load(device_run / "config.yaml").data.augment["on"] == "device"
+    # evaluate's loader workers off as in the other evaluate tests (TINY_OVERRIDES' reason); the loss compared
+    # does not depend on them
+    cfg = compose_config([f"ckpt_path={device_run / 'checkpoints' / 'last.ckpt'}", "data.num_workers=0"],
+                         config_name="evaluate")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    metrics = evaluate(cfg)  # normalises in its own transform, whatever augment.on the run used
+    assert metrics["loss"] == pytest.approx(logged["final"]["val/loss"], abs=1e-4)
+    assert metrics["error_rate"] == pytest.approx(logged["final"]["val/error_rate"], abs=1e-4)
+
+
+def test_the_device_paths_loaders_carry_uint8(image_root, tmp_path):
+    cfg = compose_config([f"data.root={image_root}", "data.size=32", "data.batch_size=8", "data.augment.on=device"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")
+    assert isinstance(datamodule.train_transform, TrainCropTransform)
+    images, labels = next(iter(datamodule.train_dataloader()))  # the default loader workers
+    assert images.dtype == torch.uint8 and images.shape == (datamodule.batch_size, 3, 32, 32)
+    augmented = datamodule.model_input(images, train=True)
+    assert augmented.dtype == torch.float32 and augmented.shape == images.shape
+    assert not torch.allclose(augmented, datamodule.model_input(images, train=False))  # random, and only in training
+    valid_images, _ = next(iter(datamodule.val_dataloader()))
+    assert valid_images.dtype == torch.uint8
+    item, _ = datamodule.normalized_items("valid")[0]
+    assert torch.allclose(item, datamodule.model_input(valid_images[:1], train=False)[0], atol=1e-6)
+    assert item.mean().abs() < 3 and torch.isfinite(item).all() and IMAGENET_STATS["mean"] == list(datamodule.mean)
+
+
+PARITY_SEEDS = (0, 1, 2)
+# Provisional, from the runs that finished: seed 0 ended at 0.225 (workers) and 0.295 (device), and
+# the workers path alone at 0.225 (seed 0) and 0.295 (seed 1): the two paths differ by what the seed
+# alone moves one path, on 200 validation images (a standard error of ~0.03 each). The means of
+# three seeds should be within 0.08. The augmented images themselves have the same statistics on both paths
+# (mean 0.2825 / 0.2836, std 0.3350 / 0.3363, black fraction 0.304 / 0.297 over 800 draws of the
+# sample at 32 px). Seeds 1 and 2 did not finish on the shared machine: re-measure with
+# `pytest -m slow tests/test_device_augment_run.py` and set this to the spread seen.
+PARITY_TOLERANCE = 0.08
+
+
+@pytest.mark.slow
+def test_the_device_path_learns_as_well_as_the_worker_path(tmp_path):
+    """Both paths on 10 classes x 100 real images, ResNet18 from random weights at 32 px, 3 epochs
+    one-cycle at 2e-3, seeds 0-2: the mean validation error rates agree within the seed-to-seed noise."""
+    from src.train import train
+
+    root = copy_sample(tmp_path / "images", classes=10, per_class=100)
+    errors: dict[str, list[float]] = {"workers": [], "device": []}
+    for seed in PARITY_SEEDS:
+        for path in errors:
+            cfg = compose_config(["model.backbone.name=resnet18", "model.backbone.weights=null", "data.size=32",
+                                  f"data.root={root}", f"seed={seed}", f"data.augment.on={path}",
+                                  "schedule.stages=[{name:all,epochs:3,lr:2e-3,freeze_to:0}]", "~callbacks.progress_bar"])
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(tmp_path / f"{path}-{seed}")
+            errors[path].append(train(cfg)["val/error_rate"])
+    mean = {path: sum(values) / len(values) for path, values in errors.items()}
+    assert abs(mean["device"] - mean["workers"]) <= PARITY_TOLERANCE, errors
