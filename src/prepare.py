@@ -64,6 +64,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         "valid_pct": cfg.data.valid_pct,
         "seed": cfg.data.seed,
         "bad_files": len(datamodule.scan.unreadable),
+        "train_class_counts": datamodule.class_counts,  # model.class_weights=balanced, without the images
     }
     output.mkdir(parents=True, exist_ok=True)
     manifest = write_shards(output, subsets, datamodule.root, manifest_fields, datamodule.scan, max_side=cfg.max_side,

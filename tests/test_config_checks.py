@@ -69,6 +69,18 @@ def test_every_problem_is_listed_once_in_one_error(tmp_path):
     assert "freeze_to=5: expected a layer group of the model, which has 3: -2 to 2" in message
 
 
+@pytest.mark.parametrize("rescan", ["yes", 1, None])
+def test_data_rescan_must_be_a_boolean(rescan):
+    from src.data.scan_cache import ScanCache
+
+    # "yes" or 1 would be truthy: a full scan of a million files nobody asked for
+    assert _problems(_cfg(data__rescan=rescan)) == {
+        "data.rescan": f"data.rescan={rescan!r}: expected true or false; data.rescan=true opens every file "
+                       "again this run; false trusts the cache"}
+    with pytest.raises(ConfigError, match="data.rescan="):
+        ScanCache(Path("cache"), Path("."), 10**8, rescan=rescan)
+
+
 def test_train_refuses_a_bad_config_before_reading_data_or_writing(tmp_path, started):
     cfg = _cfg(data__batch_size=0, paths__output_dir=str(tmp_path / "run"))
     with pytest.raises(ConfigError, match="data.batch_size=0"):

@@ -132,6 +132,39 @@ def test_training_from_shards_checkpoints_the_loader_and_evaluates(shards, shard
     assert sorted((r["path"], r["label"]) for r in predicted) == sorted((r["path"], r["label"]) for r in valid)
 
 
+def test_ddp_ranks_each_stream_half_of_the_shards_and_validate_the_whole_subset(shards, tmp_path):
+    """The ddp preset as written on two gloo processes, from shards: each rank reads its own half of the
+    training items, and both validate (a one-chunk validation subset streamed gave one rank no batch)."""
+    _, out = shards
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "src.train", *TINY_OVERRIDES, "data.format=litdata",
+                             f"data.root={out}", f"hydra.run.dir={run_dir}", "trainer=ddp", "trainer.devices=2"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads((out / "manifest.json").read_text())["subsets"]
+    assert counts["train"] == 25 and counts["valid"] == 6
+    # 12 of the 25 training items per rank: one batch of 8 per epoch (one process: three), two epochs
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 2)
+    assert 0.0 <= json.loads((run_dir / "metrics.json").read_text())["final"]["val/error_rate"] <= 1.0
+    assert result.stdout.count("final val/error_rate") == 1
+
+
+def test_balanced_class_weights_come_from_the_counts_prepare_recorded(shards, tmp_path):
+    from src.models.losses import balanced_class_weights
+    from src.runs.builder import build_run
+
+    _, out = shards
+    classes = json.loads((out / "manifest.json").read_text())["classes"]
+    train_rows = [r for r in rows(out / "split.csv") if r["subset"] == "train"]
+    counts = [sum(r["label"] == name for r in train_rows) for name in classes]
+    assert len(set(counts)) > 1  # the large JPEG makes one class larger: weights differ
+    cfg = train_cfg(tmp_path / "run", ["data.format=litdata", f"data.root={out}", "model.class_weights=balanced"])
+    build_run(cfg)  # resolves balanced into cfg, as config.yaml records it
+    assert list(cfg.model.class_weights) == pytest.approx(balanced_class_weights(counts))
+
+
 def test_a_loader_resumes_mid_epoch_from_its_state(shards):
     """The position Lightning stores: a new loader given the state yields the rest of the epoch."""
     from src.data.streaming import ShardDataset, shard_loader
@@ -324,3 +357,18 @@ def test_multi_label_items_keep_their_labels(tmp_path):
     folder_x, folder_target = ImageDataset([sample], transform, num_labels=5, decode_size=32)[0]
     assert torch.equal(target, folder_target) and target.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
     assert torch.equal(x, folder_x)
+
+
+def test_progressive_resizing_decodes_the_shards_at_each_stages_size(tmp_path):
+    """A stage's size reaches the shard datasets (litdata's own transform is the decoder: a stage must not
+    replace it with the image transform) and their loader workers."""
+    from tests.test_progressive_resizing import resizing_cfg, shapes
+
+    out = tmp_path / "shards"
+    prepare(prepare_cfg(copy_sample(tmp_path / "images", classes=3, per_class=10), out, ["max_side=64"]))
+    records = tmp_path / "steps.jsonl"
+    train(resizing_cfg(out, tmp_path / "run", records, ["data.format=litdata"]))
+    assert shapes(records, "train", 0) == {(4, 3, 32, 32)}
+    assert shapes(records, "valid", 0) <= {(4, 3, 32, 32), (2, 3, 32, 32)}
+    assert shapes(records, "train", 1) == {(6, 3, 64, 64)}
+    assert shapes(records, "valid", 1) == {(6, 3, 64, 64)}

@@ -25,6 +25,7 @@ from src.models.classifier_module import ImageClassifierModule
 from src.data.stage_data import last_stage_size_problems
 from src.models.init_from import init_from_problems
 from src.data.placement import DataPlacement
+from src.data.scan_cache import ScanCache
 from src.optim.stages import StageSchedule
 from src.checks.problems import ConfigError, Problem, is_number, raise_problems
 
@@ -75,6 +76,7 @@ def _data_problems(data: DictConfig) -> list[Problem]:
     problems += ImageFolderDataModule.problems(data.root, labels, data.valid_pct, data.batch_size, data.size,
                                                data.on_bad_file, sampler=data.get("sampler", "random"),
                                                format=data_format)
+    problems += ScanCache.problems(data.get("rescan", False))
     return problems + DataPlacement.problems((data.get("augment") or {}).get("on", "auto"),
                                              data.get("decode_on", "workers"), data_format=data_format)
 

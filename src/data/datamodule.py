@@ -270,7 +270,9 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
     @property
     def class_counts(self) -> list[int]:
         """Training images per class, in class order (multi-label: images carrying the class); what
-        ``model.class_weights=balanced`` is computed from."""
+        ``model.class_weights=balanced`` is computed from (shards: as src.prepare counted them)."""
+        if self.format == "litdata":
+            return list(self.manifest["train_class_counts"])
         counts = [0] * self.num_classes
         for sample in self.index.train:
             for label in (sample.label if self.multi_label else (sample.label,)):
@@ -315,17 +317,21 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
             write_split_csv(self.split_csv, self.root, self.classes, subsets, self.label_source.label_delim)
 
     def _setup_shards(self) -> None:
-        from src.data.streaming import ShardDataset  # litdata is needed only for data.format=litdata
+        # litdata is needed only for data.format=litdata
+        from src.data.streaming import ShardDataset, ShardSubset
 
         raise_problems(size_problems(self.manifest, self.shards_root, self.size))
         counts = self.manifest["subsets"]
+        num_labels = self.num_classes if self.multi_label else None
+        # Training streams (each rank its own chunks, shuffled); validation and test are read in stored order,
+        # split evenly between DDP ranks by Lightning's sampler (ShardSubset says why).
         self.datasets = {
-            subset: ShardDataset(self.shards_root, subset, transform, shuffle=subset == "train", seed=self.seed,
-                                 num_labels=self.num_classes if self.multi_label else None, decode_size=self.size,
-                                 drop_last=subset == "train" and counts["train"] > self.batch_size,
-                                 cache_dir=self.shard_cache_dir)
-            for subset, transform in [("train", self.train_transform), ("valid", self.loader_eval_transform),
-                                      ("test", self.loader_eval_transform)] if counts.get(subset)
+            "train": ShardDataset(self.shards_root, "train", self.train_transform, shuffle=True, seed=self.seed,
+                                  num_labels=num_labels, decode_size=self.size,
+                                  drop_last=counts["train"] > self.batch_size, cache_dir=self.shard_cache_dir),
+            **{subset: ShardSubset(self.shards_root, subset, self.loader_eval_transform, num_labels=num_labels,
+                                   decode_size=self.size, cache_dir=self.shard_cache_dir)
+               for subset in ("valid", "test") if counts.get(subset)},
         }
         log.info("%s: shards of %d classes, %d training and %d validation images (split of %s, seed %s)",
                  self.shards_root, self.num_classes, counts["train"], counts["valid"], self.manifest["source"],
@@ -347,11 +353,11 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
 
     def _loader(self, subset: str, shuffle: bool) -> DataLoader:
         self.use_epoch_data()  # progressive resizing: this epoch's stage's size and batch size
-        if self.format == "litdata":
+        if self.format == "litdata" and subset == "train":
             from src.data.streaming import shard_loader
 
             return shard_loader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
-                                pin_memory=self.pin_memory, drop_last=shuffle and self.datasets[subset].drop_last)
+                                pin_memory=self.pin_memory, drop_last=self.datasets[subset].drop_last)
         return EpochDataLoader(
             self.datasets[subset],
             batch_size=self.batch_size,

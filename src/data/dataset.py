@@ -73,6 +73,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def use_transform(self, transform: Callable, decode_size: int | None) -> None:
+        """Transform and decode at another size from now on (a progressive-resizing stage)."""
+        self.transform, self.decode_size = transform, decode_size
+
     def target(self, sample: Sample) -> int | torch.Tensor:
         return sample.label if self.num_labels is None else multi_hot(sample.label, self.num_labels)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from src.checks.problems import Problem, raise_problems
 from src.runs.atomic_write import atomic_open
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,16 @@ class ScanCache:
     _changed: bool = False
     _started_ns: int = field(default_factory=time.time_ns)
 
+    @staticmethod
+    def problems(rescan: object) -> list[Problem]:
+        """The problems of ``data.rescan`` (a string such as "yes" would be truthy: a silent full scan)."""
+        if isinstance(rescan, bool):
+            return []
+        return [Problem("data.rescan", rescan, "true or false",
+                        "data.rescan=true opens every file again this run; false trusts the cache")]
+
     def __post_init__(self) -> None:
+        raise_problems(self.problems(self.rescan))
         self.cache_dir = Path(self.cache_dir).expanduser()
         listed_root = Path(self.root).expanduser()
         self._prefix = os.path.join(listed_root, "")  # the listing's paths start with it

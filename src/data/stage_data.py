@@ -68,6 +68,6 @@ class StageSizedLoaders:
                                        (self.datasets.get("valid"), self.loader_eval_transform),
                                        (self.datasets.get("test"), self.loader_eval_transform)):
                 if dataset is not None:
-                    dataset.transform, dataset.decode_size = transform, size
+                    dataset.use_transform(transform, size)
             log.info("epoch %d: images at %d px, batches of %d", epoch + 1, size, batch_size)
         self.batch_size = batch_size

@@ -63,7 +63,8 @@ class DecodeItem:
 
 
 class ShardDataset(StreamingDataset):
-    """``(image tensor, target)`` of each item of one subset's shards (``ROOT/train``, ``ROOT/valid``...).
+    """``(image tensor, target)`` of each item of the training shards (``ROOT/train``), streamed: each
+    DDP rank and loader worker reads its own chunks, shuffled across chunks.
 
     Shards were checked when written (unreadable files were left out then), so an item that does
     not decode is an error, not a file to skip; ``failures`` is there for the run's report, as on
@@ -84,6 +85,11 @@ class ShardDataset(StreamingDataset):
             return self.decode(read_item(self, index))
         return super().__getitem__(index)
 
+    def use_transform(self, transform: Callable, decode_size: int | None) -> None:
+        """Decode and transform at another size from now on (a progressive-resizing stage); litdata's
+        own ``transform`` is the decoder, so this one is not replaced by the image transform."""
+        self.decode = self.transform = DecodeItem(transform, self.decode.num_labels, decode_size)
+
 
 def shard_loader(dataset: ShardDataset, *, batch_size: int, num_workers: int, pin_memory: bool,
                  drop_last: bool) -> StreamingDataLoader:
@@ -93,13 +99,22 @@ def shard_loader(dataset: ShardDataset, *, batch_size: int, num_workers: int, pi
 
 
 class ShardSubset(Dataset):
-    """One subset's shards as a map-style dataset in stored order, for evaluation: ``samples()`` and
-    the loader's batches line up (a streaming loader interleaves its workers' items)."""
+    """One subset's shards as a map-style dataset in stored order, for validation and evaluation:
+    ``samples()`` and the loader's batches line up (a streaming loader interleaves its workers'
+    items), and under DDP Lightning's ``DistributedSampler`` gives every rank the same number of
+    batches. Streamed, litdata gives each rank whole chunks, so a validation set of one chunk left
+    the other ranks with no batch, which Lightning refuses ("has zero length"); with uneven counts
+    the ranks' metric reductions would not pair up."""
 
     def __init__(self, root: str, subset: str, transform: Callable, *, num_labels: int | None = None,
                  decode_size: int | None = None, cache_dir: str | None = None) -> None:
         self.items = StreamingDataset(join(root, subset), shuffle=False, cache_dir=cache_dir)
         self.decode = DecodeItem(transform, num_labels, decode_size)
+        self.failures = multiprocessing.Value("i", 0)  # as ShardDataset's: stays 0
+
+    def use_transform(self, transform: Callable, decode_size: int | None) -> None:
+        """Decode and transform at another size from now on (a progressive-resizing stage)."""
+        self.decode = DecodeItem(transform, self.decode.num_labels, decode_size)
 
     def __len__(self) -> int:
         return len(self.items)
