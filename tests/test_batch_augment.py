@@ -158,3 +158,34 @@ def test_placement_resolves_auto_and_refuses_gpu_decode_without_cuda():
         DataPlacement.resolve("gpu", cuda=False)
     problems = DataPlacement.problems("workers", "device", cuda=True)
     assert [p.key for p in problems] == ["data.augment.on"]
+
+
+def test_a_seeded_draw_is_a_function_of_the_seed_and_leaves_the_generators_alone():
+    augment = BatchAugment([0.5] * 3, [0.25] * 3)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = augment(images, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)  # dropout's draws are not moved by the augmentation
+    torch.manual_seed(123)  # another global state: the same draws
+    assert torch.equal(augment(images, seed=7), first)
+    assert not torch.equal(augment(images, seed=8), first)
+
+
+def test_the_device_draw_seeds_follow_the_epoch_and_survive_a_checkpoint():
+    from src.data.device_batches import DeviceBatchHooks
+    from src.runs.random_state import derived_seed
+
+    class Hooks(DeviceBatchHooks):
+        loader_seed = 42
+
+    run = Hooks()
+    seeds = [run.next_draw_seed(0, rank=0) for _ in range(3)] + [run.next_draw_seed(1, rank=0) for _ in range(2)]
+    assert seeds == [derived_seed(42, 0, 0, b) for b in range(3)] + [derived_seed(42, 0, 1, b) for b in range(2)]
+    assert run.next_draw_seed(1, rank=1) == derived_seed(42, 1, 1, 2)  # another rank: other draws
+    # a checkpoint from the middle of epoch 1 (after 3 batches): the resumed run goes on with batch 3
+    resumed = Hooks()
+    resumed.load_state_dict(run.state_dict())
+    assert resumed.next_draw_seed(1, rank=0) == run.next_draw_seed(1, rank=0) == derived_seed(42, 0, 1, 3)
+    # a checkpoint from the end of epoch 1: the next epoch starts at its batch 0
+    assert resumed.next_draw_seed(2, rank=0) == derived_seed(42, 0, 2, 0)

@@ -139,10 +139,14 @@ def test_datamodule_batches_split_csv_and_classes(image_root, tmp_path):
     assert dm.num_classes == 3
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
-    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    # augment.on=auto is the device path: the workers hand over uint8 crops, the batch is augmented and
+    # normalised on the training device (on_after_batch_transfer, model_input)
+    assert dm.placement.augment_on == "device"
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64
-    # normalised with ImageNet statistics: values go below 0
-    assert images.min() < 0
+    model_input = dm.model_input(images, train=True, draw_seed=0)
+    assert model_input.shape == (4, 3, 32, 32) and model_input.dtype == torch.float32
+    assert model_input.min() < 0  # normalised with ImageNet statistics: values go below 0
     assert b"\r" not in (tmp_path / "split.csv").read_bytes()  # \n line endings, not the csv module's \r\n
     with (tmp_path / "split.csv").open() as f:
         rows = list(csv.DictReader(f))

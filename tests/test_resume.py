@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from src.models.safe_load import DamagedFileError
 from src.train import resolve_ckpt_path
@@ -58,17 +59,19 @@ def uninterrupted(module_tmp_path) -> tuple[Path, dict]:
     assert whole.returncode == 0, whole.stderr[-2000:]
     config = (base / "whole" / "config.yaml").read_text()
     assert "num_workers: auto" in config and "show_batch" in config and "interpretation" in config  # the defaults
+    assert OmegaConf.create(config).data.augment["on"] == "device"  # data.augment.on=auto as resolved on a CPU
     return root, _final_metrics(base / "whole")
 
 
-def _kill_and_resume(run: Path, root: Path, kill_at: int) -> dict:
-    killed = _train(run, root, f"+callbacks.kill._target_={__name__}.KillAt", f"+callbacks.kill.at_step={kill_at}")
+def _kill_and_resume(run: Path, root: Path, kill_at: int, *extra: str) -> dict:
+    killed = _train(run, root, f"+callbacks.kill._target_={__name__}.KillAt", f"+callbacks.kill.at_step={kill_at}",
+                    *extra)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (kill_at // 3 - 1, kill_at - 1)  # the end of the epoch before
     assert not (run / "metrics.json").exists()
 
-    resumed = _train(run, root, "ckpt_path=last")
+    resumed = _train(run, root, "ckpt_path=last", *extra)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 4
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -82,6 +85,19 @@ def _kill_and_resume(run: Path, root: Path, kill_at: int) -> dict:
 def test_kill_9_in_the_first_stage_then_ckpt_path_last_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
     root, expected = uninterrupted
     got = _kill_and_resume(tmp_path / "killed", root, kill_at=4)
+    assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
+    assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
+
+
+def test_augmentation_in_the_loader_workers_resumes_exactly_too(tmp_path, uninterrupted):
+    """The default (data.augment.on=auto) augments on the device, a batch at a time, seeded by (seed, rank,
+    epoch, batch); data.augment.on=workers augments each image in the loader workers, seeded by (seed,
+    epoch, index). Either way a resumed run draws what the uninterrupted one drew."""
+    root, _ = uninterrupted
+    whole = _train(tmp_path / "whole", root, "data.augment.on=workers")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    expected = _final_metrics(tmp_path / "whole")
+    got = _kill_and_resume(tmp_path / "killed", root, 4, "data.augment.on=workers")
     assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
     assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
 

@@ -8,6 +8,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from src.callbacks.tensorboard_figures import datamodule_to_draw, log_figures
+from src.runs.random_state import derived_seed
 from src.visualize.show_batch import show_batch_figure
 
 
@@ -35,7 +36,9 @@ class ShowBatch(L.Callback):
         picks = torch.randperm(len(dataset), generator=generator)[: self.count].tolist()
         images, labels = zip(*(dataset[i] for i in picks))
         figure = show_batch_figure(
-            datamodule.model_input(torch.stack(images), train=True), labels, datamodule.classes, datamodule.mean, datamodule.std,
+            # augment.on=device: drawn from this callback's seed, as the worker path draws epoch 0's
+            datamodule.model_input(torch.stack(images), train=True, draw_seed=derived_seed(self.seed)), labels,
+            datamodule.classes, datamodule.mean, datamodule.std,
             title="augmented training images",
         )
         log_figures(trainer, {"train/augmented_batch": figure})

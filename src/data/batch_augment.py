@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from src.data.fused_augment import GRAY_WEIGHTS, LightingToTensor, RandomWarp, warp_matrix
+from src.runs.random_state import seeded_generators
 
 FLIP_P = 0.5  # torchvision's RandomHorizontalFlip default, what TrainTransform uses
 
@@ -144,9 +145,16 @@ class BatchAugment:
         """Validation, test and prediction batches: uint8 -> normalised float32, nothing random."""
         return normalize_uint8(images, self.mean, self.std)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """``images`` augmented; with ``seed`` the draws are a function of it alone (the process's
+        generators are seeded for them and put back after), without it they come from the generators
+        as they are."""
         _, _, height, width = images.shape
-        return self.apply(images, self.sample(len(images), width, height))
+        if seed is None:
+            return self.apply(images, self.sample(len(images), width, height))
+        with seeded_generators(seed):
+            params = self.sample(len(images), width, height)
+        return self.apply(images, params)
 
     def __repr__(self) -> str:
         return f"BatchAugment(do_flip={self.do_flip}, {self.warp!r}, {self.lighting!r})"

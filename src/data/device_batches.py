@@ -20,6 +20,7 @@ from src.data.batch_augment import BatchAugment, ModelBatches, NormalizedItems
 from src.data.gpu_decode import CropUnlessEncoded, DeviceDecodeReader, collate_encoded, decode_batch
 from src.data.placement import DataPlacement
 from src.data.transforms import EvalCropTransform, EvalTransform, TrainCropTransform, TrainTransform
+from src.runs.random_state import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,40 @@ def placed_transforms(placement: DataPlacement, size: int, mean: Sequence[float]
 
 
 class DeviceBatchHooks:
-    """Lightning's batch-transfer hooks, and the same for loops outside the Trainer (see the module docstring)."""
+    """Lightning's batch-transfer hooks, and the same for loops outside the Trainer (see the module docstring).
 
-    def model_input(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    A training batch's augmentation on the device is drawn with a seed mixed from (the DataModule's
+    ``loader_seed``, the rank, the epoch, the batch's place in the epoch), as the worker path seeds each
+    image by (seed, epoch, index) (:class:`~src.data.dataset.ImageDataset`): a resumed run draws what the
+    uninterrupted run drew, and the draws take nothing from the generators the model's dropout uses.
+    The place in the epoch goes into checkpoints (``state_dict``) for a resume from the middle of one.
+    """
+
+    _draw_position: tuple[int, int] = (-1, 0)  # (epoch, training batches augmented in it)
+
+    def model_input(self, images: torch.Tensor, train: bool, draw_seed: int | None = None) -> torch.Tensor:
         """A loader batch's images as the network takes them: with ``augment.on=device`` the uint8
-        batch augmented (``train``) and normalised on its device; with ``workers`` unchanged."""
+        batch augmented (``train``; with ``draw_seed``, drawn from it) and normalised on its device;
+        with ``workers`` unchanged."""
         if self.placement.augment_on == "workers":
             return images
-        return self.batch_augment(images) if train else self.batch_augment.normalize(images)
+        return self.batch_augment(images, draw_seed) if train else self.batch_augment.normalize(images)
+
+    def next_draw_seed(self, epoch: int, rank: int) -> int:
+        """The seed of the next training batch's augmentation in ``epoch``."""
+        if self._draw_position[0] != epoch:
+            self._draw_position = (epoch, 0)
+        batch = self._draw_position[1]
+        self._draw_position = (epoch, batch + 1)
+        return derived_seed(self.loader_seed, rank, epoch, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"device_augment_position": list(self._draw_position)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "device_augment_position" in state_dict:  # absent from checkpoints written before it existed
+            epoch, batch = state_dict["device_augment_position"]
+            self._draw_position = (int(epoch), int(batch))
 
     def model_batches(self, loader: DataLoader, device: torch.device, train: bool) -> ModelBatches:
         """``loader``'s batches on ``device`` as the network takes them, for loops outside the Trainer."""
@@ -93,7 +120,9 @@ class DeviceBatchHooks:
         if self.placement.augment_on == "workers" or not isinstance(batch, (tuple, list)):
             return batch
         images, labels = batch
-        images = self.model_input(images, train=self.trainer.training)
+        training = self.trainer.training
+        draw_seed = self.next_draw_seed(self.trainer.current_epoch, self.trainer.global_rank) if training else None
+        images = self.model_input(images, train=training, draw_seed=draw_seed)
         # Lightning converted the batch for the precision before the transfer, when it was still
         # uint8 (a no-op); the float batch gets the same conversion now (half for 16-true/bf16-true).
         return self.trainer.precision_plugin.convert_input(images), labels

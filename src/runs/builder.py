@@ -112,7 +112,7 @@ def build_run(cfg: DictConfig) -> Run:
 
     ``cfg`` is completed in place with what the run really uses, as ``config.yaml`` and the
     checkpoints record it: the data's classes (the one source of the class list and count) and
-    the precision and ``sync_batchnorm`` ``auto`` resolved to.
+    the precision, ``sync_batchnorm`` and ``data.augment.on`` ``auto`` resolved to.
     """
     datamodule = build_datamodule(cfg.data)
     with open_dict(cfg):
@@ -121,6 +121,8 @@ def build_run(cfg: DictConfig) -> Run:
             cfg.model.class_weights = resolve_class_weights(cfg.model.class_weights, datamodule.class_counts,
                                                             datamodule.multi_label)
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+        if cfg.data.get("augment") is not None:  # auto as resolved: where the augmentation ran
+            cfg.data.augment["on"] = datamodule.placement.augment_on
         if "sync_batchnorm" in cfg.trainer:
             cfg.trainer.sync_batchnorm = resolve_sync_batchnorm(cfg.trainer.sync_batchnorm, cfg.trainer.accelerator)
         # Stages written by a resolver (schedule=fine_tune) become plain values, which lr_find=true may change.
