@@ -154,3 +154,17 @@ def test_a_finished_checkpoint_is_refused_before_the_scan_with_how_to_train_more
         train(cfg)
     assert started == []  # no image read, no trainer built
     assert not (tmp_path / "again" / "metrics.json").exists()
+
+
+def test_the_best_error_rate_survives_a_resume(tiny_cfg):
+    """val/error_rate_best is restored from the checkpoint and kept when training starts again."""
+    from src.runs.builder import build_datamodule, build_module
+
+    fields = build_datamodule(tiny_cfg.data).model_fields()
+    trained = build_module(tiny_cfg, **fields)
+    trained.val_error_rate_best.update(torch.tensor(0.25))
+    resumed = build_module(tiny_cfg, **fields)
+    resumed.load_state_dict(trained.state_dict())  # as Lightning restores the module before on_train_start
+    resumed.on_train_start()
+    resumed.val_error_rate_best.update(torch.tensor(0.5))  # a worse epoch after the resume
+    assert float(resumed.val_error_rate_best.compute()) == 0.25

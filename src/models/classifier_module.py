@@ -142,12 +142,13 @@ class ImageClassifierModule(L.LightningModule):
         return (logits.sigmoid(), labels.long()) if self.multi_label else (logits, labels)
 
     def on_train_start(self) -> None:
-        # The sanity check's validation batches must not count towards the best error rate.
+        # The sanity check's validation batches must not count towards the first epoch's metrics. The best
+        # error rate is not reset: the sanity check never updates it, and a resumed run restored it from
+        # the checkpoint (resetting it here made TensorBoard's val/error_rate_best restart after a resume).
         self.val_loss.reset()
         self.val_accuracy.reset()
         if self.multi_label:
             self.val_fbeta.reset()
-        self.val_error_rate_best.reset()
 
     def on_train_epoch_start(self) -> None:
         # A stage with its own batch size (progressive resizing) has its own number of steps per
