@@ -96,20 +96,27 @@ def test_fine_tune_learning_rates_and_momentum_of_every_step_are_fastais(tmp_pat
         scheduler.step()
 
 
-@pytest.mark.slow  # 120 training steps and 6 validations (a minute on a quiet 2-core CPU)
-def test_fine_tune_run_learning_rates_momentum_and_frozen_groups_at_every_step(tmp_path: Path):
-    # 40 training images in batches of 2: 20 steps an epoch, so the frozen cycle (5 epochs, 100
-    # steps) warms up for 99 steps and the unfrozen one (20 steps) for 6, whole steps as in fastai.
-    root = copy_sample(tmp_path / "images", classes=2, per_class=25)
+def fine_tune_steps(tmp_path: Path, per_class: int, freeze_epochs: int, batch_size: int) -> list[dict]:
+    """Train ``schedule=fine_tune`` (``schedule.epochs=1``) on 2 classes x ``per_class`` real images with every
+    training batch (the loader's, not limit_train_batches'): what each training step saw (StageRecorder)."""
+    root = copy_sample(tmp_path / "images", classes=2, per_class=per_class)
     records = tmp_path / "steps.jsonl"
-    cfg = compose_config([*TINY_WITHOUT_STAGES, f"data.root={root}", "schedule=fine_tune", "schedule.freeze_epochs=5",
-                          "schedule.epochs=1", "data.batch_size=2", "trainer.limit_train_batches=null",
+    cfg = compose_config([*TINY_WITHOUT_STAGES, f"data.root={root}", "schedule=fine_tune",
+                          f"schedule.freeze_epochs={freeze_epochs}", "schedule.epochs=1", f"data.batch_size={batch_size}",
+                          "trainer.limit_train_batches=null",
                           "+callbacks.recorder._target_=tests.stage_recorder.StageRecorder",
                           f"+callbacks.recorder.path={records}"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     train(cfg)
-    steps = [r for r in read_records(records) if r["kind"] == "train"]
+    return [r for r in read_records(records) if r["kind"] == "train"]
+
+
+@pytest.mark.slow  # 120 training steps and 6 validations (a minute on a quiet 2-core CPU)
+def test_fine_tune_run_learning_rates_momentum_and_frozen_groups_at_every_step(tmp_path: Path):
+    # 40 training images in batches of 2: 20 steps an epoch, so the frozen cycle (5 epochs, 100
+    # steps) warms up for 99 steps and the unfrozen one (20 steps) for 6, whole steps as in fastai.
+    steps = fine_tune_steps(tmp_path, per_class=25, freeze_epochs=5, batch_size=2)
     expected = fastai_fine_tune(freeze_epochs=5, epochs=1, steps_per_epoch=20)
     assert len(steps) == len(expected) == 120
     for step, (lrs, beta1, trains) in zip(steps, expected):
@@ -122,16 +129,7 @@ def test_fine_tune_run_learning_rates_momentum_and_frozen_groups_at_every_step(t
 
 def test_fine_tune_run_freezes_the_body_for_freeze_epochs_then_trains_everything(tmp_path: Path):
     """The real run, short: the frozen set of every step, and the stages' learning rates at their first steps."""
-    root = copy_sample(tmp_path / "images", classes=2, per_class=10)  # 16 training images: 4 steps of 4
-    records = tmp_path / "steps.jsonl"
-    cfg = compose_config([*TINY_WITHOUT_STAGES, f"data.root={root}", "schedule=fine_tune", "schedule.freeze_epochs=2",
-                          "schedule.epochs=1", "data.batch_size=4", "trainer.limit_train_batches=null",
-                          "+callbacks.recorder._target_=tests.stage_recorder.StageRecorder",
-                          f"+callbacks.recorder.path={records}"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-    train(cfg)
-    steps = [r for r in read_records(records) if r["kind"] == "train"]
+    steps = fine_tune_steps(tmp_path, per_class=10, freeze_epochs=2, batch_size=4)  # 16 training images: 4 steps of 4
     assert [r["epoch"] for r in steps] == [0] * 4 + [1] * 4 + [2] * 4
     assert [r["trains"] for r in steps] == [[False, False, True]] * 8 + [[True, True, True]] * 4
     first, unfrozen = steps[0], steps[8]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class ShardDataset(StreamingDataset):
     def use_transform(self, transform: Callable, decode_size: int | None) -> None:
         """Decode and transform at another size from now on (a progressive-resizing stage); litdata's
         own ``transform`` is the decoder, so this one is not replaced by the image transform."""
-        self.decode = self.transform = DecodeItem(transform, self.decode.num_labels, decode_size)
+        self.decode = self.transform = replace(self.decode, transform=transform, decode_size=decode_size)
 
 
 def shard_loader(dataset: ShardDataset, *, batch_size: int, num_workers: int, pin_memory: bool,
@@ -114,7 +114,7 @@ class ShardSubset(Dataset):
 
     def use_transform(self, transform: Callable, decode_size: int | None) -> None:
         """Decode and transform at another size from now on (a progressive-resizing stage)."""
-        self.decode = DecodeItem(transform, self.decode.num_labels, decode_size)
+        self.decode = replace(self.decode, transform=transform, decode_size=decode_size)
 
     def __len__(self) -> int:
         return len(self.items)
