@@ -134,7 +134,9 @@ def test_training_from_shards_checkpoints_the_loader_and_evaluates(shards, shard
 
 def test_ddp_ranks_each_stream_half_of_the_shards_and_validate_the_whole_subset(shards, tmp_path):
     """The ddp preset as written on two gloo processes, from shards: each rank reads its own half of the
-    training items, and both validate (a one-chunk validation subset streamed gave one rank no batch)."""
+    training items, and both validate (a one-chunk validation subset streamed gave one rank no batch).
+    TINY_OVERRIDES' loader workers off (two processes each starting workers would double the test's time):
+    shards with the default workers run in test_progressive_resizing_decodes_the_shards_at_each_stages_size."""
     _, out = shards
     run_dir = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "src.train", *TINY_OVERRIDES, "data.format=litdata",
