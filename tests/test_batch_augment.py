@@ -98,6 +98,25 @@ def test_validation_batches_are_normalised_as_the_eval_transform_does():
     assert TrainCropTransform(32)(pil).dtype == torch.uint8
 
 
+@pytest.mark.parametrize("resize_method", ["crop", "squish", "pad"])
+def test_the_uint8_tensor_resize_gives_the_pixels_pil_gives(tmp_path, resize_method):
+    """The crop transforms resize the decoded uint8 tensor (4x faster than PIL for a 400 px JPEG):
+    the pixels are PIL's to within one grey level, for each resize method, on a photo-sized JPEG."""
+    from torchvision.transforms import v2
+
+    from src.data.transforms import _resize
+
+    smooth = np.linspace(0, 255, 400 * 300 * 3).reshape(300, 400, 3)
+    noisy = np.clip(smooth + np.random.default_rng(0).normal(0, 40, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "photo.jpg", quality=90)
+    photo = load_rgb(tmp_path / "photo.jpg", min_size=224)
+    on_pil = v2.Compose([*_resize(224, resize_method, "bilinear"), v2.CenterCrop(224), v2.PILToTensor()])(photo)
+    on_tensor = EvalCropTransform(224, resize_method)(photo)
+    assert on_tensor.shape == on_pil.shape == (3, 224, 224) and on_tensor.dtype == torch.uint8
+    assert (on_tensor.int() - on_pil.int()).abs().max() <= 1
+    assert TrainCropTransform(224, resize_method)(photo).shape == (3, 224, 224)
+
+
 # 4000 draws: the standard error of a rate near 0.5-0.75 is at most 0.008, so 0.03 is > 3.5 sigma.
 DRAWS, RATE_TOLERANCE = 4000, 0.03
 

@@ -74,7 +74,11 @@ def test_smoke_benchmark_writes_table_and_json(tmp_path):
         phases = [run[k] for k in ("to_first_step_s", "train_s", "val_s", "end_s", "other_s")]
         assert all(p >= 0 for p in phases[:4]) and sum(phases) == pytest.approx(run["wall_s"])
         assert run["sanity_check_s"] <= run["to_first_step_s"]
-        assert run["train_over_floor"] == pytest.approx(run["images_per_s"] / floor["images_per_s"])
+        # compared with its own Floor, measured just before and after it
+        assert run["floor"]["images_per_s"] == pytest.approx((run["floor"]["before"] + run["floor"]["after"]) / 2)
+        assert run["train_over_floor"] == pytest.approx(run["images_per_s"] / run["floor"]["images_per_s"])
+        assert len(run["epoch_train_over_floor"]) == 2
+        assert min(run["epoch_train_over_floor"]) <= run["train_over_floor"] <= max(run["epoch_train_over_floor"])
         assert run["worker_cpu_s"] >= 0 and 0 <= run["error_rate"] <= 1
         assert json.loads((Path(run["run_dir"]) / "metrics.json").read_text())["epochs"] == 2
     # the runs wrote their checkpoints (they are part of what is timed) and the bench removed them after
@@ -84,7 +88,8 @@ def test_smoke_benchmark_writes_table_and_json(tmp_path):
     assert all((d / "metrics.json").is_file() and not (d / "checkpoints").exists() for d in run_dirs)
     assert all(json.loads((d / "metrics.json").read_text())["best_checkpoint"].endswith("best.ckpt") for d in run_dirs)
     for line in ("Data by data.augment.on", "worker CPU per image, device / workers", "Whole src.train run",
-                 "time to the first training step", "Train / Floor over whole epochs"):
+                 "time to the first training step", "Train / Floor over whole epochs", "workers: Train / Floor by epoch",
+                 "device: Train / Floor by epoch"):
         assert line in completed.stdout
     for line in ("Floor: bare PyTorch loop", "Data: pipeline, one worker", "Train: src.train fit", "Train / Floor",
                  "Data / Train", "32-true+channels_last", "Accuracy check after 2 batches"):

@@ -86,6 +86,7 @@ WHOLE_RUN_ROWS = (
     ("other_s", "between epochs (checkpoints, logging), s", 1),
     ("wall_s", "wall clock, s", 1),
     ("images_per_s", "training images/s over whole epochs", 1),
+    ("floor_images_per_s", "Floor (mean of before and after), img/s", 1),
     ("train_over_floor", "Train / Floor over whole epochs", 3),
     ("worker_cpu_ms_per_image", "worker CPU ms per image loaded", 2),
     ("error_rate", "final validation error rate", 4),
@@ -101,5 +102,11 @@ def _whole_run_lines(runs: dict[str, Any]) -> list[str]:
                  "by data.augment.on:",
              f"{'':42}" + "".join(f"{name:>12}" for name in names)]
     for key, label, digits in WHOLE_RUN_ROWS:
-        lines.append(f"  {label:40}" + "".join(f"{_number(runs[n].get(key), digits):>12}" for n in names))
+        values = [runs[n]["floor"]["images_per_s"] if key == "floor_images_per_s" else runs[n].get(key) for n in names]
+        lines.append(f"  {label:40}" + "".join(f"{_number(value, digits):>12}" for value in values))
+    for name in names:
+        by_epoch = " ".join(_number(ratio, 3) for ratio in runs[name]["epoch_train_over_floor"])
+        floor = runs[name]["floor"]
+        lines.append(f"  {name}: Train / Floor by epoch {by_epoch}; Floor {_number(floor['before'])} before, "
+                     f"{_number(floor['after'])} after")
     return lines

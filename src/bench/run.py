@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
                                          variant_name(precision, channels_last, compile_net))
     result["accuracy"] = _accuracy_check(cfg, output_dir, precision)
     result["data_paths"] = _data_paths(cfg, datamodule, torch_device)
-    result["whole_runs"] = {path: _whole_run(cfg, output_dir, path, floor_mean)
+    result["whole_runs"] = {path: _whole_run(cfg, output_dir, path, measure_floor)
                             for path in cfg.bench.whole_run.paths or []}
     write_json(Path(bench.output), result)
     print(format_report(result))
@@ -264,18 +265,28 @@ def _whole_run_config(cfg: DictConfig, run_dir: Path, augment_on: str) -> DictCo
     return run_cfg
 
 
-def _whole_run(cfg: DictConfig, output_dir: Path, augment_on: str, floor_speed_mean: float) -> dict[str, Any]:
+def _whole_run(cfg: DictConfig, output_dir: Path, augment_on: str,
+               measure_floor: Callable[[str], Speed]) -> dict[str, Any]:
     """A whole ``src.train`` run (every epoch, validation, logging, progress bar, checkpoints, the
-    end-of-run figures): where its wall clock went, and Train / Floor over whole epochs."""
+    end-of-run figures): where its wall clock went, and Train / Floor over whole epochs.
+
+    The Floor is measured again just before and just after the run and the run is compared with
+    their mean: a whole run lasts minutes, and on the 2-core build machine the speed drifted by
+    17% within one (epochs of 43 s, then 52 s, same code), so a Floor from minutes earlier would
+    turn the machine's drift into a wrong ratio."""
     run_dir = output_dir / f"whole-run-{augment_on}"
     run_cfg = _whole_run_config(cfg, run_dir, augment_on)
+    floor_before = measure_floor(f"before the whole run augment.on={augment_on},")
     log.info("bench: whole src.train run, augment.on=%s", augment_on)
     start = time.perf_counter()
     metrics = train(run_cfg)
     end = time.perf_counter()
+    floor_after = measure_floor(f"after the whole run augment.on={augment_on},")
     _discard_checkpoints(cfg, run_dir)
     timeline = json.loads((run_dir / "timeline.json").read_text())
-    return whole_run_breakdown(timeline, start, end, floor_speed_mean) | {
+    floor_mean = (floor_before.images_per_s + floor_after.images_per_s) / 2
+    return whole_run_breakdown(timeline, start, end, floor_mean) | {
+        "floor": {"images_per_s": floor_mean, "before": floor_before.images_per_s, "after": floor_after.images_per_s},
         "error_rate": metrics.get("val/error_rate"), "run_dir": str(run_dir)}
 
 
@@ -293,6 +304,7 @@ def whole_run_breakdown(timeline: dict[str, Any], start: float, end: float, floo
     last_epoch_end = max([stop for _, stop in timeline["train_epochs"]]
                          + [stop for _, stop, _ in timeline["validations"]])
     images_per_s = timeline["train_images"] / train_s if train_s else None
+    epoch_images_per_s = [images / (stop - begin) for (begin, stop), images in zip(epochs, timeline["epoch_images"])]
     loaded = timeline["train_images"] + timeline["val_images"]
     phases = {
         "to_first_step_s": timeline["first_step"] - start,
@@ -309,6 +321,8 @@ def whole_run_breakdown(timeline: dict[str, Any], start: float, end: float, floo
         "train_images": timeline["train_images"],
         "images_per_s": images_per_s,
         "train_over_floor": _ratio(images_per_s, floor_speed_mean),
+        # each epoch's own ratio: a drifting machine shows as unequal epochs, a slow first epoch as itself
+        "epoch_train_over_floor": [_ratio(speed, floor_speed_mean) for speed in epoch_images_per_s],
         "worker_cpu_s": timeline["worker_cpu_s"],
         "worker_cpu_ms_per_image": 1000 * timeline["worker_cpu_s"] / loaded if loaded else None,
     }

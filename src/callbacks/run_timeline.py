@@ -39,7 +39,8 @@ class RunTimeline(L.Callback):
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self.events: dict[str, Any] = {"train_epochs": [], "validations": [], "train_images": 0, "val_images": 0}
+        self.events: dict[str, Any] = {"train_epochs": [], "epoch_images": [], "validations": [], "train_images": 0,
+                                       "val_images": 0}
         self._epoch_start = self._val_start = None
 
     @override
@@ -49,6 +50,7 @@ class RunTimeline(L.Callback):
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
+        self.events["epoch_images"].append(0)
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -58,6 +60,7 @@ class RunTimeline(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.events["train_images"] += len(batch[1])
+        self.events["epoch_images"][-1] += len(batch[1])
         if batch_idx + 1 == trainer.num_training_batches:
             synchronize(pl_module.device)
             self.events["train_epochs"].append([self._epoch_start, time.perf_counter()])
