@@ -169,3 +169,32 @@ def test_eval_images_have_the_configured_size(tmp_path, image_root, method):
 def test_unknown_resize_method_is_named(image_root):
     with pytest.raises(ValueError, match="data.resize_method='stretch'"):
         ImageFolderDataModule(image_root, resize_method="stretch", **IMAGENET_STATS)
+
+
+def test_loader_workers_of_the_default_config_run_below_the_training_process(image_root):
+    """data.worker_nice (19 in the config): the persistent loader workers' nice value is the training
+    process's + 19, so on a CPU they run when training leaves a core idle (src/data/worker_priority.py)."""
+    import os
+
+    import psutil
+
+    from src.runs.builder import build_datamodule
+    from tests.conftest import compose_config
+
+    cfg = compose_config([f"data.root={image_root}", "data.batch_size=4", "data.num_workers=2"])
+    assert cfg.data.worker_nice == 19
+    dm = build_datamodule(cfg.data, split_csv=None, bad_files_csv=None)
+    dm.setup("fit")
+    before = {child.pid for child in psutil.Process().children()}
+    loader = iter(dm.train_dataloader())
+    next(loader)  # the workers have started and made their first batches
+    workers = [child for child in psutil.Process().children() if child.pid not in before]
+    assert len(workers) == 2
+    assert [worker.nice() for worker in workers] == [min(os.getpriority(os.PRIO_PROCESS, 0) + 19, 19)] * 2
+    del loader
+
+
+@pytest.mark.parametrize("bad", [-1, 20, 2.5, True, "low"])
+def test_worker_nice_outside_0_to_19_is_refused(image_root, bad):
+    with pytest.raises(ValueError, match=r"data.worker_nice=.*expected a whole number from 0"):
+        ImageFolderDataModule(image_root, worker_nice=bad, **IMAGENET_STATS)

@@ -116,18 +116,18 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     torch_device = torch.device(device)
 
     def measure_floor(when: str) -> Speed:
-        log.info("bench: floor %s the training run, %s", when, variant_name(precision, channels_last, compile_net))
+        log.info("bench: floor %s, %s", when, variant_name(precision, channels_last, compile_net))
         return floor_speed(build_module(cfg, **datamodule.model_fields()), batch_size, size, precision,
                            torch_device, channels_last=channels_last, compile=compile_net,
                            warmup=bench.warmup_steps, steps=bench.steps)
 
     # Before and after the training run, which is compared with their mean: a machine whose
     # speed drifts (other jobs, clocks) shows it as two different floors, not as a wrong ratio.
-    floor_before = measure_floor("before")
+    floor_before = measure_floor("before the training run")
     log.info("bench: src.train fit, %d + %d batches", bench.warmup_steps, bench.steps)
     trained = _measured(cfg, _train_config(cfg, output_dir / "train", bench.warmup_steps + bench.steps,
                                            bench.val_batches))
-    floor_after = measure_floor("after")
+    floor_after = measure_floor("after the training run")
     floor_mean = (floor_before.images_per_s + floor_after.images_per_s) / 2
     train_speed = trained.get("perf/train_images_per_s")
     result: dict[str, Any] = {
@@ -276,12 +276,12 @@ def _whole_run(cfg: DictConfig, output_dir: Path, augment_on: str,
     turn the machine's drift into a wrong ratio."""
     run_dir = output_dir / f"whole-run-{augment_on}"
     run_cfg = _whole_run_config(cfg, run_dir, augment_on)
-    floor_before = measure_floor(f"before the whole run augment.on={augment_on},")
+    floor_before = measure_floor(f"before the whole run augment.on={augment_on}")
     log.info("bench: whole src.train run, augment.on=%s", augment_on)
     start = time.perf_counter()
     metrics = train(run_cfg)
     end = time.perf_counter()
-    floor_after = measure_floor(f"after the whole run augment.on={augment_on},")
+    floor_after = measure_floor(f"after the whole run augment.on={augment_on}")
     _discard_checkpoints(cfg, run_dir)
     timeline = json.loads((run_dir / "timeline.json").read_text())
     floor_mean = (floor_before.images_per_s + floor_after.images_per_s) / 2

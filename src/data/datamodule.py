@@ -42,6 +42,7 @@ from src.data.transforms import EvalTransform
 from src.checks.problems import Problem, is_whole_number, raise_problems
 from src.runs import launch_handoff
 from src.runs.atomic_write import atomic_open
+from src.data.worker_priority import LowerWorkerPriority
 from src.runs.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         format: str = "folder",
         shard_cache_dir: str | None = None,
         decode_on: str = "workers",
+        worker_nice: int = 0,
     ) -> None:
         super().__init__()
         self.label_source = FolderLabels() if labels is None else labels
@@ -140,6 +142,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = batch_size
         self.num_workers = resolve_num_workers(num_workers)
+        self.worker_init = LowerWorkerPriority(worker_nice)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_csv = Path(split_csv) if split_csv else None
         self.on_bad_file = on_bad_file
@@ -357,7 +360,8 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
             from src.data.streaming import shard_loader
 
             return shard_loader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
-                                pin_memory=self.pin_memory, drop_last=self.datasets[subset].drop_last)
+                                pin_memory=self.pin_memory, drop_last=self.datasets[subset].drop_last,
+                                worker_init_fn=self.worker_init)
         return EpochDataLoader(
             self.datasets[subset],
             batch_size=self.batch_size,
@@ -371,6 +375,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
             # (dropout) must not depend on when loader iterators are created.
             generator=torch.Generator().manual_seed(self.loader_seed),
             collate_fn=self.placed.collate_fn,
+            worker_init_fn=self.worker_init,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -92,10 +92,10 @@ class ShardDataset(StreamingDataset):
 
 
 def shard_loader(dataset: ShardDataset, *, batch_size: int, num_workers: int, pin_memory: bool,
-                 drop_last: bool) -> StreamingDataLoader:
+                 drop_last: bool, worker_init_fn: Callable[[int], None] | None = None) -> StreamingDataLoader:
     """The loader of a :class:`ShardDataset`: stateful, so Lightning checkpoints its place in the epoch."""
     return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                               drop_last=drop_last)
+                               drop_last=drop_last, worker_init_fn=worker_init_fn)
 
 
 class ShardSubset(Dataset):
