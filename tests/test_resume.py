@@ -94,6 +94,9 @@ def test_kill_9_in_the_first_stage_then_ckpt_path_last_gives_the_uninterrupted_m
 # by (seed, rank, epoch, batch); with EMA (callbacks=[default,ema]) the averaged and the raw weights both
 # continue from the checkpoint (measured on the demo too: 0.4609375 / 1.3146396875 killed at step 45 and
 # resumed, as uninterrupted).
+# slow (`make test-slow`): 40-44 s each on a 2-core CPU without native bf16, where CI's whole run reached
+# 20.5 minutes; the default path's kill -9 test above stays in every run.
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["data.augment.on=workers", "callbacks=[default,ema]"])
 def test_a_resumed_run_ends_as_the_uninterrupted_one_with(setting, tmp_path, uninterrupted):
     root, _ = uninterrupted
