@@ -261,6 +261,9 @@ def test_a_client_that_disconnects_or_stalls_mid_upload_leaves_the_server_servin
     assert process.poll() is None
 
 
+# slow (`make test-slow`): 26 s on a 2-core CPU without native bf16 (an ONNX export and a server); the ONNX
+# export itself is checked in every run (tests/test_inference.py)
+@pytest.mark.slow
 def test_the_onnx_backend_serves_the_exported_model(trained, photos, tmp_path):
     pytest.importorskip("onnxruntime")
     psutil = pytest.importorskip("psutil")

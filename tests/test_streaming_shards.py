@@ -363,6 +363,9 @@ def test_multi_label_items_keep_their_labels(tmp_path):
     assert torch.equal(x, folder_x)
 
 
+# slow (`make test-slow`): 55 s on a 2-core CPU without native bf16 (src.prepare, then two stages with
+# loader workers), where CI's whole run reached 20.2 minutes
+@pytest.mark.slow
 def test_progressive_resizing_decodes_the_shards_at_each_stages_size(tmp_path):
     """A stage's size reaches the shard datasets (litdata's own transform is the decoder: a stage must not
     replace it with the image transform) and their loader workers."""
