@@ -181,6 +181,8 @@ def test_loader_workers_of_the_default_config_run_below_the_training_process(ima
     from src.runs.builder import build_datamodule
     from tests.conftest import compose_config
 
+    # num_workers=2, not a default switched off: auto gives one per core, and the count asserted below must not
+    # depend on the machine's cores
     cfg = compose_config([f"data.root={image_root}", "data.batch_size=4", "data.num_workers=2"])
     assert cfg.data.worker_nice == 19
     dm = build_datamodule(cfg.data, split_csv=None, bad_files_csv=None)
