@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from src.data.image_files import UNREADABLE_IMAGE_ERRORS, Sample, load_rgb
 from src.checks.problems import Problem, is_whole_number
-from src.runs.random_state import derived_seed, seeded_generators
+from src.runs.random_state import derived_seed, seeded_torch_generator
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class ImageDataset(Dataset):
     them across DataLoader worker processes (shared memory), so the run can report the total.
 
     With ``seed`` (training), the transform's random draws are a function of (seed, epoch, index):
-    it runs with Python's, NumPy's and torch's generators seeded from them, and put back after it.
+    it runs with torch's generator (the one the transforms draw from) seeded from them, and put back after it.
     So a sample's augmentation is the same in any worker or in the main process, in any order, and
     in a resumed run. The key is an ``(epoch, index)`` pair from a sampler of
     :mod:`src.data.samplers`, or a bare index (epoch 0's draw, e.g. for ``ShowBatch``). Without
@@ -84,7 +84,7 @@ class ImageDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if self.seed is None:
             return self._load(index)
-        with seeded_generators(derived_seed(self.seed, epoch, index)):
+        with seeded_torch_generator(derived_seed(self.seed, epoch, index)):
             return self._load(index)
 
     def _load(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
