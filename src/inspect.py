@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
-from src.data.image_files import load_rgb
+from src.data.image_reader import load_rgb
 from src.data.split import label_text
 from src.data.transforms import EvalTransform
 from src.models.components.classifier import ImageClassifier

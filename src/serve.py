@@ -110,8 +110,7 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
             "size": run.data.size, "cam": backend_class.cam_available, "max_upload_mb": cfg.max_upload_mb,
             "max_files": cfg.max_files, "max_batch_size": cfg.max_batch_size, "batch_timeout": cfg.batch_timeout}
     api = ClassifierAPI(OmegaConf.to_container(backend, resolve=True), str(ckpt_path), model, info["topk"],
-                        cfg.max_image_pixels, run.data.size, max_batch_size=cfg.max_batch_size,
-                        batch_timeout=cfg.batch_timeout, api_path=API_PATH)
+                        max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout, api_path=API_PATH)
     server = ls.LitServer(
         api, accelerator=cfg.accelerator, devices=cfg.devices, workers_per_device=1, timeout=cfg.timeout_s,
         model_metadata=info,

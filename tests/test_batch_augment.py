@@ -13,7 +13,7 @@ from PIL import Image
 from src.checks.problems import ConfigError
 from src.data.batch_augment import BatchAugment, BatchParams, perspective_grid
 from src.data.fused_augment import LightingToTensor, RandomWarp, warp_matrix
-from src.data.image_files import load_rgb
+from src.data.image_reader import load_rgb
 from src.data.placement import DataPlacement
 from src.data.transforms import EvalCropTransform, EvalTransform, TrainCropTransform
 from tests.conftest import SAMPLE

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from src.data.datamodule import ImageFolderDataModule, index_folder
-from src.data.image_files import Sample, list_images, load_rgb, scan_class_folders
+from src.data.image_files import Sample, list_images, scan_class_folders
+from src.data.image_reader import load_rgb
 from src.data.split import stratified_split
 from tests.conftest import IMAGENET_STATS, copy_sample
 
@@ -95,27 +96,13 @@ def test_root_with_no_images_is_refused(tmp_path):
         scan_class_folders(tmp_path)
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "LA", "I;16"])
-def test_every_image_mode_becomes_rgb(tmp_path, mode):
-    suffix = ".jpg" if mode == "CMYK" else ".png"
-    path = tmp_path / f"image{suffix}"
-    Image.new(mode, (10, 6)).save(path)
-    image = load_rgb(path)
-    assert image.mode == "RGB" and image.size == (10, 6)
+# Every mode, EXIF orientation and colour profile, read back as the picture it holds: tests/test_image_fidelity.py
 
 
 def test_transparent_pixels_become_white(tmp_path):
     path = tmp_path / "cutout.png"
     Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(path)
     assert load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    path = tmp_path / "rotated.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    Image.new("RGB", (40, 20)).save(path, exif=exif)
-    assert load_rgb(path).size == (20, 40)
 
 
 def test_split_folders_layout_with_val_and_test(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from src.runs import hardware
-from src.data.image_files import load_rgb
+from src.data.image_reader import load_rgb
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
 pytestmark = pytest.mark.precision

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 
 from src.callbacks.staged_finetuning import count_parameters
 from src.inspect import inspect_model, load_subject, model_summary
@@ -260,3 +262,20 @@ def test_default_cam_layer_warns_when_no_stage_is_4x4(caplog):
     net = build_net(compose_config(TINY_OVERRIDES), num_classes=3)
     assert default_cam_layer(net.backbone, 8) == "layer1"  # 2x2, the widest there is
     assert "no stage's map is 4 x 4 cells or more (layer1 2x2, layer2 1x1" in caplog.text
+
+
+def test_inspect_follows_a_16_bit_photo_as_it_follows_its_8_bit_version(tmp_path, checkpoint, image_root):
+    """``src.inspect image=...`` reads with the reader of training: the tensor it reports for a 16-bit copy of
+    a photo (values x 257) is the 8-bit photo's, to every printed digit."""
+    from tests.image_encodings import LOSSLESS
+
+    photo = sorted(image_root.glob("*/*.png"))[-1]
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    sixteen = next(e for e in LOSSLESS if e.name == "16-bit gray PNG").file(rgb, tmp_path)
+    reports = []
+    for image in (photo, sixteen):
+        paths = inspect_model(compose_inspect([f"ckpt_path={checkpoint}", f"image={image}", "cam_layer=layer3"],
+                                              tmp_path / image.stem))
+        reports.append(paths["tensor"].read_text().replace(str(image), "IMAGE"))
+    assert reports[0] == reports[1]
+    assert len(np.unique(rgb)) > 100  # a real photo: clipping its 16-bit copy at 255 would leave 2 levels

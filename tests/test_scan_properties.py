@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
+from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb
 from src.data.scan import check_image
 from tests.conftest import SAMPLE
 

@@ -170,6 +170,37 @@ def test_predictions_equal_the_predictors_with_the_model_named(server, trained, 
     assert [p["file"] for p in several["predictions"]] == [p.name for p in photos[:3]]
 
 
+def test_a_photo_in_any_encoding_is_served_as_its_8_bit_version(server, photos, tmp_path):
+    """Uploads are read by the reader of training, decoded once: a 16-bit PNG, a big-endian 16-bit RGB TIFF, a
+    float TIFF, an EXIF-rotated PNG and a Display P3 PNG of a photo answer what their 8-bit RGB versions answer."""
+    import numpy as np
+
+    from tests.image_encodings import LOSSLESS, in_srgb, with_profile
+
+    client, _ = server
+    rgb = np.asarray(Image.open(photos[1]).convert("RGB"))
+    chosen = ("16-bit gray PNG", "16-bit RGB TIFF big-endian", "32-bit float gray TIFF little-endian",
+              "EXIF orientation 6 PNG")
+    pairs = []
+    for encoding in (e for e in LOSSLESS if e.name in chosen):
+        reference = tmp_path / f"{encoding.name} 8-bit.png"
+        Image.fromarray(encoding.expected(rgb)).save(reference)
+        pairs.append((encoding.file(rgb, tmp_path), reference))
+    p3 = with_profile(rgb, "Display P3", tmp_path / "p3.png")
+    Image.fromarray(in_srgb(rgb, "Display P3")).save(tmp_path / "p3 in srgb.png")
+    pairs.append((p3, tmp_path / "p3 in srgb.png"))
+    for encoded, reference in pairs:
+        answers = [client.post(path.read_bytes(), "application/octet-stream") for path in (encoded, reference)]
+        assert [status for status, _ in answers] == [200, 200], answers
+        got, expected = (torch.tensor(answer["predictions"][0]["probabilities"]) for _, answer in answers)
+        assert (got - expected).abs().max() < 1e-5, encoded.name
+    # the 16-bit photo clipped at 255 (what the served model saw before) is a different picture
+    clipped = tmp_path / "clipped.png"
+    Image.fromarray(np.minimum(rgb[..., 0].astype(np.uint32) * 257, 255).astype(np.uint8)).save(clipped)
+    assert client.post(clipped.read_bytes(), "image/png")[1]["predictions"][0]["probabilities"] != \
+        client.post(pairs[0][1].read_bytes(), "image/png")[1]["predictions"][0]["probabilities"]
+
+
 def test_concurrent_requests_share_forward_passes(server, trained, photos):
     client, _ = server
     requests = [photos[i % len(photos)] for i in range(8)]

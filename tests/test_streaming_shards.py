@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from src.checks.problems import ConfigError
+from src.data.image_reader import MAX_IMAGE_PIXELS
 from src.evaluate import evaluate
 from src.prepare import prepare
 from src.train import train
@@ -355,7 +356,7 @@ def test_multi_label_items_keep_their_labels(tmp_path):
     sample = Sample(image, (0, 3))
     item = work_item(sample, tmp_path)
     assert item == [str(image), "a.png", [0, 3]] and json.loads(json.dumps(item)) == item
-    stored = EncodeImage(max_side=MAX_SIDE, jpeg_quality=95)(item)
+    stored = EncodeImage(max_side=MAX_SIDE, jpeg_quality=95, max_pixels=MAX_IMAGE_PIXELS)(item)
     transform = EvalTransform(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     x, target = DecodeItem(transform, num_labels=5, decode_size=32)(stored)
     folder_x, folder_target = ImageDataset([sample], transform, num_labels=5, decode_size=32)[0]

@@ -12,6 +12,7 @@ With ``format="litdata"``, ``root`` is a folder (or ``s3://`` prefix) of shards 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 from src.data.balanced_sampler import SAMPLERS, BalancedSampler
 from src.data.dataset import ImageDataset, batch_size_problems
 from src.data.device_batches import DeviceBatchHooks, placed_transforms
-from src.data.image_files import MAX_IMAGE_PIXELS
+from src.data.image_reader import MAX_IMAGE_PIXELS, load_rgb
 from src.data.index_payload import index_from_payload, index_payload
 from src.data.labels import FolderIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
 from src.data.scan import FileScan
@@ -162,7 +163,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         evaluation transform, for single images (inspect)."""
         self.eval_transform = EvalTransform(size, self.mean, self.std, self.resize_method, self.interpolation)
         self.placed = placed_transforms(self.placement, size, self.mean, self.std, self.resize_method,
-                                        self.interpolation, self.eval_transform, self.augment)
+                                        self.interpolation, self.eval_transform, self.augment, self.scan.max_pixels)
         self.train_transform, self.loader_eval_transform = self.placed.train, self.placed.loader_eval
         self.batch_augment, self.device_reader = self.placed.batch_augment, self.placed.device_reader
 
@@ -298,7 +299,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
             subset: ImageDataset(samples, transform, skip_unreadable=self.on_bad_file == "skip",
                                  num_labels=self.num_classes if self.multi_label else None, decode_size=self.size,
                                  seed=self.loader_seed if subset == "train" else None,
-                                 **({"read": self.device_reader} if self.device_reader is not None else {}))
+                                 read=self.device_reader or functools.partial(load_rgb, max_pixels=self.scan.max_pixels))
             for subset, samples, transform in [("train", index.train, self.train_transform),
                                                ("valid", index.valid, self.loader_eval_transform),
                                                ("test", index.test, self.loader_eval_transform)]

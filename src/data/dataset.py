@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from src.data.image_files import UNREADABLE_IMAGE_ERRORS, Sample, load_rgb
+from src.data.image_files import Sample
+from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb
 from src.checks.problems import Problem, is_whole_number
 from src.runs.random_state import derived_seed, seeded_torch_generator
 

@@ -42,8 +42,9 @@ class PlacedTransforms:
 
 def placed_transforms(placement: DataPlacement, size: int, mean: Sequence[float], std: Sequence[float],
                       resize_method: str, interpolation: str, eval_transform: EvalTransform,
-                      augment: dict[str, Any]) -> PlacedTransforms:
-    """The transforms of ``placement`` (``augment``: ``TrainTransform``'s keyword arguments)."""
+                      augment: dict[str, Any], max_pixels: int) -> PlacedTransforms:
+    """The transforms of ``placement`` (``augment``: ``TrainTransform``'s keyword arguments; ``max_pixels``:
+    the decompression-bomb limit of the files the device path's workers decode)."""
     if placement.augment_on == "device":  # workers stop at uint8; the rest in on_after_batch_transfer
         placed = PlacedTransforms(TrainCropTransform(size, resize_method, interpolation),
                                   EvalCropTransform(size, resize_method, interpolation),
@@ -52,7 +53,7 @@ def placed_transforms(placement: DataPlacement, size: int, mean: Sequence[float]
         placed = PlacedTransforms(TrainTransform(size, mean, std, resize_method, interpolation, **augment),
                                   eval_transform, None, None)
     if placement.decode_on == "device":  # JPEGs pass the workers as bytes; the crops then run on the GPU
-        placed.device_reader = DeviceDecodeReader()
+        placed.device_reader = DeviceDecodeReader(max_pixels)
         placed.train, placed.loader_eval = CropUnlessEncoded(placed.train), CropUnlessEncoded(placed.loader_eval)
     return placed
 

@@ -2,8 +2,9 @@
 
 nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``) decodes a list of JPEGs in one call,
 so the workers do no decoding at all for JPEG folders, only file reads. Files that are not JPEG
-(PNG, WebP ...) are decoded, resized and cropped by the workers as with ``decode_on=workers``, one
-file at a time, and counted (:attr:`DeviceDecodeReader.fallbacks`, reported in the log). A batch
+(PNG, WebP ...), and JPEGs that nvJPEG would not read as :mod:`src.data.image_reader` does (an embedded
+ICC colour profile, CMYK), are decoded, resized and cropped by the workers as with ``decode_on=workers``,
+one file at a time, and counted (:attr:`DeviceDecodeReader.fallbacks`, reported in the log). A batch
 is then a list mixing 1-D byte tensors (JPEG files) and uint8 (3, size, size) images; the
 DataModule's ``on_before_batch_transfer`` turns it into one uint8 batch on the GPU with
 :func:`decode_batch`, and ``on_after_batch_transfer`` augments it as for ``augment.on=device``.
@@ -20,38 +21,63 @@ from typing import Any
 import torch
 from PIL import Image
 
-from src.data.image_files import load_rgb
+from src.data.image_reader import MAX_IMAGE_PIXELS, load_rgb
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker and the first segment's marker: every JPEG starts so
+ICC_SEGMENT = b"ICC_PROFILE\x00"  # an APP2 segment holding (part of) an embedded colour profile
+# Start-of-frame markers (C0-CF but DHT C4, JPG C8, DAC CC): their segment gives the component count.
+START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+START_OF_SCAN = 0xDA
+
+
+def decodes_on_device(data: bytes) -> bool:
+    """Whether nvJPEG gives this JPEG's pixels as :func:`~src.data.image_reader.load_rgb` does: one or three
+    components (gray or YCbCr) and no ICC profile (nvJPEG neither converts CMYK faithfully nor applies a
+    profile). Reads the segment headers only, up to the first scan."""
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        segment = data[position + 4:position + 2 + length]
+        if marker == 0xE2 and segment.startswith(ICC_SEGMENT):
+            return False
+        if marker in START_OF_FRAME:
+            return len(segment) > 5 and segment[5] in (1, 3)
+        if marker == START_OF_SCAN:
+            return False
+        position += 2 + length
+    return False  # no frame header found: let the CPU decoder say what is wrong
 
 
 class DeviceDecodeReader:
-    """Read one file for ``decode_on=device``: a JPEG as its bytes (1-D uint8 tensor), anything else
-    decoded with :func:`~src.data.image_files.load_rgb` (as the workers path does). ``jpegs`` and
-    ``fallbacks`` count the two across worker processes (shared memory)."""
+    """Read one file for ``decode_on=device``: a JPEG that :func:`decodes_on_device` as its bytes (1-D
+    uint8 tensor), anything else decoded with :func:`~src.data.image_reader.load_rgb` (as the workers path
+    does). ``jpegs`` and ``fallbacks`` count the two across worker processes (shared memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+        self.max_pixels = max_pixels
         self.jpegs = multiprocessing.Value("i", 0)
         self.fallbacks = multiprocessing.Value("i", 0)
 
     def __call__(self, path: Path, min_size: int | None = None) -> torch.Tensor | Image.Image:
         data = Path(path).read_bytes()
-        if data[:3] == JPEG_MAGIC:
+        if data[:3] == JPEG_MAGIC and decodes_on_device(data):
             with self.jpegs.get_lock():
                 self.jpegs.value += 1
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
         with self.fallbacks.get_lock():
             self.fallbacks.value += 1
-        return load_rgb(path, min_size=min_size)
+        return load_rgb(path, max_pixels=self.max_pixels, min_size=min_size)
 
     def summary(self) -> str | None:
         """One log line when some files were decoded by the workers, else None."""
         if not self.fallbacks.value:
             return None
         return (f"data.decode_on=device: {self.fallbacks.value} of {self.fallbacks.value + self.jpegs.value} files read "
-                "were not JPEG and were decoded by the loader workers (nvJPEG decodes JPEG only)")
+                "were decoded by the loader workers: not JPEG, or a JPEG with a colour profile or CMYK pixels, "
+                "which nvJPEG does not convert to sRGB")
 
 
 class CropUnlessEncoded:

@@ -1,4 +1,4 @@
-"""Finding images in a folder of class folders, and reading one as an RGB image."""
+"""Finding images in a folder of class folders (reading one is :mod:`src.data.image_reader`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageOps
-
 from src.checks.problems import Problem
 
 if TYPE_CHECKING:
@@ -19,15 +17,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What a file that is not a readable image raises in PIL: unidentified or truncated files are
-# OSErrors, a decompression bomb its own error; ValueError for modes PIL cannot convert; broken
-# PNG chunks raise SyntaxError and some cut-short headers EOFError (found by tests/test_scan_properties.py).
-UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-# Larger images are refused unread (PIL's own guard warns at 89 MP and only fails at 179 MP): a
-# 100 MP RGB image is 300 MB decoded, per worker, and no classifier input needs it.
-MAX_IMAGE_PIXELS = 100_000_000
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# .heic/.heif are read with the heif extra (src/data/image_reader.py); without it the scan reports them with the fix.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif", ".heic",
+                              ".heif"})
 
 
 @dataclass(frozen=True)
@@ -177,30 +169,3 @@ def scan_class_folders(root: Path, scan: FileScan | None = None) -> tuple[list[s
         )
     samples = [Sample(path, label) for label, name in enumerate(classes) for path in images_by_class[name]]
     return classes, samples
-
-
-def load_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, min_size: int | None = None) -> Image.Image:
-    """Open an image as RGB: EXIF orientation applied; grayscale, palette, RGBA, CMYK converted.
-
-    With ``min_size``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still leaves both
-    sides >= ``min_size`` (PIL's ``draft``: the decoder skips the detail, so a 12 MP photo for a
-    224-pixel model decodes several times faster). The transforms resize to that size first, so
-    nothing they keep is lost. Other formats decode in full.
-    Raises ``Image.DecompressionBombError`` for an image over ``max_pixels``, before decoding it.
-    """
-    with Image.open(path) as image:
-        if image.size[0] * image.size[1] > max_pixels:
-            raise Image.DecompressionBombError(
-                f"{path}: {image.size[0]}x{image.size[1]} pixels is over the limit of {max_pixels} "
-                "(a decompression-bomb guard); resize the image or raise data.max_image_pixels"
-            )
-        if min_size is not None:
-            image.draft(image.mode, (min_size, min_size))  # a no-op for formats other than JPEG
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            # Composite on white: transparent areas of product photos are background, not black.
-            rgba = image.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            return background
-        return image.convert("RGB")

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from src.data.image_files import MAX_IMAGE_PIXELS, UNREADABLE_IMAGE_ERRORS, PassedOver, relative_posix, walk_images
+from src.data.image_files import PassedOver, relative_posix, walk_images
+from src.data.image_reader import (
+    MAX_IMAGE_PIXELS,
+    UNREADABLE_IMAGE_ERRORS,
+    fidelity_problem,
+    mode_problem,
+    open_image,
+)
 from src.data.scan_cache import ScanCache, Verdict
 from src.runs.atomic_write import atomic_open
 
@@ -48,24 +55,31 @@ def check_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> BadFile | Non
 
 
 def inspect_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[tuple[int, int], BadFile | None]:
-    """The pixel size of ``path`` (``(0, 0)`` where the header was not read) and what :func:`check_image` says."""
+    """The pixel size of ``path`` (``(0, 0)`` where the header was not read) and what :func:`check_image` says.
+
+    Header and structure only (``verify``), except where the pixels must be seen: a JPEG without its end
+    marker is decoded, and so are 32-bit integer and float images, whose values the reader maps to 8 bits
+    only inside a fixed range (:func:`~src.data.image_reader.fidelity_problem`)."""
     size = (0, 0)
     try:
         if path.stat().st_size == 0:
             return size, BadFile(path, "empty file", "0 bytes")
-        with Image.open(path) as image:
+        with open_image(path, max_pixels) as image:
             width, height = size = image.size
-            if width * height > max_pixels:
-                return size, BadFile(path, "too large", f"{width}x{height} = {width * height / 1e6:.0f} megapixels, "
-                                     f"over the decompression-bomb limit of {max_pixels / 1e6:.0f} "
-                                     "(data.max_image_pixels)")
             if width < 1 or height < 1:
                 return size, BadFile(path, "corrupt", f"{width}x{height} pixels")
+            mode = image.mode
             image.verify()  # structure and checksums (PNG CRCs), without decoding the pixels
+        problem = mode_problem(mode)
+        if problem is None and mode in ("I", "F"):
+            with open_image(path, max_pixels) as image:
+                problem = fidelity_problem(image)
+        if problem is not None:
+            return size, BadFile(path, "unfaithful", problem)
         if path.suffix.lower() in JPEG_SUFFIXES and not _ends_with(path, JPEG_END):
             # A JPEG cut short has no end marker. Some cameras append data after it, so decode
             # to be sure rather than refuse a good photo.
-            with Image.open(path) as image:
+            with open_image(path, max_pixels) as image:
                 image.load()
     except Image.DecompressionBombError as error:
         return size, BadFile(path, "too large", str(error))

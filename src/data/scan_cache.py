@@ -40,7 +40,7 @@ from src.runs.atomic_write import atomic_open
 log = logging.getLogger(__name__)
 
 # Bump when what is stored or how a verdict is reached changes: older caches are then rebuilt.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # File systems keep modification times at 1 ns (ext4, XFS) to 2 s (FAT) resolution: a file written in
 # the same tick as the scan could change again with the same mtime, so it is not trusted.
 RACY_NS = 2_000_000_000

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from src.data.image_files import Sample, load_rgb, relative_posix
+from src.data.image_files import Sample, relative_posix
+from src.data.image_reader import MAX_IMAGE_PIXELS, load_rgb, open_image
 from src.data.scan import FileScan
 from src.data.shard_manifest import FORMAT_VERSION, MANIFEST, SUBSETS
 from src.data.split import write_split_csv
@@ -52,14 +53,15 @@ class EncodeImage:
 
     max_side: int
     jpeg_quality: int
+    max_pixels: int  # the scan's data.max_image_pixels
 
     def __call__(self, item: list) -> dict[str, Any]:
         path, relative, label = item
-        return {"image": encode_image(Path(path), self.max_side, self.jpeg_quality), "label": stored_label(label),
-                "path": relative}
+        return {"image": encode_image(Path(path), self.max_side, self.jpeg_quality, self.max_pixels),
+                "label": stored_label(label), "path": relative}
 
 
-def encode_image(path: Path, max_side: int, jpeg_quality: int) -> bytes:
+def encode_image(path: Path, max_side: int, jpeg_quality: int, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
     """The file's bytes, or, where its shorter side is over ``max_side`` or its format is not kept, the
     image decoded as training decodes it (:func:`load_rgb`: EXIF orientation, RGB, transparency on
     white), resized so its shorter side is ``max_side``, and encoded (JPEG for a JPEG, else PNG).
@@ -68,11 +70,11 @@ def encode_image(path: Path, max_side: int, jpeg_quality: int) -> bytes:
     then finds at least ``data.size`` pixels on both sides, as it would in the original file.
     """
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(io.BytesIO(data), max_pixels) as image:
         source_format, (width, height) = image.format, image.size
     if source_format in KEPT_FORMATS and min(width, height) <= max_side:
         return data
-    image = load_rgb(io.BytesIO(data), min_size=max_side)
+    image = load_rgb(io.BytesIO(data), max_pixels=max_pixels, min_size=max_side)
     width, height = image.size
     if min(width, height) > max_side:
         scale = max_side / min(width, height)
@@ -183,7 +185,7 @@ def write_shards(output: Path, subsets: dict[str, list[Sample]], source_root: Pa
     write_split_csv(output / "split.csv", source_root, manifest["classes"], subsets, manifest["label_delim"])
     if scan.bad:
         scan.write_csv(output / "bad_files.csv", source_root)
-    encode = EncodeImage(max_side, jpeg_quality)
+    encode = EncodeImage(max_side, jpeg_quality, scan.max_pixels)
     for subset in SUBSETS:
         samples = subsets.get(subset, [])
         if not samples:

@@ -24,7 +24,8 @@ from litdata import StreamingDataLoader, StreamingDataset
 from torch.utils.data import Dataset
 
 from src.data.dataset import multi_hot
-from src.data.image_files import Sample, load_rgb
+from src.data.image_files import Sample
+from src.data.image_reader import load_rgb
 from src.data.shard_manifest import join
 
 

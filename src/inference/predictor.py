@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.dataset import batch_size_problems
-from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
+from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb, oriented_rgb
 from src.data.transforms import EvalTransform
 from src.runs.hardware import FULL_PRECISION
 from src.inference.precision_net import PrecisionNet
@@ -197,7 +197,7 @@ class Predictor:
 
     def _image_tensor(self, item: Image.Image | str | Path) -> torch.Tensor:
         if isinstance(item, Image.Image):
-            return self.transform(item.convert("RGB"))
+            return self.transform(oriented_rgb(item))
         if isinstance(item, (str, Path)):
             return self.transform(load_rgb(Path(item), min_size=self.transform.size))
         raise TypeError(f"cannot predict a {type(item).__name__}; pass a PIL image or the path of an image file")

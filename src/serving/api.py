@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from src.inference.predictor import Prediction
-from src.serving.uploads import decode_image
+from src.serving.uploads import image_from_payload
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,15 @@ class ClassifierAPI(ls.LitAPI):
         ckpt_path: the checkpoint.
         model: what every answer says about the model (name, checkpoint ...).
         topk: classes per image in the answer unless the request asks for another count.
-        max_pixels / min_size: as the upload check decoded the images (:func:`decode_image`).
     """
 
-    def __init__(self, backend: dict, ckpt_path: str, model: dict, topk: int, max_pixels: int, min_size: int,
-                 max_batch_size: int = 1, batch_timeout: float = 0.0, api_path: str = "/predict") -> None:
+    def __init__(self, backend: dict, ckpt_path: str, model: dict, topk: int, max_batch_size: int = 1,
+                 batch_timeout: float = 0.0, api_path: str = "/predict") -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
         self.backend_config = backend
         self.ckpt_path = ckpt_path
         self.model = model
         self.topk = topk
-        self.max_pixels = max_pixels
-        self.min_size = min_size
 
     def setup(self, device: str) -> None:
         self.backend = instantiate(OmegaConf.create(self.backend_config), ckpt_path=self.ckpt_path, device=device)
@@ -75,8 +72,7 @@ class ClassifierAPI(ls.LitAPI):
 
     def decode_request(self, request: dict) -> ImagesRequest:
         items = request["images"]
-        images = [decode_image(base64.b64decode(item["data"]), item["name"], self.max_pixels, self.min_size)
-                  for item in items]
+        images = [image_from_payload(item) for item in items]
         return ImagesRequest([item["name"].strip("'") for item in items], images, request.get("topk") or self.topk,
                              bool(request.get("cam")))
 

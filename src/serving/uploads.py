@@ -4,8 +4,8 @@ LitServe batches requests in its inference worker and fails a whole batch when o
 ``decode_request`` raises, so a bad upload must never get that far: :class:`UploadGuard` (a plain
 ASGI middleware in the HTTP process) reads the body with a size limit and a deadline, parses it
 (one raw image, or multipart files), decodes every image and answers a 4xx JSON ``{"detail": ...}``
-naming the problem. A good request goes on to LitServe as JSON (the files base64-encoded), which
-the worker decodes with the same :func:`decode_image`.
+naming the problem. A good request goes on to LitServe as JSON holding the decoded pixels (base64), so
+each upload is decoded once.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from src.data.image_files import UNREADABLE_IMAGE_ERRORS, load_rgb
+from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, UnfaithfulImageError, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +71,34 @@ class UploadLimits:
 
 
 def decode_image(data: bytes, name: str, max_pixels: int, min_size: int | None = None) -> Image.Image:
-    """``data`` as an RGB image, read as the data pipeline reads files (:func:`load_rgb`), or an UploadError:
-    413 for an image over ``max_pixels`` (a decompression bomb, refused before decoding), 415 for bytes
-    that are no image format, 400 for a truncated or corrupt image."""
+    """``data`` as an RGB image, read as the data pipeline reads files (:func:`load_rgb`, one decode), or an
+    UploadError: 413 for an image over ``max_pixels`` (a decompression bomb, refused before decoding), 415 for
+    bytes that are no image format or an image that cannot be read faithfully, 400 for a truncated or corrupt one."""
     if not data:
         raise UploadError(400, f"{name} is empty (0 bytes); send the image file's contents")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except Image.DecompressionBombError as error:  # PIL's own guard, at twice its 89 MP warning
-        raise UploadError(413, f"{name} is over PIL's decompression-bomb limit ({error}); resize it first") from None
-    except UNREADABLE_IMAGE_ERRORS as error:
+        return load_rgb(io.BytesIO(data), max_pixels=max_pixels, min_size=min_size, limit_key="max_image_pixels")
+    except Image.DecompressionBombError as error:
+        raise UploadError(413, f"{name} is {error}") from None
+    except UnidentifiedImageError as error:
         raise UploadError(415, f"{name} is not an image ({len(data)} bytes that PIL cannot identify: {error}); "
-                               "send a JPEG, PNG, WebP, GIF, BMP or TIFF file") from None
-    if width * height > max_pixels:
-        raise UploadError(413, f"{name} is {width}x{height} = {width * height:,} pixels, over the server's limit of "
-                               f"max_image_pixels={max_pixels:,} (a decompression-bomb guard); resize it first")
-    try:
-        image = load_rgb(io.BytesIO(data), max_pixels=max_pixels, min_size=min_size)
-        image.load()
+                               "send a JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF file") from None
+    except UnfaithfulImageError as error:
+        raise UploadError(415, f"{name} cannot be read as the picture it holds: {error}") from None
     except UNREADABLE_IMAGE_ERRORS as error:
         raise UploadError(400, f"{name} is a truncated or corrupt image ({type(error).__name__}: {error}); "
                                "send the whole file") from None
-    return image
+
+
+def pixels_payload(name: str, image: Image.Image) -> dict[str, Any]:
+    """A decoded RGB image as the JSON LitServe hands its worker (:func:`image_from_payload` reads it back),
+    so each upload is decoded once, in the check."""
+    return {"name": name, "size": list(image.size), "rgb": base64.b64encode(image.tobytes()).decode("ascii")}
+
+
+def image_from_payload(item: dict[str, Any]) -> Image.Image:
+    """The RGB image of :func:`pixels_payload`."""
+    return Image.frombytes("RGB", tuple(item["size"]), base64.b64decode(item["rgb"]))
 
 
 async def read_body(receive: Receive, limits: UploadLimits, declared: int | None) -> bytes:
@@ -163,7 +169,7 @@ async def uploaded_files(scope: Scope, body: bytes, limits: UploadLimits) -> lis
 
 class UploadGuard:
     """ASGI middleware: checks each ``POST`` to ``path`` (see the module docstring) and hands LitServe
-    ``{"images": [{"name", "data" (base64)}], "topk": k, "cam": bool}``."""
+    ``{"images": [{"name", "size", "rgb" (the decoded pixels, base64)}], "topk": k, "cam": bool}``."""
 
     def __init__(self, app: ASGIApp, *, path: str, limits: UploadLimits, classes: int, min_size: int | None) -> None:
         self.app = app
@@ -188,8 +194,8 @@ class UploadGuard:
         body = await read_body(receive, self.limits, int(declared) if declared and declared.isdigit() else None)
         images = []
         for name, data in await uploaded_files(scope, body, self.limits):
-            await run_in_threadpool(decode_image, data, name, self.limits.max_image_pixels, self.min_size)
-            images.append({"name": name, "data": base64.b64encode(data).decode("ascii")})
+            image = await run_in_threadpool(decode_image, data, name, self.limits.max_image_pixels, self.min_size)
+            images.append(pixels_payload(name, image))
         return json.dumps({"images": images, "topk": topk, "cam": cam}).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
