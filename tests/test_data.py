@@ -176,7 +176,7 @@ def test_loader_workers_of_the_default_config_run_below_the_training_process(ima
     dm.setup("fit")
     before = {child.pid for child in psutil.Process().children()}
     loader = iter(dm.train_dataloader())
-    next(loader)  # the workers have started and made their first batches
+    next(loader), next(loader)  # batches come from the workers in turn: both have started (and run their init)
     workers = [child for child in psutil.Process().children() if child.pid not in before]
     assert len(workers) == 2
     assert [worker.nice() for worker in workers] == [min(os.getpriority(os.PRIO_PROCESS, 0) + 19, 19)] * 2
