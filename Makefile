@@ -52,7 +52,7 @@ test: $(DEV_STAMP) ## Run the test suite (CI runs this)
 # whose results depend on what `auto` picks) run again as that CPU would run them. Only those: the whole
 # suite twice no longer fits CI's 20 minutes (7 min a pass on 2 cores), and on a CPU without native bf16
 # emulated bf16 is 10-25x slower. `make test-both-cpus` is the whole suite both ways, run before a merge lands.
-OTHER_CPU = $(BIN)/python -c "import sys; from src.runs.hardware import has_native_bf16; print(0 if has_native_bf16('cpu') else 1)"
+OTHER_CPU = $(BIN)/python -c "import sys; from src.core.hardware import has_native_bf16; print(0 if has_native_bf16('cpu') else 1)"
 test-other-cpu: $(DEV_STAMP) ## Run the precision tests as the other kind of CPU would (native bf16 or not); CI runs it after `make test`
 	@other=$$($(OTHER_CPU)); echo "the precision tests as on a CPU $$([ $$other = 1 ] && echo with || echo without) native bf16 (IFC_NATIVE_BF16=$$other)"; \
 	IFC_NATIVE_BF16=$$other $(BIN)/python -m pytest -m "precision and not slow"

@@ -1,4 +1,4 @@
-"""Time the image reader (src/data/image_reader.py) per file format: milliseconds to read one image as the
+"""Time the image reader (src/data/files/image_reader.py) per file format: milliseconds to read one image as the
 model's 8-bit sRGB picture, at phone-photo size and at a smaller size, the median of several reads.
 
     .venv/bin/python scripts/bench_image_decode.py benchmarks/image-decode-$(date +%F).json
@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.image_reader import load_rgb  # noqa: E402
+from src.data.files.image_reader import load_rgb  # noqa: E402
 from tests.image_encodings import _png16, icc_profile, reference_photo  # noqa: E402
 
 SIZES = {"12 MP (4032x3024)": (4032, 3024), "0.8 MP (1024x768)": (1024, 768)}

@@ -18,11 +18,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from src.data.image_files import list_images
-from src.data.labels import index_folder
-from src.data.scan import FileScan, check_image
-from src.data.scan_cache import ScanCache
-from src.data.split import stratified_split, write_split_csv
+from src.data.files.listing import list_images
+from src.data.labels.sources import index_folder
+from src.data.files.scan import FileScan, check_image
+from src.data.files.scan_cache import ScanCache
+from src.data.labels.split import stratified_split, write_split_csv
 
 
 def _timed(label: str, function, *args):

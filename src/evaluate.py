@@ -22,13 +22,13 @@ import hydra
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.dataset import ImageDataset
-from src.data.image_files import Sample, list_images, relative_posix
-from src.data.scan import FileScan
-from src.data.split import label_text
-from src.checks.config_checks import check_inference_config
-from src.checks.problems import Problem, raise_problems
-from src.runs.hardware import resolve_num_workers
+from src.data.loading.dataset import ImageDataset
+from src.data.files.listing import Sample, list_images, relative_posix
+from src.data.files.scan import FileScan
+from src.data.labels.split import label_text
+from src.runs.config_checks import check_inference_config
+from src.core.problems import Problem, raise_problems
+from src.core.hardware import resolve_num_workers
 from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import Predictor, run_loader
 from src.inference.interpretation import MULTI_LABEL_SKIPPED, Interpretation, MultiLabelInterpretation
@@ -129,8 +129,8 @@ class EvaluationImages:
 def shard_images(ckpt_path: Path, loaded: LoadedClassifier) -> EvaluationImages:
     """The validation subset of the shards a run trained from (``data.format=litdata``), refused if
     their classes are not the checkpoint's."""
-    from src.data.shard_manifest import check_classes, read_manifest
-    from src.data.streaming import ShardSubset
+    from src.data.shards.manifest import check_classes, read_manifest
+    from src.data.shards.streaming import ShardSubset
 
     data = loaded.config.data
     manifest = read_manifest(data.root)

@@ -21,15 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
-from src.data.image_reader import load_rgb
-from src.data.split import label_text
-from src.data.transforms import EvalTransform
+from src.data.files.image_reader import load_rgb
+from src.data.labels.split import label_text
+from src.data.transforms.presets import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.inference.precision_net import PrecisionNet
 from src.models.freezing import first_trainable_group, freeze_layer_groups
 from src.models.loading import eval_transform_for, load_classifier
 from src.runs.builder import build_datamodule, build_module
-from src.runs.hardware import FULL_PRECISION, normalize_precision
+from src.core.hardware import FULL_PRECISION, normalize_precision
 from src.visualize.cam import cam_figure, cam_layers, default_cam_layer, grad_cam
 from src.visualize.figure_files import save_figure
 from src.visualize.features import features_figure, stage_outputs

@@ -18,10 +18,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from src.data.datamodule import ImageFolderDataModule
 from src.models.classifier_module import ImageClassifierModule
-from src.optim.lr_range_test import find_lr
+from src.optim.lr_finder import find_lr
 from src.optim.stages import LearningRate
 from src.runs.builder import build_datamodule, build_module
-from src.runs.hardware import device_type
+from src.core.hardware import device_type
 from src.visualize.figure_files import save_figure
 from src.visualize.lr_find_plot import plot_lr_find
 

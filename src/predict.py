@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from src.checks.config_checks import check_inference_config
+from src.runs.config_checks import check_inference_config
 from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import FileResult, Predictor
 

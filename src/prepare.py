@@ -2,7 +2,7 @@
 
 The folder is scanned, labelled and split as ``src.train`` does with the same ``data`` settings;
 the images (shorter side at most ``max_side``), their labels and the split go into ``DIR`` as litdata
-chunks, one dataset per subset, with a manifest (:mod:`src.data.shard_writer`). Train from them with
+chunks, one dataset per subset, with a manifest (:mod:`src.data.shards.writer`). Train from them with
 ``python -m src.train data.format=litdata data.root=DIR`` (or ``s3://bucket/prefix`` after uploading).
 Interrupted, the same command finishes the job.
 """
@@ -16,13 +16,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src.checks.config_checks import data_config_problems
-from src.checks.problems import Problem, is_whole_number, raise_problems
+from src.runs.config_checks import data_config_problems
+from src.core.problems import Problem, is_whole_number, raise_problems
 from src.data.datamodule import MIN_IMAGE_SIZE
-from src.data.shard_manifest import is_remote
-from src.data.shard_writer import write_shards
+from src.data.shards.manifest import is_remote
+from src.data.shards.writer import write_shards
 from src.runs.builder import build_datamodule
-from src.runs.hardware import resolve_num_workers
+from src.core.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 

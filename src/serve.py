@@ -33,7 +33,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from src.runs.hardware import inference_precision
+from src.core.hardware import inference_precision
 from src.models.loading import check_checkpoint_path, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.serving.api import ClassifierAPI

@@ -21,16 +21,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.checks.config_checks import check_train_config
+from src.runs.config_checks import check_train_config
 from src.runs.experiment_trackers import log_run_end
 from src.lr_find import suggest_lr, with_max_lr
-from src.data.shard_manifest import check_classes
+from src.data.shards.manifest import check_classes
 from src.models.loading import check_resumable, checkpoint_classes, epochs_finished
-from src.optim.lr_range_test import SUGGESTIONS
+from src.optim.lr_finder import SUGGESTIONS
 from src.runs.builder import Run, build_run
-from src.runs.launch_handoff import handed_over, received
+from src.core.launch_handoff import handed_over, received
 from src.runs.run_files import check_room_for_checkpoints, check_writable, write_json, write_resolved_config
-from src.runs.test_subset import evaluate_test_subset
+from src.runs.held_out_test import evaluate_test_subset
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """data.augment.on=device: the batch augmentation's draws, its resampling and its normalisation
-against the worker path's (src/data/fused_augment.py, src/data/transforms.py)."""
+against the worker path's (src/data/transforms/fused_augment.py, src/data/transforms/presets.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from src.checks.problems import ConfigError
-from src.data.batch_augment import BatchAugment, BatchParams, perspective_grid
-from src.data.fused_augment import LightingToTensor, RandomWarp, warp_matrix
-from src.data.image_reader import load_rgb
-from src.data.placement import DataPlacement
-from src.data.transforms import EvalCropTransform, EvalTransform, TrainCropTransform
+from src.core.problems import ConfigError
+from src.data.transforms.batch_augment import BatchAugment, BatchParams, perspective_grid
+from src.data.transforms.fused_augment import LightingToTensor, RandomWarp, warp_matrix
+from src.data.files.image_reader import load_rgb
+from src.data.placement.choice import DataPlacement
+from src.data.transforms.presets import EvalCropTransform, EvalTransform, TrainCropTransform
 from tests.conftest import SAMPLE
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -104,7 +104,7 @@ def test_the_uint8_tensor_resize_gives_the_pixels_pil_gives(tmp_path, resize_met
     the pixels are PIL's to within one grey level, for each resize method, on a photo-sized JPEG."""
     from torchvision.transforms import v2
 
-    from src.data.transforms import _resize
+    from src.data.transforms.presets import _resize
 
     smooth = np.linspace(0, 255, 400 * 300 * 3).reshape(300, 400, 3)
     noisy = np.clip(smooth + np.random.default_rng(0).normal(0, 40, smooth.shape), 0, 255).astype(np.uint8)
@@ -192,8 +192,8 @@ def test_a_seeded_draw_is_a_function_of_the_seed_and_leaves_the_generators_alone
 
 
 def test_the_device_draw_seeds_follow_the_epoch_and_survive_a_checkpoint():
-    from src.data.device_batches import DeviceBatchHooks
-    from src.runs.random_state import derived_seed
+    from src.data.placement.device_batches import DeviceBatchHooks
+    from src.core.random_state import derived_seed
 
     class Hooks(DeviceBatchHooks):
         loader_seed = 42

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.bench.run import compare_error_rates, parse_variant, variant_name
-from src.runs.hardware import resolve_precision
+from src.core.hardware import resolve_precision
 from tests.conftest import PROJECT_ROOT, copy_sample
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.

@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from lightning import Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.checks.config_checks import PRECISIONS, check_train_config
-from src.checks.problems import ConfigError
+from src.runs.config_checks import PRECISIONS, check_train_config
+from src.core.problems import ConfigError
 from src.train import train
 from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config
 
@@ -71,7 +71,7 @@ def test_every_problem_is_listed_once_in_one_error(tmp_path):
 
 @pytest.mark.parametrize("rescan", ["yes", 1, None])
 def test_data_rescan_must_be_a_boolean(rescan):
-    from src.data.scan_cache import ScanCache
+    from src.data.files.scan_cache import ScanCache
 
     # "yes" or 1 would be truthy: a full scan of a million files nobody asked for
     assert _problems(_cfg(data__rescan=rescan)) == {
@@ -156,14 +156,14 @@ def test_our_precisions_are_the_ones_lightnings_trainer_accepts():
     refusal = _trainer_refusal("fp8")
     assert refusal is not None and "Precision 'fp8' is invalid" in refusal
     allowed = ast.literal_eval(refusal.split("Allowed precision values: ")[1])  # the values it lists in that refusal
-    assert {str(value) for value in allowed} == set(PRECISIONS) - {"auto"}  # auto: src.runs.hardware resolves it first
+    assert {str(value) for value in allowed} == set(PRECISIONS) - {"auto"}  # auto: src.core.hardware resolves it first
     for precision in set(PRECISIONS) - {"auto"}:
         refusal = _trainer_refusal(precision)  # builds, or needs a package (transformer-engine): never "invalid"
         assert refusal is None or "is invalid" not in refusal, (precision, refusal)
 
 
 def test_the_layer_groups_come_from_the_configured_backbone():
-    from src.checks.config_checks import model_layer_groups
+    from src.runs.config_checks import model_layer_groups
 
     assert model_layer_groups(BASE.model) == RESNET_GROUPS
 

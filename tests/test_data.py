@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from src.data.datamodule import ImageFolderDataModule, index_folder
-from src.data.image_files import Sample, list_images, scan_class_folders
-from src.data.image_reader import load_rgb
-from src.data.split import stratified_split
+from src.data.files.listing import Sample, list_images, scan_class_folders
+from src.data.files.image_reader import load_rgb
+from src.data.labels.split import stratified_split
 from tests.conftest import IMAGENET_STATS, copy_sample
 
 
@@ -160,7 +160,7 @@ def test_unknown_resize_method_is_named(image_root):
 
 def test_loader_workers_of_the_default_config_run_below_the_training_process(image_root):
     """data.worker_nice (19 in the config): the persistent loader workers' nice value is the training
-    process's + 19, so on a CPU they run when training leaves a core idle (src/data/worker_priority.py)."""
+    process's + 19, so on a CPU they run when training leaves a core idle (src/data/loading/worker_priority.py)."""
     import os
 
     import psutil

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from src.data.transforms import TrainCropTransform
+from src.data.transforms.presets import TrainCropTransform
 from src.evaluate import evaluate
 from src.runs.builder import build_datamodule
 from tests.conftest import IMAGENET_STATS, compose_config, copy_sample, train_tiny_run

@@ -9,8 +9,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from src.checks.config_checks import check_train_config
-from src.checks.problems import ConfigError
+from src.runs.config_checks import check_train_config
+from src.core.problems import ConfigError
 from src.optim.stages import layer_group_lrs
 from src.runs.builder import build_module
 from src.train import train

@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from src.data.fused_augment import LightingToTensor, RandomWarp, perspective_matrix, warp_matrix
-from src.data.image_reader import load_rgb
+from src.data.transforms.fused_augment import LightingToTensor, RandomWarp, perspective_matrix, warp_matrix
+from src.data.files.image_reader import load_rgb
 from tests.conftest import SAMPLE
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

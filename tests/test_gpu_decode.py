@@ -14,11 +14,11 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from src.checks.config_checks import check_train_config
-from src.checks.problems import ConfigError
-from src.data.gpu_decode import CropUnlessEncoded, DeviceDecodeReader, collate_encoded, decode_batch
-from src.data.image_reader import load_rgb
-from src.data.transforms import EvalCropTransform
+from src.runs.config_checks import check_train_config
+from src.core.problems import ConfigError
+from src.data.placement.gpu_decode import CropUnlessEncoded, DeviceDecodeReader, collate_encoded, decode_batch
+from src.data.files.image_reader import load_rgb
+from src.data.transforms.presets import EvalCropTransform
 from src.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 

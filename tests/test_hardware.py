@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from src.runs import hardware
-from src.data.image_reader import load_rgb
+from src.core import hardware
+from src.data.files.image_reader import load_rgb
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
 pytestmark = pytest.mark.precision
@@ -140,7 +140,7 @@ def test_inference_runs_at_the_trained_precision_where_the_device_has_it(monkeyp
 
 def test_the_fallback_warning_names_both_precisions(monkeypatch, caplog):
     monkeypatch.setenv("IFC_NATIVE_BF16", "0")
-    with caplog.at_level("WARNING", logger="src.runs.hardware"):
+    with caplog.at_level("WARNING", logger="src.core.hardware"):
         hardware.inference_precision("bf16-mixed", None, CPU)
     [record] = caplog.records
     assert "trained at bf16-mixed" in record.message and "running at 32-true instead" in record.message

@@ -17,10 +17,10 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from src.data.gpu_decode import DeviceDecodeReader, decodes_on_device
-from src.data.image_reader import MAX_IMAGE_PIXELS, UnfaithfulImageError, load_rgb, open_image, oriented_rgb
-from src.data.scan import check_image
-from src.runs.random_state import seeded_torch_generator
+from src.data.placement.gpu_decode import DeviceDecodeReader, decodes_on_device
+from src.data.files.image_reader import MAX_IMAGE_PIXELS, UnfaithfulImageError, load_rgb, open_image, oriented_rgb
+from src.data.files.scan import check_image
+from src.core.random_state import seeded_torch_generator
 from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config
 from tests.image_encodings import (
     LOSSLESS,
@@ -168,7 +168,7 @@ def test_the_training_and_evaluation_transforms_see_the_same_tensor(encoded, aug
 def test_predictions_of_every_encoding_equal_the_8_bit_photos(encoded):
     """``Predictor.predict`` of a path, of a PIL image, and ``predict_files`` (``python -m src.predict``)."""
     from src import Predictor
-    from src.data.transforms import EvalTransform
+    from src.data.transforms.presets import EvalTransform
     from src.runs.builder import build_module
     from tests.conftest import IMAGENET_STATS
 
@@ -187,7 +187,7 @@ def test_predictions_of_every_encoding_equal_the_8_bit_photos(encoded):
 def test_shards_store_what_the_reader_reads(encoded):
     """``src.prepare`` keeps or re-encodes each file (:class:`EncodeImage`); the shard reader decodes the stored
     bytes with the same reader: the picture of the 8-bit reference either way (kept 16-bit PNG, re-encoded TIFF)."""
-    from src.data.shard_writer import EncodeImage
+    from src.data.shards.writer import EncodeImage
 
     encode = EncodeImage(max_side=256, jpeg_quality=95, max_pixels=MAX_IMAGE_PIXELS)
     for name, (path, reference, encoding) in encoded.items():
@@ -228,7 +228,7 @@ def test_heic_without_the_extra_names_the_extra_and_the_command(tmp_path, encode
     """With pillow-heif hidden from the importer, the scan and the reader say which extra reads HEIC."""
     path = encoded["HEIC"][0]
     code = ("import sys; sys.modules['pillow_heif'] = None\n"
-            "from pathlib import Path\nfrom src.data.scan import check_image\n"
+            "from pathlib import Path\nfrom src.data.files.scan import check_image\n"
             f"print(check_image(Path({str(path)!r})).reason)")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120)

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 
-from src.data.balanced_sampler import BalancedSampler
+from src.data.loading.balanced_sampler import BalancedSampler
 from src.inference.interpretation import Interpretation
 from src.models.losses import balanced_class_weights
 from src.runs.builder import build_run
@@ -38,7 +38,7 @@ def test_balanced_sampler_draws_every_class_equally_often():
     drawn = []
     for epoch in range(40):
         sampler.set_epoch(epoch)
-        drawn += [labels[i] for _, i in sampler]  # (epoch, index) pairs: src/data/samplers.py
+        drawn += [labels[i] for _, i in sampler]  # (epoch, index) pairs: src/data/loading/samplers.py
     counts = Counter(drawn)
     # chi-square against equal class frequencies (2 degrees of freedom); the random order would give 200:20:4
     assert stats.chisquare([counts[c] for c in range(3)]).pvalue > 0.01
@@ -87,9 +87,9 @@ def test_datamodule_counts_classes_and_the_module_takes_the_weights(tmp_path):
 
 
 def test_class_weights_and_sampler_are_refused_for_multi_label(tmp_path):
-    from src.checks.problems import ConfigError
+    from src.core.problems import ConfigError
     from src.data.datamodule import ImageFolderDataModule
-    from src.data.labels import RegexLabels
+    from src.data.labels.sources import RegexLabels
 
     multi_label = RegexLabels(pattern=r"(\w+)_\d+\.png", label_delim=" ")
     problems = ImageFolderDataModule.problems(None, multi_label, 0.2, 8, 32, "skip", "balanced")

@@ -13,12 +13,12 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.checks.config_checks import check_train_config
-from src.data.labels import CsvLabels, FolderLabels, RegexLabels
+from src.runs.config_checks import check_train_config
+from src.data.labels.sources import CsvLabels, FolderLabels, RegexLabels
 from src.models.components.backbones import build_backbone
 from src.models.components.classifier import ImageClassifier
 from src.models.loading import load_classifier
-from src.checks.problems import ConfigError
+from src.core.problems import ConfigError
 from src.evaluate import evaluate
 from src.models.multi_label_metrics import fbeta_per_sample
 from src.models.loading import read_checkpoint

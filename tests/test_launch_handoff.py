@@ -8,8 +8,8 @@ import lightning as L
 import pytest
 
 from src.data.datamodule import ImageFolderDataModule
-from src.data.index_payload import index_from_payload
-from src.runs import launch_handoff
+from src.data.labels.index_payload import index_from_payload
+from src.core import launch_handoff
 from tests.conftest import IMAGENET_STATS
 
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from src.lr_find import lr_find, with_max_lr
-from src.optim.lr_range_test import LRFinderResult, find_lr, minimum, steep, valley
+from src.optim.lr_finder import LRFinderResult, find_lr, minimum, steep, valley
 from src.runs.builder import build_datamodule, build_module
 from src.train import train
 
@@ -131,7 +131,7 @@ def test_lr_find_true_trains_the_first_stage_at_the_suggestion(tiny_cfg):
 
 
 def test_lr_find_true_scans_the_folder_and_builds_the_backbone_once(tiny_cfg, monkeypatch):
-    import src.data.labels
+    import src.data.labels.sources
     import src.models.components.backbones
 
     calls = {"scan": 0, "backbone": 0}
@@ -144,7 +144,7 @@ def test_lr_find_true_scans_the_folder_and_builds_the_backbone_once(tiny_cfg, mo
             return result
         return wrapper
 
-    monkeypatch.setattr(src.data.labels.FolderLabels, "index", counted("scan", src.data.labels.FolderLabels.index))
+    monkeypatch.setattr(src.data.labels.sources.FolderLabels, "index", counted("scan", src.data.labels.sources.FolderLabels.index))
     monkeypatch.setattr(src.models.components.backbones, "build_backbone",
                         counted("backbone", src.models.components.backbones.build_backbone))
     with open_dict(tiny_cfg):

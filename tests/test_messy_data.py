@@ -14,10 +14,10 @@ from omegaconf import open_dict
 from PIL import Image, ImageFile
 
 from src.data.datamodule import ImageFolderDataModule, index_folder
-from src.data.dataset import ImageDataset
-from src.data.image_files import Sample
-from src.data.image_reader import load_rgb
-from src.data.scan import FileScan, check_image
+from src.data.loading.dataset import ImageDataset
+from src.data.files.listing import Sample
+from src.data.files.image_reader import load_rgb
+from src.data.files.scan import FileScan, check_image
 from src.evaluate import evaluate
 from src.predict import predict
 from src.train import train

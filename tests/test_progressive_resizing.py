@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from src.checks.problems import ConfigError
+from src.core.problems import ConfigError
 from src.optim.one_cycle import one_cycle_value
 from src.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from omegaconf import open_dict
 from scipy import stats
 
-from src.checks.config_checks import check_train_config
-from src.checks.problems import ConfigError
-from src.data.batch_mixing import BatchMixing
+from src.runs.config_checks import check_train_config
+from src.core.problems import ConfigError
+from src.models.batch_mixing import BatchMixing
 from src.evaluate import evaluate
 from src.runs.builder import build_module
 from tests.conftest import TINY_OVERRIDES, compose_config, train_tiny_run

@@ -11,12 +11,12 @@ import torch
 from omegaconf import open_dict
 from torch.utils.data import Dataset
 
-from src.data.dataset import ImageDataset
-from src.data.labels import index_folder
-from src.data.samplers import EpochDataLoader, EpochShuffleSampler
-from src.data.transforms import TrainTransform
+from src.data.loading.dataset import ImageDataset
+from src.data.labels.sources import index_folder
+from src.data.loading.samplers import EpochDataLoader, EpochShuffleSampler
+from src.data.transforms.presets import TrainTransform
 from src.runs.builder import build_datamodule
-from src.runs.random_state import random_states
+from src.core.random_state import random_states
 from tests.conftest import IMAGENET_STATS, TINY_OVERRIDES, compose_config
 
 
@@ -86,7 +86,7 @@ def test_a_sample_is_the_same_tensor_in_a_worker_and_in_the_main_process(image_r
     assert torch.equal(before["torch"], after["torch"]) and before["numpy"] == after["numpy"]  # put back
     assert before["python"] == after["python"]
     assert torch.equal(images, in_main)  # the fused warp and lighting draw from the seeded generator
-    # torch's generator is the only one seeded (src/runs/random_state.py): Python's and NumPy's states change nothing
+    # torch's generator is the only one seeded (src/core/random_state.py): Python's and NumPy's states change nothing
     random.seed(1)
     np.random.seed(2)
     assert torch.equal(torch.stack([dataset[pair][0] for pair in pairs]), in_main)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from src.data.datamodule import ImageFolderDataModule
-from src.data.scan_cache import CACHE_FORMAT, ScanCache
+from src.data.files.scan_cache import CACHE_FORMAT, ScanCache
 from src.runs.builder import build_datamodule
 from tests.conftest import IMAGENET_STATS, compose_config
 

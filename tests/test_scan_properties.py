@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb
-from src.data.scan import check_image
+from src.data.files.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb
+from src.data.files.scan import check_image
 from tests.conftest import SAMPLE
 
 PHOTO = Image.open(next((SAMPLE / "bag").glob("*.png"))).convert("RGB").resize((64, 48))

@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 from src.optim.one_cycle import StagedOneCycleLR, one_cycle_value
 from src.optim.param_groups import layer_group_param_groups
 from src.optim.stages import Stage, StageSchedule, layer_group_lrs
-from src.checks.problems import ConfigError
+from src.core.problems import ConfigError
 from tests.conftest import CONFIG_DIR
 
 # The one-cycle settings as the config writes them (fastai's fit_one_cycle defaults).

@@ -18,8 +18,8 @@ import torch
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from src.checks.problems import ConfigError
-from src.data.image_reader import MAX_IMAGE_PIXELS
+from src.core.problems import ConfigError
+from src.data.files.image_reader import MAX_IMAGE_PIXELS
 from src.evaluate import evaluate
 from src.prepare import prepare
 from src.train import train
@@ -170,8 +170,8 @@ def test_balanced_class_weights_come_from_the_counts_prepare_recorded(shards, tm
 
 def test_a_loader_resumes_mid_epoch_from_its_state(shards):
     """The position Lightning stores: a new loader given the state yields the rest of the epoch."""
-    from src.data.streaming import ShardDataset, shard_loader
-    from src.data.transforms import EvalTransform
+    from src.data.shards.streaming import ShardDataset, shard_loader
+    from src.data.transforms.presets import EvalTransform
     from tests.conftest import IMAGENET_STATS
 
     def loader():
@@ -194,7 +194,7 @@ def test_a_loader_resumes_mid_epoch_from_its_state(shards):
 
 
 def test_shards_refuse_a_larger_size_and_other_classes(shards, shard_run, tmp_path):
-    from src.checks.config_checks import check_train_config
+    from src.runs.config_checks import check_train_config
 
     _, out = shards
     with pytest.raises(ConfigError, match=rf"data.size=64: expected at most {MAX_SIDE}.*max_side=64"):
@@ -216,7 +216,7 @@ def test_shards_refuse_a_larger_size_and_other_classes(shards, shard_run, tmp_pa
 
 
 def test_data_format_is_checked(tmp_path):
-    from src.checks.config_checks import check_train_config
+    from src.runs.config_checks import check_train_config
 
     with pytest.raises(ConfigError, match="data.format='shards': expected folder or litdata"):
         check_train_config(train_cfg(tmp_path, ["data.format=shards"]))
@@ -345,11 +345,11 @@ def test_training_streams_shards_from_an_s3_bucket(shards, s3_server, tmp_path):
 def test_multi_label_items_keep_their_labels(tmp_path):
     """A multi-label sample goes through litdata's JSON checkpoint as a list and comes back as the
     multi-hot target a folder's dataset gives."""
-    from src.data.dataset import ImageDataset
-    from src.data.image_files import Sample
-    from src.data.shard_writer import EncodeImage, work_item
-    from src.data.streaming import DecodeItem
-    from src.data.transforms import EvalTransform
+    from src.data.loading.dataset import ImageDataset
+    from src.data.files.listing import Sample
+    from src.data.shards.writer import EncodeImage, work_item
+    from src.data.shards.streaming import DecodeItem
+    from src.data.transforms.presets import EvalTransform
 
     image = tmp_path / "a.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(image)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from src.checks.problems import ConfigError
+from src.core.problems import ConfigError
 from src.evaluate import evaluate
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config, copy_sample
 

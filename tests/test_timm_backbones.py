@@ -12,7 +12,7 @@ from torch import nn
 timm = pytest.importorskip("timm")
 
 from src.callbacks.staged_finetuning import StagedFineTuning  # noqa: E402
-from src.checks.config_checks import model_layer_groups  # noqa: E402
+from src.runs.config_checks import model_layer_groups  # noqa: E402
 from src.models.components.backbones import ResNetBody, build_backbone  # noqa: E402
 from src.models.components.timm_body import TimmBody  # noqa: E402
 from src.train import train  # noqa: E402

@@ -11,7 +11,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
-from src.checks.config_checks import ConfigError
+from src.runs.config_checks import ConfigError
 from src.train import train
 from tests.conftest import CONFIG_DIR, compose_config
 

@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from omegaconf import open_dict
 from torch import nn
 
-from src.checks.problems import ConfigError
+from src.core.problems import ConfigError
 from src.export import export
 from src.runs.builder import build_run
 from src.train import train

@@ -83,7 +83,7 @@ def test_predict_writes_only_its_output_whatever_the_input_names(tmp_path, monke
 
     from torch import nn
 
-    from src.data.transforms import EvalTransform
+    from src.data.transforms.presets import EvalTransform
     from src.inference.predictor import Predictor
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from src.runs.hardware import available_cores, has_native_bf16
+from src.core.hardware import available_cores, has_native_bf16
 
 LIBRARIES = ("torch", "torchvision", "lightning", "pillow", "hydra-core", "torchmetrics")
 

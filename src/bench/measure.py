@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from src.runs.hardware import synchronize
+from src.core.hardware import synchronize
 from src.models.classifier_module import ImageClassifierModule
 from src.models.freezing import freeze_layer_groups
 

@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.bench.environment import machine, versions
 from src.bench.measure import Speed, augment_speed, data_speed, floor_speed
-from src.data.dataset import ImageDataset
+from src.data.loading.dataset import ImageDataset
 from src.bench.report import format_report
 from src.runs.builder import build_datamodule, build_module
-from src.runs.hardware import device_type, resolve_channels_last, resolve_precision
+from src.core.hardware import device_type, resolve_channels_last, resolve_precision
 from src.runs.run_files import write_json
 from src.train import train
 

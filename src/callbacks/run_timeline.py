@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from typing_extensions import override
 
-from src.runs.hardware import synchronize
+from src.core.hardware import synchronize
 
 
 def children_cpu_seconds() -> float:

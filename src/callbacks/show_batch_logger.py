@@ -8,7 +8,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from src.callbacks.tensorboard_figures import datamodule_to_draw, log_figures
-from src.runs.random_state import derived_seed
+from src.core.random_state import derived_seed
 from src.visualize.show_batch import show_batch_figure
 
 

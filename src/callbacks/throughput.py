@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 
-from src.runs.hardware import synchronize
+from src.core.hardware import synchronize
 
 
 class TrainThroughput(L.Callback):

@@ -1,13 +1,13 @@
 """The DataModule: an image folder, its labels and split, augmentation, normalisation and loaders.
 
-The labels come from ``labels``, a built label source (see :mod:`src.data.labels`):
+The labels come from ``labels``, a built label source (see :mod:`src.data.labels.sources`):
 - :class:`FolderLabels`: class folders (fastai's ``train="."``), ``root/<class>/*.jpg``, split at
   random per class with ``valid_pct`` and ``seed``; or split folders: ``root/train/<class>/``,
   ``root/valid/<class>/`` (or ``val/``) and an optional ``root/test/<class>/`` for ``trainer.test``;
 - :class:`CsvLabels`: a table of paths and labels; :class:`RegexLabels`: a capture group of each file's path.
 The class list comes from the labels and is what the model's class count is built from.
 With ``format="litdata"``, ``root`` is a folder (or ``s3://`` prefix) of shards written by
-``python -m src.prepare``: labels, split and classes come from its manifest (:mod:`src.data.streaming`).
+``python -m src.prepare``: labels, split and classes come from its manifest (:mod:`src.data.shards.streaming`).
 """
 
 from __future__ import annotations
@@ -25,32 +25,32 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from src.data.balanced_sampler import SAMPLERS, BalancedSampler
-from src.data.dataset import ImageDataset, batch_size_problems
-from src.data.device_batches import DeviceBatchHooks, placed_transforms
-from src.data.image_reader import MAX_IMAGE_PIXELS, load_rgb
-from src.data.index_payload import index_from_payload, index_payload
-from src.data.labels import FolderIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
-from src.data.scan import FileScan
-from src.data.scan_cache import ScanCache
-from src.data.shard_manifest import (is_remote, litdata_problems, local_shards_problems, read_bytes, read_manifest,
+from src.data.loading.balanced_sampler import SAMPLERS, BalancedSampler
+from src.data.loading.dataset import ImageDataset, batch_size_problems
+from src.data.placement.device_batches import DeviceBatchHooks, placed_transforms
+from src.data.files.image_reader import MAX_IMAGE_PIXELS, load_rgb
+from src.data.labels.index_payload import index_from_payload, index_payload
+from src.data.labels.sources import FolderIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
+from src.data.files.scan import FileScan
+from src.data.files.scan_cache import ScanCache
+from src.data.shards.manifest import (is_remote, litdata_problems, local_shards_problems, read_bytes, read_manifest,
                                      size_problems)
-from src.data.samplers import EpochDataLoader, EpochShuffleSampler
-from src.data.split import valid_pct_problems, write_split_csv
-from src.data.stage_data import StageSizedLoaders
-from src.data.placement import DataPlacement
-from src.data.transforms import EvalTransform
-from src.checks.problems import Problem, is_whole_number, raise_problems
-from src.runs import launch_handoff
-from src.runs.atomic_write import atomic_open
-from src.data.worker_priority import LowerWorkerPriority
-from src.runs.hardware import resolve_num_workers
+from src.data.loading.samplers import EpochDataLoader, EpochShuffleSampler
+from src.data.labels.split import valid_pct_problems, write_split_csv
+from src.data.loading.stage_data import StageSizedLoaders
+from src.data.placement.choice import DataPlacement
+from src.data.transforms.presets import EvalTransform
+from src.core.problems import Problem, is_whole_number, raise_problems
+from src.core import launch_handoff
+from src.core.atomic_write import atomic_open
+from src.data.loading.worker_priority import LowerWorkerPriority
+from src.core.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
 MIN_IMAGE_SIZE = 32  # a ResNet downsamples by 32: below that its last feature map is empty
 ON_BAD_FILE = ("skip", "error")
-# folder: images under data.root; litdata: shards written by src.prepare (src/data/streaming.py).
+# folder: images under data.root; litdata: shards written by src.prepare (src/data/shards/streaming.py).
 DATA_FORMATS = ("folder", "litdata")
 
 
@@ -61,7 +61,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
     Args:
         root: folder of class folders, or of train/valid[/test] folders; with csv or regex
             labels, the folder the image paths are relative to.
-        labels: the label source (:class:`~src.data.labels.FolderLabels` when None); with a
+        labels: the label source (:class:`~src.data.labels.sources.FolderLabels` when None); with a
             ``label_delim`` the data is multi-label.
         valid_pct: fraction of each class held out for validation (not with split folders or
             ``valid_column``); of all images for multi-label.
@@ -72,10 +72,10 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         mean, std: per-channel normalisation (``conf/data/image_folder.yaml`` gives ImageNet's, what
             pretrained bodies expect).
         augment: keyword arguments of :class:`TrainTransform` (flip, rotate, zoom, warp, lighting),
-            and ``on``: where they run, ``workers``, ``device`` or ``auto`` (:mod:`src.data.placement`).
-        decode_on: ``workers`` or ``device`` (JPEGs decoded on the GPU, :mod:`src.data.gpu_decode`).
+            and ``on``: where they run, ``workers``, ``device`` or ``auto`` (:mod:`src.data.placement.choice`).
+        decode_on: ``workers`` or ``device`` (JPEGs decoded on the GPU, :mod:`src.data.placement.gpu_decode`).
         batch_size, num_workers, pin_memory: DataLoader settings (``num_workers=auto``: see
-            :func:`src.runs.hardware.resolve_num_workers`).
+            :func:`src.core.hardware.resolve_num_workers`).
         split_csv: where to record the split (``path,label,subset``); None to skip.
         on_bad_file: ``skip`` leaves unreadable files out (listed in ``bad_files_csv``, one-line
             summary in the log); ``error`` stops before training, naming them.
@@ -83,16 +83,16 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         max_image_pixels: larger images are bad files, never decoded (decompression-bomb guard).
         scan_workers: threads checking the files before training.
         scan_cache_dir: where the scan's verdicts are kept between runs (see
-            :mod:`src.data.scan_cache`); None opens every file every run.
+            :mod:`src.data.files.scan_cache`); None opens every file every run.
         rescan: open every file again, whatever the cache holds (the cache is rewritten).
         sampler: ``random`` (shuffled, each image once per epoch) or ``balanced`` (every class equally
             likely, with replacement, as many images per epoch; single-label only), see
-            :mod:`src.data.balanced_sampler`.
+            :mod:`src.data.loading.balanced_sampler`.
         format: ``folder`` (images under ``root``) or ``litdata`` (shards of ``src.prepare`` at ``root``,
             a folder or ``s3://bucket/prefix``; its labels and split are the shards').
         shard_cache_dir: where litdata keeps chunks downloaded from ``s3://`` (None: litdata's default).
 
-    The constructor raises :class:`~src.checks.problems.ConfigError` with every problem of :meth:`problems`.
+    The constructor raises :class:`~src.core.problems.ConfigError` with every problem of :meth:`problems`.
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         self.valid_pct = valid_pct
         self.seed = seed
         # The training order and each image's augmentation are functions of this seed and the epoch
-        # (src/data/samplers.py), so a resumed run sees what the uninterrupted run saw; seed=null
+        # (src/data/loading/samplers.py), so a resumed run sees what the uninterrupted run saw; seed=null
         # (a run not meant to be repeated) draws one.
         self.loader_seed = seed if seed is not None else random.SystemRandom().randrange(2**63)
         self.size = size
@@ -157,7 +157,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         self.datasets: dict[str, ImageDataset] = {}
 
     def use_transforms_at(self, size: int) -> None:
-        """The transforms at ``size`` (``data.size``, or a stage's own: src/data/stage_data.py): what the
+        """The transforms at ``size`` (``data.size``, or a stage's own: src/data/loading/stage_data.py): what the
         loader workers run (``train_transform``, ``loader_eval_transform``) and what finishes a batch on
         the device with ``augment.on=device`` (``batch_augment``); ``eval_transform`` is the whole
         evaluation transform, for single images (inspect)."""
@@ -232,7 +232,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
                 "seed": self.seed, "max_image_pixels": self.scan.max_pixels}
 
     def index_payload(self) -> dict[str, Any]:
-        """The scanned index as JSON values, for the DDP processes rank 0 launches (:mod:`src.runs.launch_handoff`)."""
+        """The scanned index as JSON values, for the DDP processes rank 0 launches (:mod:`src.core.launch_handoff`)."""
         return index_payload(self.index, self.scan.bad, self.scan.kept, self._index_settings())
 
     def _report_bad_files(self) -> None:
@@ -322,7 +322,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
 
     def _setup_shards(self) -> None:
         # litdata is needed only for data.format=litdata
-        from src.data.streaming import ShardDataset, ShardSubset
+        from src.data.shards.streaming import ShardDataset, ShardSubset
 
         raise_problems(size_problems(self.manifest, self.shards_root, self.size))
         counts = self.manifest["subsets"]
@@ -350,7 +350,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
                 f.write(read_bytes(self.shards_root, "split.csv"))
 
     def train_sampler(self) -> EpochShuffleSampler | BalancedSampler:
-        """The training order: a function of (seed, epoch) (the contract of :mod:`src.data.samplers`)."""
+        """The training order: a function of (seed, epoch) (the contract of :mod:`src.data.loading.samplers`)."""
         if self.sampler == "balanced":
             return BalancedSampler([s.label for s in self.index.train], seed=self.loader_seed)
         return EpochShuffleSampler(len(self.datasets["train"]), seed=self.loader_seed)
@@ -358,7 +358,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
     def _loader(self, subset: str, shuffle: bool) -> DataLoader:
         self.use_epoch_data()  # progressive resizing: this epoch's stage's size and batch size
         if self.format == "litdata" and subset == "train":
-            from src.data.streaming import shard_loader
+            from src.data.shards.streaming import shard_loader
 
             return shard_loader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
                                 pin_memory=self.pin_memory, drop_last=self.datasets[subset].drop_last,

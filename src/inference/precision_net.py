@@ -14,7 +14,7 @@ import torch
 from lightning.fabric.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from torch import nn
 
-from src.runs.hardware import as_lightning_runs_it, normalize_precision
+from src.core.hardware import as_lightning_runs_it, normalize_precision
 
 
 INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from src.runs.atomic_write import atomic_open
+from src.core.atomic_write import atomic_open
 
 
 def prediction_cells(

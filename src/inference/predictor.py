@@ -19,16 +19,16 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.dataset import batch_size_problems
-from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb, oriented_rgb
-from src.data.transforms import EvalTransform
-from src.runs.hardware import FULL_PRECISION
+from src.data.loading.dataset import batch_size_problems
+from src.data.files.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb, oriented_rgb
+from src.data.transforms.presets import EvalTransform
+from src.core.hardware import FULL_PRECISION
 from src.inference.precision_net import PrecisionNet
 from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
 from src.models.loading import LoadedClassifier, load_classifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
-from src.checks.problems import raise_problems
+from src.core.problems import raise_problems
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from torch import nn
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
-from src.checks.problems import Problem, raise_problems
-from src.data.batch_mixing import BatchMixing, batch_mixing_problems
-from src.runs.hardware import resolve_channels_last
+from src.core.problems import Problem, raise_problems
+from src.models.batch_mixing import BatchMixing, batch_mixing_problems
+from src.core.hardware import resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.losses import class_weights_problems, label_smoothing_problems, training_loss
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold, fbeta_per_sample
@@ -52,12 +52,12 @@ class ImageClassifierModule(L.LightningModule):
         multi_label: several labels per image (set from the data, like ``classes``).
         threshold: multi-label only: a class is predicted when its probability is above it.
         channels_last: run the network in NHWC memory format (``auto``: with bf16/fp16 precision,
-            see :mod:`src.runs.hardware`).
+            see :mod:`src.core.hardware`).
         compile: ``torch.compile`` the network when training starts (the weights and checkpoint
             keys stay those of the plain network).
         label_smoothing: of the training loss (fastai's ``LabelSmoothingCrossEntropy`` is 0.1), see
             :mod:`src.models.losses`; validation reports the plain loss.
-        mixup: MixUp/CutMix of training batches (:class:`~src.data.batch_mixing.BatchMixing`'s
+        mixup: MixUp/CutMix of training batches (:class:`~src.models.batch_mixing.BatchMixing`'s
             keyword arguments; None or zero alphas: off).
         class_weights: one training-loss weight per class, or None (``balanced`` is resolved from
             the DataModule's class counts by :func:`src.runs.builder.build_run`).

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from src.checks.problems import Problem
+from src.core.problems import Problem
 from src.models.components.checkpoint_body import checkpoint_backbone_name, is_project_checkpoint
 from src.models.safe_load import safe_torch_load
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.labels import upgrade_label_config
-from src.data.transforms import EvalTransform
-from src.runs.hardware import inference_precision, resolve_channels_last
+from src.data.labels.sources import upgrade_label_config
+from src.data.transforms.presets import EvalTransform
+from src.core.hardware import inference_precision, resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.models.safe_load import file_damage, safe_torch_load

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.checks.problems import Problem, is_number, raise_problems
+from src.core.problems import Problem, is_number, raise_problems
 
 CLASS_WEIGHTS = ("balanced",)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import ListConfig, OmegaConf
 
-from src.checks.problems import Problem, is_number, is_whole_number, raise_problems
+from src.core.problems import Problem, is_number, is_whole_number, raise_problems
 from src.optim.stages import Stage, StageSchedule
 
 FROZEN_PCT_START = 0.99  # fastai's fine_tune: the frozen cycle warms up for nearly all of it

@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from src.checks.problems import Problem, is_number, is_whole_number, raise_problems
+from src.core.problems import Problem, is_number, is_whole_number, raise_problems
 from src.data.datamodule import MIN_IMAGE_SIZE
-from src.data.dataset import batch_size_problems
+from src.data.loading.dataset import batch_size_problems
 
 LearningRate = float | Sequence[float]
 FREEZE_TO_FIX = "use -1 (train only the head) or 0 (train everything)"
@@ -130,7 +130,7 @@ class StageSchedule:
     """The ordered stages of a run, the one-cycle settings every stage uses and ``train_bn``.
 
     The settings' values (fastai's defaults) are written once, in ``conf/schedule/fastai.yaml``.
-    The constructor raises :class:`~src.checks.problems.ConfigError` with every problem of
+    The constructor raises :class:`~src.core.problems.ConfigError` with every problem of
     :meth:`problems`; the config check lists the same ones before anything is built.
     """
 

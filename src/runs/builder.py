@@ -24,7 +24,7 @@ from src.models.losses import resolve_class_weights
 from src.models.init_from import load_initial_network
 from src.runs.checkpoint_io import AtomicCheckpointIO
 from src.runs.experiment_trackers import build_loggers
-from src.runs.hardware import resolve_precision, resolve_sync_batchnorm
+from src.core.hardware import resolve_precision, resolve_sync_batchnorm
 
 
 def build_datamodule(data_config: DictConfig, **overrides) -> ImageFolderDataModule:
@@ -96,7 +96,7 @@ class Run:
 
     def trainer(self) -> L.Trainer:
         schedule = self.module.schedule
-        # Stages with their own size or batch size: the loaders are rebuilt every epoch (src/data/stage_data.py).
+        # Stages with their own size or batch size: the loaders are rebuilt every epoch (src/data/loading/stage_data.py).
         reload = {"reload_dataloaders_every_n_epochs": 1} if schedule.resizes else {}
         return build_trainer(self.cfg, max_epochs=schedule.total_epochs, **reload)
 

@@ -4,7 +4,7 @@ Lightning 2.6 saves through fsspec's transaction (``lightning.fabric.utilities.c
 which for local paths writes to ``tempfile.mkstemp()`` (the system temp folder) and then
 ``shutil.move``s it. When that folder is on another file system than the run (a tmpfs ``/tmp``, a
 network or mounted data disk), the move is a copy, and a crash during the copy truncates
-``last.ckpt``. Here the checkpoint goes through :func:`~src.runs.atomic_write.atomic_open`: a
+``last.ckpt``. Here the checkpoint goes through :func:`~src.core.atomic_write.atomic_open`: a
 temporary file next to it, flushed to disk and renamed over it.
 """
 
@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-from src.runs.atomic_write import atomic_open
+from src.core.atomic_write import atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

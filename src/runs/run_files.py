@@ -1,4 +1,4 @@
-"""Files a run leaves in its directory, written atomically (:mod:`src.runs.atomic_write`)."""
+"""Files a run leaves in its directory, written atomically (:mod:`src.core.atomic_write`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from src.runs.atomic_write import atomic_open
+from src.core.atomic_write import atomic_open
 
 
 def _write_atomically(path: Path, text: str) -> None:

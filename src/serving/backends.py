@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from torchvision.transforms import v2
 
-from src.data.transforms import EvalTransform
-from src.runs.hardware import FULL_PRECISION
+from src.data.transforms.presets import EvalTransform
+from src.core.hardware import FULL_PRECISION
 from src.inference.predictor import Prediction, Predictor, prediction_of
 from src.models.loading import eval_transform_for, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, UnfaithfulImageError, load_rgb
+from src.data.files.image_reader import UNREADABLE_IMAGE_ERRORS, UnfaithfulImageError, load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from src.optim.lr_range_test import LRFinderResult
+from src.optim.lr_finder import LRFinderResult
 
 
 def plot_lr_find(result: LRFinderResult, suggestions: dict[str, float]) -> plt.Figure:

@@ -55,7 +55,7 @@ def seeded_torch_generator(seed: int) -> Iterator[None]:
     """torch's CPU generator seeded with ``seed`` inside the block, and put back as it was after it:
     what runs inside draws a function of ``seed`` alone, and what runs after draws as if the block had
     not run. torch's is the only global generator the data transforms draw from (torchvision v2's random
-    transforms, :mod:`src.data.fused_augment`, :mod:`src.data.batch_augment`; tests/test_samplers.py
+    transforms, :mod:`src.data.transforms.fused_augment`, :mod:`src.data.transforms.batch_augment`; tests/test_samplers.py
     checks that Python's and NumPy's states change nothing), so it is the only one seeded: saving and
     restoring NumPy's legacy state as well cost 65 us an image, a fifth of a loader worker's CPU per
     image on the recipe's images (measured for issue 14). CUDA's generators are left alone

@@ -19,21 +19,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.datamodule import ImageFolderDataModule
-from src.data.dataset import batch_size_problems
-from src.data.image_files import data_root_problems
+from src.data.loading.dataset import batch_size_problems
+from src.data.files.listing import data_root_problems
 from src.models.classifier_module import ImageClassifierModule
-from src.data.stage_data import last_stage_size_problems
+from src.data.loading.stage_data import last_stage_size_problems
 from src.models.init_from import init_from_problems
-from src.data.placement import DataPlacement
-from src.data.scan_cache import ScanCache
+from src.data.placement.choice import DataPlacement
+from src.data.files.scan_cache import ScanCache
 from src.optim.stages import StageSchedule
-from src.checks.problems import ConfigError, Problem, is_number, raise_problems
+from src.core.problems import ConfigError, Problem, is_number, raise_problems
 
 __all__ = ["PRECISIONS", "ConfigError", "Problem", "check_inference_config", "check_train_config", "data_config_problems",
            "model_layer_groups"]
 
 # What Lightning's Trainer(precision=...) accepts (tests/test_config_checks.py checks that they
-# agree), and "auto", which src.runs.hardware resolves before the Trainer is built.
+# agree), and "auto", which src.core.hardware resolves before the Trainer is built.
 PRECISIONS = ("auto", "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
               "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
 

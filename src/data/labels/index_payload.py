@@ -1,6 +1,6 @@
-"""A scanned :class:`~src.data.labels.FolderIndex` (and what the scan left out) as plain JSON values.
+"""A scanned :class:`~src.data.labels.sources.FolderIndex` (and what the scan left out) as plain JSON values.
 
-What rank 0 hands to the DDP processes it launches (:mod:`src.runs.launch_handoff`), so they use
+What rank 0 hands to the DDP processes it launches (:mod:`src.core.launch_handoff`), so they use
 its split and class list without opening the files. The settings the index depends on travel
 with it: a process whose own settings differ refuses it rather than train on another split.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from src.data.image_files import Sample
-from src.data.labels import FolderIndex
-from src.data.scan import BadFile
+from src.data.files.listing import Sample
+from src.data.labels.sources import FolderIndex
+from src.data.files.scan import BadFile
 
 SUBSETS = ("train", "valid", "test")
 

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from src.data.image_files import Sample
-from src.data.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb
-from src.checks.problems import Problem, is_whole_number
-from src.runs.random_state import derived_seed, seeded_torch_generator
+from src.data.files.listing import Sample
+from src.data.files.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb
+from src.core.problems import Problem, is_whole_number
+from src.core.random_state import derived_seed, seeded_torch_generator
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ImageDataset(Dataset):
     it runs with torch's generator (the one the transforms draw from) seeded from them, and put back after it.
     So a sample's augmentation is the same in any worker or in the main process, in any order, and
     in a resumed run. The key is an ``(epoch, index)`` pair from a sampler of
-    :mod:`src.data.samplers`, or a bare index (epoch 0's draw, e.g. for ``ShowBatch``). Without
+    :mod:`src.data.loading.samplers`, or a bare index (epoch 0's draw, e.g. for ``ShowBatch``). Without
     ``seed`` the transform draws from the process's generators as they are.
     """
 
@@ -67,7 +67,7 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.decode_size = decode_size  # JPEGs decode at reduced scale down to this (load_rgb's min_size)
-        self.read = read  # path, min_size -> what transform takes (decode_on=device: JPEG bytes, src/data/gpu_decode.py)
+        self.read = read  # path, min_size -> what transform takes (decode_on=device: JPEG bytes, src/data/placement/gpu_decode.py)
         self.failures = multiprocessing.Value("i", 0)
         self._warned: set = set()  # per process: one warning per file, every failure counted
 

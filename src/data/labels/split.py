@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from src.data.image_files import Sample, relative_posix
-from src.checks.problems import Problem, is_number, raise_problems
-from src.runs.atomic_write import atomic_open
+from src.data.files.listing import Sample, relative_posix
+from src.core.problems import Problem, is_number, raise_problems
+from src.core.atomic_write import atomic_open
 
 
 def valid_pct_problems(valid_pct: Any, key: str = "data.valid_pct") -> list[Problem]:

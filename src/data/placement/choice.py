@@ -1,11 +1,11 @@
 """Where the data work runs: ``data.augment.on`` (workers | device | auto) and ``data.decode_on``.
 
 ``workers``: the loader processes decode, augment and normalise (PIL and NumPy, one image at a
-time; :class:`~src.data.transforms.TrainTransform`). ``device``: they only decode, resize and crop
+time; :class:`~src.data.transforms.presets.TrainTransform`). ``device``: they only decode, resize and crop
 to uint8 tensors (a quarter of float32's bytes through the worker pipe and the host-to-device
 copy); flip, warp, lighting and normalisation run on whole batches where the model trains
-(:class:`~src.data.batch_augment.BatchAugment`). ``decode_on=device`` moves the JPEG decode to the GPU
-too (:mod:`src.data.gpu_decode`).
+(:class:`~src.data.transforms.batch_augment.BatchAugment`). ``decode_on=device`` moves the JPEG decode to the GPU
+too (:mod:`src.data.placement.gpu_decode`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from src.checks.problems import Problem, raise_problems
+from src.core.problems import Problem, raise_problems
 
 AUGMENT_ON = ("auto", "workers", "device")
 DECODE_ON = ("workers", "device")
@@ -62,7 +62,7 @@ class DataPlacement:
 
     @classmethod
     def resolve(cls, augment_on: str = "auto", decode_on: str = "workers", cuda: bool | None = None) -> DataPlacement:
-        """Check the settings (raising :class:`~src.checks.problems.ConfigError`) and resolve ``auto``."""
+        """Check the settings (raising :class:`~src.core.problems.ConfigError`) and resolve ``auto``."""
         cuda = torch.cuda.is_available() if cuda is None else cuda
         raise_problems(cls.problems(augment_on, decode_on, cuda))
         if augment_on == "auto":

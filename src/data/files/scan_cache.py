@@ -1,6 +1,6 @@
 """The scan's verdicts, kept between runs: a later run opens only the files that changed.
 
-Opening every file before training (:mod:`src.data.scan`) took 28 s for 60,000 PNGs on 2 cores,
+Opening every file before training (:mod:`src.data.files.scan`) took 28 s for 60,000 PNGs on 2 cores,
 every run. The verdict of a file (readable, with its width and height, or bad with the reason)
 only changes when the file does, so it is stored with the file's size and modification time in
 ``paths.cache_dir`` (outside the data folder, which may be read-only), one file per data folder:
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from src.checks.problems import Problem, raise_problems
-from src.runs.atomic_write import atomic_open
+from src.core.problems import Problem, raise_problems
+from src.core.atomic_write import atomic_open
 
 log = logging.getLogger(__name__)
 

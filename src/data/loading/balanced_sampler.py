@@ -3,7 +3,7 @@
 torch's ``WeightedRandomSampler`` draws from the global generator (or one passed in, whose state
 then depends on every earlier epoch), so a resumed run would draw other images than the
 uninterrupted one. This sampler has the contract of the training samplers of
-:mod:`src.data.samplers` instead: it yields ``(epoch, index)`` pairs, and the indices of an epoch
+:mod:`src.data.loading.samplers` instead: it yields ``(epoch, index)`` pairs, and the indices of an epoch
 are a pure function of ``(seed, epoch)``, drawn with its own ``torch.Generator``; Lightning calls
 ``set_epoch`` before every epoch (also after a resume).
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from src.runs.random_state import derived_seed
+from src.core.random_state import derived_seed
 
 SAMPLERS = ("random", "balanced")
 

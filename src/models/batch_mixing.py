@@ -22,7 +22,7 @@ import torch
 from torch.nn.functional import one_hot
 from torchvision.transforms import v2
 
-from src.checks.problems import Problem, is_number
+from src.core.problems import Problem, is_number
 
 # The keys of model.mixup, as timm's Mixup names them; off unless an alpha is above 0.
 MIXUP_KEYS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "prob")

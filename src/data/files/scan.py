@@ -19,16 +19,16 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from src.data.image_files import PassedOver, relative_posix, walk_images
-from src.data.image_reader import (
+from src.data.files.listing import PassedOver, relative_posix, walk_images
+from src.data.files.image_reader import (
     MAX_IMAGE_PIXELS,
     UNREADABLE_IMAGE_ERRORS,
     fidelity_problem,
     mode_problem,
     open_image,
 )
-from src.data.scan_cache import ScanCache, Verdict
-from src.runs.atomic_write import atomic_open
+from src.data.files.scan_cache import ScanCache, Verdict
+from src.core.atomic_write import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def inspect_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[tuple
 
     Header and structure only (``verify``), except where the pixels must be seen: a JPEG without its end
     marker is decoded, and so are 32-bit integer and float images, whose values the reader maps to 8 bits
-    only inside a fixed range (:func:`~src.data.image_reader.fidelity_problem`)."""
+    only inside a fixed range (:func:`~src.data.files.image_reader.fidelity_problem`)."""
     size = (0, 0)
     try:
         if path.stat().st_size == 0:
@@ -117,7 +117,7 @@ def unlisted_files(folder: Path) -> list[BadFile]:
 class FileScan:
     """Checks image files in ``workers`` threads (PIL releases the GIL while reading) and keeps the bad ones.
 
-    With ``cache`` (:class:`~src.data.scan_cache.ScanCache`), a file whose size and modification
+    With ``cache`` (:class:`~src.data.files.scan_cache.ScanCache`), a file whose size and modification
     time are those of a cached verdict is not opened; :meth:`save_cache` keeps the new verdicts.
     ``opened`` and ``from_cache`` count the files of each kind (the log's summary says them).
     """
@@ -168,7 +168,7 @@ class FileScan:
         self.bad += unlisted_files(folder)
 
     def note_passed_over(self, passed_over: Sequence[PassedOver]) -> None:
-        """Record what a listing (:func:`~src.data.image_files.walk_images`) passed over."""
+        """Record what a listing (:func:`~src.data.files.listing.walk_images`) passed over."""
         self.bad += [BadFile(*passed) for passed in passed_over]
 
     @property

@@ -32,10 +32,10 @@ from typing import ClassVar
 
 from omegaconf import DictConfig, open_dict
 
-from src.data.image_files import IMAGE_EXTENSIONS, Sample, list_images, relative_posix, scan_class_folders
-from src.data.scan import BadFile, FileScan
-from src.data.split import random_split, stratified_split
-from src.checks.problems import Problem, raise_problems
+from src.data.files.listing import IMAGE_EXTENSIONS, Sample, list_images, relative_posix, scan_class_folders
+from src.data.files.scan import BadFile, FileScan
+from src.data.labels.split import random_split, stratified_split
+from src.core.problems import Problem, raise_problems
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ when its iterator is created, and loader workers draw the augmentation from gene
 their start (and kept across epochs by persistent workers): so the images and augmentations of the
 epochs after a resume depend on everything that drew random numbers before, and on which worker
 loads which image. Here the order comes from the sampler's own generator and each sample carries its
-epoch, so the dataset can seed the sample's augmentation itself (:class:`~src.data.dataset.ImageDataset`
+epoch, so the dataset can seed the sample's augmentation itself (:class:`~src.data.loading.dataset.ImageDataset`
 with ``seed``).
 
 The contract of every training sampler in this module (the DataModule takes any of them):
@@ -16,7 +16,7 @@ The contract of every training sampler in this module (the DataModule takes any 
   sampler serves epoch 0 every time, as torch's ``DistributedSampler`` does.
 - ``__iter__`` yields ``(epoch, index)`` pairs; their order is a function of (seed, epoch) and the
   sampler's constructor arguments only: drawn from a ``torch.Generator`` of its own seeded with
-  :func:`~src.runs.random_state.derived_seed` ``(seed, epoch)``, never from the global generators.
+  :func:`~src.core.random_state.derived_seed` ``(seed, epoch)``, never from the global generators.
 - ``__len__``: the number of pairs one epoch yields.
 
 :class:`EpochDataLoader` is the DataLoader that serves them: its iterator starts at the first batch
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from src.runs.random_state import derived_seed
+from src.core.random_state import derived_seed
 
 
 class EpochShuffleSampler(Sampler[tuple[int, int]]):

@@ -5,7 +5,7 @@ probability ``p_affine`` each of a rotation (up to ``max_rotate`` degrees), a zo
 ``max_zoom``) and a perspective warp (``max_warp``), then with probability ``p_lighting`` each of
 a brightness and a contrast change (``max_lighting``). Validation images are only resized and
 centre-cropped. Rotation, zoom and warp are applied as one resampling and lighting with the
-tensor conversion (:mod:`src.data.fused_augment`), as fastai composes them. Differences:
+tensor conversion (:mod:`src.data.transforms.fused_augment`), as fastai composes them. Differences:
 uncovered corners are black where fastai reflects, and the brightness/contrast factors are
 multiplicative in [1-m, 1+m] (torchvision's ColorJitter).
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-from src.data.fused_augment import LightingToTensor, RandomWarp
+from src.data.transforms.fused_augment import LightingToTensor, RandomWarp
 
 RESIZE_METHODS = ("crop", "squish", "pad")
 INTERPOLATIONS = {
@@ -34,7 +34,7 @@ def _resize(size: int, method: str, interpolation: str) -> list[v2.Transform]:
     PIL image: torch's antialiased uint8 kernels took 0.31 ms for a 400 px image to 224 px where PIL
     took 1.25 ms (one core, measured for issue 14), and the resize is most of what the device path's
     loader workers do. The two agree to within one grey level. :class:`TrainTransform` stays on PIL
-    because its warp (:class:`~src.data.fused_augment.RandomWarp`) resamples the PIL image."""
+    because its warp (:class:`~src.data.transforms.fused_augment.RandomWarp`) resamples the PIL image."""
     if method not in RESIZE_METHODS:
         raise ValueError(f"data.resize_method={method!r}; choose one of {', '.join(RESIZE_METHODS)}")
     if interpolation not in INTERPOLATIONS:
@@ -74,7 +74,7 @@ class TrainTransform(v2.Compose):
         if do_flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
         if max_rotate > 0 or max_zoom != 1.0 or max_warp > 0:  # RandomWarp refuses a zoom below 1
-            # rotation, zoom and warp in one resampling (src/data/fused_augment.py)
+            # rotation, zoom and warp in one resampling (src/data/transforms/fused_augment.py)
             steps.append(RandomWarp(max_rotate, max_zoom, max_warp, p=p_affine))
         steps.append(LightingToTensor(mean, std, max_lighting, p=p_lighting))
         super().__init__(steps)
@@ -99,7 +99,7 @@ class EvalTransform(v2.Compose):
 
 class TrainCropTransform(v2.Compose):
     """``data.augment.on=device``: the workers' part of :class:`TrainTransform`, its resize and random
-    crop, to a uint8 tensor (3, size, size); :class:`~src.data.batch_augment.BatchAugment` does the rest
+    crop, to a uint8 tensor (3, size, size); :class:`~src.data.transforms.batch_augment.BatchAugment` does the rest
     on the training device. Applies to PIL images and to uint8 tensors (GPU-decoded JPEGs) alike."""
 
     def __init__(self, size: int, resize_method: str = "crop", interpolation: str = "bilinear") -> None:

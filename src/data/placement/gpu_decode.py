@@ -2,7 +2,7 @@
 
 nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``) decodes a list of JPEGs in one call,
 so the workers do no decoding at all for JPEG folders, only file reads. Files that are not JPEG
-(PNG, WebP ...), and JPEGs that nvJPEG would not read as :mod:`src.data.image_reader` does (an embedded
+(PNG, WebP ...), and JPEGs that nvJPEG would not read as :mod:`src.data.files.image_reader` does (an embedded
 ICC colour profile, CMYK), are decoded, resized and cropped by the workers as with ``decode_on=workers``,
 one file at a time, and counted (:attr:`DeviceDecodeReader.fallbacks`, reported in the log). A batch
 is then a list mixing 1-D byte tensors (JPEG files) and uint8 (3, size, size) images; the
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from src.data.image_reader import MAX_IMAGE_PIXELS, load_rgb
+from src.data.files.image_reader import MAX_IMAGE_PIXELS, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ START_OF_SCAN = 0xDA
 
 
 def decodes_on_device(data: bytes) -> bool:
-    """Whether nvJPEG gives this JPEG's pixels as :func:`~src.data.image_reader.load_rgb` does: one or three
+    """Whether nvJPEG gives this JPEG's pixels as :func:`~src.data.files.image_reader.load_rgb` does: one or three
     components (gray or YCbCr) and no ICC profile (nvJPEG neither converts CMYK faithfully nor applies a
     profile). Reads the segment headers only, up to the first scan."""
     position = 2
@@ -53,7 +53,7 @@ def decodes_on_device(data: bytes) -> bool:
 
 class DeviceDecodeReader:
     """Read one file for ``decode_on=device``: a JPEG that :func:`decodes_on_device` as its bytes (1-D
-    uint8 tensor), anything else decoded with :func:`~src.data.image_reader.load_rgb` (as the workers path
+    uint8 tensor), anything else decoded with :func:`~src.data.files.image_reader.load_rgb` (as the workers path
     does). ``jpegs`` and ``fallbacks`` count the two across worker processes (shared memory)."""
 
     def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS) -> None:

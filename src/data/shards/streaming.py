@@ -23,10 +23,10 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from torch.utils.data import Dataset
 
-from src.data.dataset import multi_hot
-from src.data.image_files import Sample
-from src.data.image_reader import load_rgb
-from src.data.shard_manifest import join
+from src.data.loading.dataset import multi_hot
+from src.data.files.listing import Sample
+from src.data.files.image_reader import load_rgb
+from src.data.shards.manifest import join
 
 
 def item_target(label: Any, num_labels: int | None) -> int | torch.Tensor:
@@ -69,7 +69,7 @@ class ShardDataset(StreamingDataset):
 
     Shards were checked when written (unreadable files were left out then), so an item that does
     not decode is an error, not a file to skip; ``failures`` is there for the run's report, as on
-    :class:`~src.data.dataset.ImageDataset`, and stays 0.
+    :class:`~src.data.loading.dataset.ImageDataset`, and stays 0.
     """
 
     def __init__(self, root: str, subset: str, transform: Callable, *, shuffle: bool, seed: int,

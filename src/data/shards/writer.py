@@ -7,7 +7,7 @@ Layout of ``output``::
                         seeded random order (the split's seed)
     split.csv           the split (path,label,subset), paths relative to the source data.root
     bad_files.csv       the files the scan left out, if any
-    manifest.json       written last: the shards are complete (src/data/shard_manifest.py)
+    manifest.json       written last: the shards are complete (src/data/shards/manifest.py)
 
 Resuming: a re-run with the same settings skips the subsets whose ``index.json`` exists and
 continues the others from litdata's own checkpoints (``use_checkpoint``: each worker records the
@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from src.data.image_files import Sample, relative_posix
-from src.data.image_reader import MAX_IMAGE_PIXELS, load_rgb, open_image
-from src.data.scan import FileScan
-from src.data.shard_manifest import FORMAT_VERSION, MANIFEST, SUBSETS
-from src.data.split import write_split_csv
-from src.runs.atomic_write import atomic_open
+from src.data.files.listing import Sample, relative_posix
+from src.data.files.image_reader import MAX_IMAGE_PIXELS, load_rgb, open_image
+from src.data.files.scan import FileScan
+from src.data.shards.manifest import FORMAT_VERSION, MANIFEST, SUBSETS
+from src.data.labels.split import write_split_csv
+from src.core.atomic_write import atomic_open
 
 log = logging.getLogger(__name__)
 

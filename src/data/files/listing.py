@@ -1,4 +1,4 @@
-"""Finding images in a folder of class folders (reading one is :mod:`src.data.image_reader`)."""
+"""Finding images in a folder of class folders (reading one is :mod:`src.data.files.image_reader`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from src.checks.problems import Problem
+from src.core.problems import Problem
 
 if TYPE_CHECKING:
-    from src.data.scan import FileScan
+    from src.data.files.scan import FileScan
 
 log = logging.getLogger(__name__)
 
-# .heic/.heif are read with the heif extra (src/data/image_reader.py); without it the scan reports them with the fix.
+# .heic/.heif are read with the heif extra (src/data/files/image_reader.py); without it the scan reports them with the fix.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif", ".heic",
                               ".heif"})
 
@@ -68,7 +68,7 @@ def is_image_name(name: str) -> bool:
 
 
 # A file or folder below a data folder that is not listed as an image: (path, kind, reason, ignored),
-# made a src.data.scan.BadFile by the scan (which imports this module).
+# made a src.data.files.scan.BadFile by the scan (which imports this module).
 PassedOver = tuple[Path, str, str, bool]
 
 

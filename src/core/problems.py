@@ -1,7 +1,7 @@
 """What a component says about settings it cannot work with: ``Problem`` records and ``ConfigError``.
 
 Each component lists its own problems (the stage schedule, the split, the label sources, the
-DataModule, the predictor) and its constructor raises them; ``src.checks.config_checks`` collects the
+DataModule, the predictor) and its constructor raises them; ``src.runs.config_checks`` collects the
 same lists from a whole config before any heavy work, so a run with three typos fails once,
 listing three problems. This module sits below all of them and imports nothing of the project.
 """

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from src.checks.problems import Problem
+from src.core.problems import Problem
 
 MANIFEST = "manifest.json"
 # Bumped when the layout of the shards or of the manifest changes; older shards are refused.

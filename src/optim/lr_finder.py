@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from src.models.freezing import freeze_layer_groups
-from src.runs.random_state import random_states, set_random_states
+from src.core.random_state import random_states, set_random_states
 
 log = logging.getLogger(__name__)
 

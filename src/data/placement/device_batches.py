@@ -1,4 +1,4 @@
-"""The DataModule's side of ``data.augment.on`` / ``data.decode_on`` (:mod:`src.data.placement`): which
+"""The DataModule's side of ``data.augment.on`` / ``data.decode_on`` (:mod:`src.data.placement.choice`): which
 transforms the loader workers run, and the batch hooks that finish the batch on the training device.
 
 :class:`DeviceBatchHooks` is mixed into :class:`~src.data.datamodule.ImageFolderDataModule`; it reads
@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.batch_augment import BatchAugment, ModelBatches, NormalizedItems
-from src.data.gpu_decode import CropUnlessEncoded, DeviceDecodeReader, collate_encoded, decode_batch
-from src.data.placement import DataPlacement
-from src.data.transforms import EvalCropTransform, EvalTransform, TrainCropTransform, TrainTransform
-from src.runs.random_state import derived_seed
+from src.data.transforms.batch_augment import BatchAugment, ModelBatches, NormalizedItems
+from src.data.placement.gpu_decode import CropUnlessEncoded, DeviceDecodeReader, collate_encoded, decode_batch
+from src.data.placement.choice import DataPlacement
+from src.data.transforms.presets import EvalCropTransform, EvalTransform, TrainCropTransform, TrainTransform
+from src.core.random_state import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class DeviceBatchHooks:
 
     A training batch's augmentation on the device is drawn with a seed mixed from (the DataModule's
     ``loader_seed``, the rank, the epoch, the batch's place in the epoch), as the worker path seeds each
-    image by (seed, epoch, index) (:class:`~src.data.dataset.ImageDataset`): a resumed run draws what the
+    image by (seed, epoch, index) (:class:`~src.data.loading.dataset.ImageDataset`): a resumed run draws what the
     uninterrupted run drew, and the draws take nothing from the generators the model's dropout uses.
     The place in the epoch goes into checkpoints (``state_dict``) for a resume from the middle of one.
     """

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from src.checks.problems import Problem
+from src.core.problems import Problem
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 With ``data.augment.on=device`` the loader workers only decode, resize and crop to uint8 tensors;
 :class:`BatchAugment` then flips, rotates, zooms, warps (one resampling per batch: a perspective
 grid per image and one ``grid_sample``), changes lighting and normalises where the model trains.
-The random draws are those of the worker path: :class:`~src.data.fused_augment.RandomWarp`'s
-``params`` and :class:`~src.data.fused_augment.LightingToTensor`'s ``factors`` are called per image
+The random draws are those of the worker path: :class:`~src.data.transforms.fused_augment.RandomWarp`'s
+``params`` and :class:`~src.data.transforms.fused_augment.LightingToTensor`'s ``factors`` are called per image
 (one owner of the distributions), the flip has torchvision's ``RandomHorizontalFlip`` probability,
-and the warp matrix is :func:`~src.data.fused_augment.warp_matrix`'s in PIL's pixel-centre
+and the warp matrix is :func:`~src.data.transforms.fused_augment.warp_matrix`'s in PIL's pixel-centre
 convention, so both paths resample the same points (tests/test_batch_augment.py compares them).
 """
 
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from src.data.fused_augment import GRAY_WEIGHTS, LightingToTensor, RandomWarp, warp_matrix
-from src.runs.random_state import seeded_torch_generator
+from src.data.transforms.fused_augment import GRAY_WEIGHTS, LightingToTensor, RandomWarp, warp_matrix
+from src.core.random_state import seeded_torch_generator
 
 FLIP_P = 0.5  # torchvision's RandomHorizontalFlip default, what TrainTransform uses
 
@@ -77,7 +77,7 @@ def perspective_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Ten
 
 
 class BatchAugment:
-    """The :class:`~src.data.transforms.TrainTransform` augmentation after its crop, for whole batches.
+    """The :class:`~src.data.transforms.presets.TrainTransform` augmentation after its crop, for whole batches.
 
     Args: as ``TrainTransform``'s (``data.augment.*``), and the normalisation ``mean``/``std``.
     """
