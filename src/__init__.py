@@ -1,8 +1,18 @@
-"""Image-folder classification with fastai v1's recipe; ``from src import Predictor`` to use a model."""
+"""Image-folder classification with fastai v1's recipe; ``from src import Predictor`` to use a model.
 
-from src.inference.predictor import Prediction, Predictor
-from src.optim.fine_tune import register_resolvers
+The names are imported when first used, so ``import src.<anything>`` costs nothing more, and a service that
+only predicts imports torch, torchvision and the predictor, not Lightning, Hydra or the training code.
+"""
 
-register_resolvers()  # before any config is read: conf/schedule/fine_tune.yaml uses ${fine_tune_stages:}
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["Prediction", "Predictor"]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the package's attributes, loaded on first access
+    if name in __all__:
+        return getattr(importlib.import_module("src.inference.predictor"), name)
+    raise AttributeError(f"module 'src' has no attribute {name!r}")

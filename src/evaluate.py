@@ -36,6 +36,9 @@ from src.models.loading import LoadedClassifier, load_classifier
 from src.runs.run_files import write_json
 from src.visualize.figure_files import save_figure
 from src.visualize.interpretation_figures import confusion_matrix_figure, top_losses_figure
+from src.optim.fine_tune import register_resolvers
+
+register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from src.data.labels.split import label_text
 from src.data.transforms.presets import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.inference.precision_net import PrecisionNet
-from src.models.freezing import first_trainable_group, freeze_layer_groups
+from src.optim.freezing import first_trainable_group, freeze_layer_groups
 from src.models.loading import eval_transform_for, load_classifier
 from src.runs.builder import build_datamodule, build_module
 from src.core.hardware import FULL_PRECISION, normalize_precision
@@ -38,6 +38,9 @@ from src.visualize.pooling import pooling_figure
 from src.visualize.show_batch import denormalize, normalized_and_denormalized_figure
 from src.visualize.summary import summary_table
 from src.visualize.tensor_report import tensor_report
+from src.optim.fine_tune import register_resolvers
+
+register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,9 @@ from omegaconf import DictConfig
 from src.runs.config_checks import check_inference_config
 from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import FileResult, Predictor
+from src.optim.fine_tune import register_resolvers
+
+register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 log = logging.getLogger(__name__)
 

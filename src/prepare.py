@@ -23,6 +23,9 @@ from src.data.shards.manifest import is_remote
 from src.data.shards.writer import write_shards
 from src.runs.builder import build_datamodule
 from src.core.hardware import resolve_num_workers
+from src.optim.fine_tune import register_resolvers
+
+register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,9 @@ from src.models.loading import check_checkpoint_path, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.serving.api import ClassifierAPI
 from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
+from src.optim.fine_tune import register_resolvers
+
+register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.optim.fine_tune import register_resolvers
+
+register_resolvers()  # the tests compose the configs themselves, as the entry points do before Hydra composes
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 SAMPLE = PROJECT_ROOT / "data" / "fashion-mnist-sample"
@@ -71,7 +74,7 @@ def tiny_cfg(tmp_path: Path, image_root: Path) -> DictConfig:
 
 def train_tiny_run(base: Path, overrides: list[str], classes: int = 3, per_class: int = 10) -> Path:
     """Train the tiny run on ``classes`` x ``per_class`` real images copied under ``base``; its run directory."""
-    from src.train import train
+    from src.runs.training import train
 
     root = copy_sample(base / "images", classes=classes, per_class=per_class)
     cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", *overrides])

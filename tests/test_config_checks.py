@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.runs.config_checks import PRECISIONS, check_train_config
 from src.core.problems import ConfigError
-from src.train import train
+from src.runs.training import train
 from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config
 
 BASE = compose_config([*TINY_OVERRIDES, f"data.root={SAMPLE}"])

@@ -12,7 +12,7 @@ from omegaconf import open_dict
 
 from src.runs.checkpoint_io import AtomicCheckpointIO
 from src.models.classifier_module import NonFiniteLossError
-from src.train import train
+from src.runs.training import train
 
 
 class _NanLoss(torch.nn.Module):

@@ -12,11 +12,11 @@ import torch
 from omegaconf import open_dict
 
 from src.evaluate import evaluate
-from src.export import export
+from src.inference.exporting import export
 from src.inspect import inspect_model
 from src.models.safe_load import DamagedFileError
 from src.predict import predict
-from src.train import train
+from src.runs.training import train
 from tests.conftest import TINY_OVERRIDES, compose_config, train_tiny_run
 
 

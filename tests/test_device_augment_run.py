@@ -79,7 +79,7 @@ PARITY_TOLERANCE = 0.06
 def test_the_device_path_learns_as_well_as_the_worker_path(tmp_path):
     """Both paths on 10 classes x 160 real images, half for validation, ResNet18 from random weights at 32 px,
     3 epochs one-cycle at 2e-3, seeds 0-3: the mean validation error rates agree within the measured noise."""
-    from src.train import train
+    from src.runs.training import train
 
     root = copy_sample(tmp_path / "images", classes=10, per_class=PARITY_PER_CLASS)
     errors: dict[str, list[float]] = {"workers": [], "device": []}

@@ -13,7 +13,7 @@ import yaml
 from omegaconf import open_dict
 
 from src.runs.experiment_trackers import flat_params
-from src.train import train
+from src.runs.training import train
 from tests.conftest import TINY_OVERRIDES, compose_config
 from tests.test_sweeps import SWEEP_OVERRIDES, run_sweep
 

@@ -13,7 +13,7 @@ from src.runs.config_checks import check_train_config
 from src.core.problems import ConfigError
 from src.optim.stages import layer_group_lrs
 from src.runs.builder import build_module
-from src.train import train
+from src.runs.training import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 from tests.stage_recorder import read_records
 

@@ -19,7 +19,7 @@ from src.core.problems import ConfigError
 from src.data.placement.gpu_decode import CropUnlessEncoded, DeviceDecodeReader, collate_encoded, decode_batch
 from src.data.files.image_reader import load_rgb
 from src.data.transforms.presets import EvalCropTransform
-from src.train import train
+from src.runs.training import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 
 

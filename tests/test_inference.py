@@ -344,7 +344,7 @@ def test_onnx_export_matches_pytorch_on_real_images(trained, tmp_path, real_imag
     from PIL import Image
 
     from src import Predictor
-    from src.export import export, serving_model
+    from src.inference.exporting import export, serving_model
 
     ckpt = trained / "checkpoints" / "best.ckpt"
     paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=onnx"]))
@@ -379,7 +379,7 @@ def test_torch_export_matches_pytorch_and_loads_without_this_project(trained, tm
     import subprocess
     import sys
 
-    from src.export import export, serving_model
+    from src.inference.exporting import export, serving_model
 
     ckpt = trained / "checkpoints" / "best.ckpt"
     paths = export(task_cfg("export", tmp_path, [f"ckpt_path={ckpt}", "format=torch_export"]))
@@ -407,7 +407,7 @@ def test_torch_export_matches_pytorch_and_loads_without_this_project(trained, tm
 
 
 def test_torchscript_and_unknown_formats_name_the_ones_offered(trained, tmp_path):
-    from src.export import export
+    from src.inference.exporting import export
 
     ckpt = trained / "checkpoints" / "best.ckpt"
     with pytest.raises(ValueError, match="format=torchscript is no longer offered.*format=torch_export"):

@@ -16,9 +16,9 @@ from PIL import Image
 
 from src.callbacks.staged_finetuning import count_parameters
 from src.inspect import inspect_model, load_subject, model_summary
-from src.models.freezing import freeze_layer_groups
+from src.optim.freezing import freeze_layer_groups
 from src.runs.builder import build_module
-from src.train import train
+from src.runs.training import train
 from src.visualize.cam import grad_cam
 from src.visualize.features import RESNET_BODY_NAMES, SHOWN, stage_outputs
 from src.visualize.kernels import KERNELS, SEED_EDGE, convolve

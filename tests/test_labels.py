@@ -23,7 +23,7 @@ from src.evaluate import evaluate
 from src.models.multi_label_metrics import fbeta_per_sample
 from src.models.loading import read_checkpoint
 from src.predict import predict
-from src.train import train
+from src.runs.training import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
@@ -178,7 +178,7 @@ def test_multi_label_csv_trains_evaluates_per_class_and_predicts_every_class_abo
             if check == "all":
                 assert set(names) == set(classes)  # independent sigmoids: every class can be above a low threshold
 
-    from src.export import serving_model
+    from src.inference.exporting import serving_model
     model, _, _ = serving_model(ckpt)
     with torch.inference_mode():
         probabilities = model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))

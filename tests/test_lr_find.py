@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from src.lr_find import lr_find, with_max_lr
+from src.runs.lr_finding import lr_find, with_max_lr
 from src.optim.lr_finder import LRFinderResult, find_lr, minimum, steep, valley
 from src.runs.builder import build_datamodule, build_module
-from src.train import train
+from src.runs.training import train
 
 LRS = list(10 ** np.linspace(-7, 1, 100))
 

@@ -20,7 +20,7 @@ from src.data.files.image_reader import load_rgb
 from src.data.files.scan import FileScan, check_image
 from src.evaluate import evaluate
 from src.predict import predict
-from src.train import train
+from src.runs.training import train
 from tests.conftest import (
     IMAGENET_STATS, MESSY_IGNORED, MESSY_UNREADABLE, TINY_OVERRIDES, _bomb_png, compose_config,
 )

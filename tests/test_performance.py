@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from src.models.loading import load_classifier
-from src.train import train
+from src.runs.training import train
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
 pytestmark = pytest.mark.precision

@@ -9,7 +9,7 @@ from omegaconf import open_dict
 
 from src.core.problems import ConfigError
 from src.optim.one_cycle import one_cycle_value
-from src.train import train
+from src.runs.training import train
 from tests.conftest import TINY_OVERRIDES, compose_config, copy_sample
 from tests.stage_recorder import read_records
 

@@ -168,7 +168,7 @@ def test_ema_weights_are_validated_and_saved(tmp_path):
 
 
 def test_multi_label_mixup_and_smoothing_train_for_real(tmp_path):
-    from src.train import train
+    from src.runs.training import train
     from tests.test_labels import flat_images, run_cfg, write_rows
 
     root = tmp_path / "planet"

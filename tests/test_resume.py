@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.models.safe_load import DamagedFileError
-from src.train import resolve_ckpt_path
+from src.runs.training import resolve_ckpt_path
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, copy_sample
 
 # Two stages of two epochs, three batches each: a kill at step 4 (epoch 1, batch 1) resumes from the
@@ -149,7 +149,7 @@ def test_a_refused_ckpt_path_leaves_no_run_directory_behind(tmp_path, image_root
 def test_a_finished_checkpoint_is_refused_before_the_scan_with_how_to_train_more(tmp_path, started):
     from tests.conftest import compose_config, train_tiny_run
     from omegaconf import open_dict
-    from src.train import train
+    from src.runs.training import train
 
     finished = train_tiny_run(tmp_path / "first", []) / "checkpoints" / "last.ckpt"
     cfg = compose_config([*TINY_OVERRIDES, f"data.root={tmp_path / 'first' / 'images'}", f"ckpt_path={finished}"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from src.train import train
+from src.runs.training import train
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config
 
 

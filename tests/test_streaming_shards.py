@@ -22,7 +22,7 @@ from src.core.problems import ConfigError
 from src.data.files.image_reader import MAX_IMAGE_PIXELS
 from src.evaluate import evaluate
 from src.prepare import prepare
-from src.train import train
+from src.runs.training import train
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config, copy_sample
 
 MAX_SIDE = 48

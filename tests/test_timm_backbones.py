@@ -15,7 +15,7 @@ from src.callbacks.staged_finetuning import StagedFineTuning  # noqa: E402
 from src.runs.config_checks import model_layer_groups  # noqa: E402
 from src.models.components.backbones import ResNetBody, build_backbone  # noqa: E402
 from src.models.components.timm_body import TimmBody  # noqa: E402
-from src.train import train  # noqa: E402
+from src.runs.training import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, compose_config  # noqa: E402
 
 # The first group's last module: the last stage below 1/16 resolution (fastai's ResNet cut).

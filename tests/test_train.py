@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from src.runs.config_checks import ConfigError
-from src.train import train
+from src.runs.training import train
 from tests.conftest import CONFIG_DIR, compose_config
 
 
@@ -205,7 +205,7 @@ def test_checkpoint_rebuilds_the_trained_network_without_the_data(tiny_cfg):
 
 
 def test_stage_description_for_tensorboard_accepts_stages_without_freeze_to():
-    from src.train import _describe_stage
+    from src.runs.training import _describe_stage
 
     assert _describe_stage(OmegaConf.create({"epochs": 2, "lr": 0.01})) == "2ep lr=0.01 freeze_to=0"
     assert _describe_stage(OmegaConf.create({"epochs": 1, "lr": [1e-6, 1e-4], "freeze_to": -1})) == (

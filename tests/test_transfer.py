@@ -14,9 +14,9 @@ from omegaconf import open_dict
 from torch import nn
 
 from src.core.problems import ConfigError
-from src.export import export
+from src.inference.exporting import export
 from src.runs.builder import build_run
-from src.train import train
+from src.runs.training import train
 from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config, copy_sample, train_tiny_run
 
 BODY = "net.backbone."

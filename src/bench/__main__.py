@@ -6,6 +6,9 @@ import hydra
 from omegaconf import DictConfig
 
 from src.bench.run import run_bench
+from src.optim.fine_tune import register_resolvers
+
+register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.core.hardware import synchronize
 from src.models.classifier_module import ImageClassifierModule
-from src.models.freezing import freeze_layer_groups
+from src.optim.freezing import freeze_layer_groups
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

@@ -26,7 +26,7 @@ from src.bench.report import format_report
 from src.runs.builder import build_datamodule, build_module
 from src.core.hardware import device_type, resolve_channels_last, resolve_precision
 from src.runs.run_files import write_json
-from src.train import train
+from src.runs.training import train
 
 log = logging.getLogger(__name__)
 

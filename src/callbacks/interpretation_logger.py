@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.callbacks.tensorboard_figures import datamodule_to_draw, log_figures
+from src.callbacks.tracker_figures import datamodule_to_draw, log_figures
 from src.inference.predictor import run_loader
 from src.inference.probabilities import class_log_probabilities
 from src.inference.interpretation import MULTI_LABEL_SKIPPED, Interpretation

@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.callbacks.tensorboard_figures import datamodule_to_draw, log_figures
+from src.callbacks.tracker_figures import datamodule_to_draw, log_figures
 from src.core.random_state import derived_seed
 from src.visualize.show_batch import show_batch_figure
 

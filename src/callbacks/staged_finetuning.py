@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from src.models.freezing import freeze_layer_groups
+from src.optim.freezing import freeze_layer_groups
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def count_parameters(module: L.LightningModule | Any, trainable_only: bool = Fal
 
 
 class StagedFineTuning(BaseFinetuning):
-    """Applies each stage's ``freeze_to`` (:func:`~src.models.freezing.freeze_layer_groups`) at the start of its epochs.
+    """Applies each stage's ``freeze_to`` (:func:`~src.optim.freezing.freeze_layer_groups`) at the start of its epochs.
 
     Reads the stages from ``pl_module.schedule`` and the layer groups from
     ``pl_module.net.layer_groups()``. A frozen group keeps its BatchNorm layers training when the

@@ -7,6 +7,7 @@ file a run leaves (config, metrics, split, bad files, checkpoints) is written th
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,3 +31,9 @@ def atomic_open(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterat
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: str | Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON with sorted keys, written atomically (:func:`atomic_open`)."""
+    with atomic_open(path) as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -19,7 +19,7 @@ from src.core.hardware import inference_precision, resolve_channels_last
 from src.models.components.classifier import ImageClassifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.models.safe_load import file_damage, safe_torch_load
-from src.runs.builder import build_network
+from src.models.network import build_network
 
 NET_PREFIX = "net."
 

@@ -67,7 +67,8 @@ def _resolve_stages(_parent_: Mapping) -> ListConfig:
 
 
 def register_resolvers() -> None:
-    """Make ``${fine_tune_stages:}`` known to OmegaConf (the entry points import ``src``, which calls this)."""
+    """Make ``${fine_tune_stages:}`` known to OmegaConf: every entry point calls this before Hydra composes its
+    config, and so must code that composes the configs itself (tests/conftest.py does)."""
     OmegaConf.register_new_resolver(RESOLVER, _resolve_stages, replace=True)
 
 

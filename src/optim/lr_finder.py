@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from src.models.freezing import freeze_layer_groups
+from src.optim.freezing import freeze_layer_groups
 from src.core.random_state import random_states, set_random_states
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.data.datamodule import ImageFolderDataModule
 from src.models.classifier_module import ImageClassifierModule
-from src.models.components.classifier import ImageClassifier
 from src.models.losses import resolve_class_weights
 from src.models.init_from import load_initial_network
 from src.runs.checkpoint_io import AtomicCheckpointIO
@@ -61,14 +60,6 @@ def build_module(
     if init_from:
         load_initial_network(module.net, init_from, classes, cfg.model.backbone.name)
     return module
-
-
-def build_network(model_cfg: DictConfig, *, num_classes: int) -> ImageClassifier:
-    """The plain network of ``model_cfg`` (``cfg.model``) with a random body: what a checkpoint's weights
-    load into. Only the model config is read, so a checkpoint whose optimizer or schedule settings
-    no longer validate still evaluates."""
-    backbone = instantiate(model_cfg.backbone, weights=None)
-    return ImageClassifier(backbone, num_classes=num_classes, **OmegaConf.to_container(model_cfg.head, resolve=True))
 
 
 def build_trainer(cfg: DictConfig, max_epochs: int, **overrides) -> L.Trainer:

@@ -23,9 +23,10 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-from matplotlib.figure import Figure
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+
+from src.callbacks.tracker_figures import IMAGE_FILE_WRITERS, writer_for
 
 log = logging.getLogger(__name__)
 
@@ -80,55 +81,6 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def _mlflow_figure(logger: MLFlowLogger, tag: str, figure: Figure, step: int) -> None:
-    logger.experiment.log_figure(logger.run_id, figure, f"figures/{tag}/step_{step:06d}.png")
-
-
-def _mlflow_image_file(logger: MLFlowLogger, tag: str, path: Path) -> None:
-    logger.experiment.log_artifact(logger.run_id, str(path), "figures")
-
-
-def _wandb_figure(logger: WandbLogger, tag: str, figure: Figure, step: int) -> None:
-    logger.log_image(key=tag, images=[figure], step=step)
-
-
-def _wandb_image_file(logger: WandbLogger, tag: str, path: Path) -> None:
-    logger.log_image(key=tag, images=[str(path)])
-
-
-def _tensorboard_figure(logger: TensorBoardLogger, tag: str, figure: Figure, step: int) -> None:
-    logger.experiment.add_figure(tag, figure, global_step=step)
-
-
-# How each tracker stores a matplotlib figure; a logger not listed (CSV) has no images.
-FIGURE_WRITERS: dict[type, Callable[[Any, str, Figure, int], None]] = {
-    TensorBoardLogger: _tensorboard_figure,
-    MLFlowLogger: _mlflow_figure,
-    WandbLogger: _wandb_figure,
-}
-# Figures written before the loggers exist (lr_find.png): TensorBoard has them from lr_find itself.
-IMAGE_FILE_WRITERS: dict[type, Callable[[Any, str, Path], None]] = {
-    MLFlowLogger: _mlflow_image_file,
-    WandbLogger: _wandb_image_file,
-}
-
-
-def _writer(table: Mapping[type, Callable], logger: Logger) -> Callable | None:
-    return next((write for cls, write in table.items() if isinstance(logger, cls)), None)
-
-
-def figure_loggers(loggers: Iterable[Logger]) -> list[Logger]:
-    """The loggers that store figures."""
-    return [logger for logger in loggers if _writer(FIGURE_WRITERS, logger) is not None]
-
-
-def log_figure(loggers: Iterable[Logger], tag: str, figure: Figure, step: int) -> None:
-    for logger in loggers:
-        write = _writer(FIGURE_WRITERS, logger)
-        if write is not None:
-            write(logger, tag, figure, step)
-
-
 def use_wandb_offline_without_login() -> None:
     """W&B asks for an API key when it has none; a training run must never wait for that. Without
     ``WANDB_API_KEY``, a ``wandb login`` or a ``WANDB_MODE``, runs are written offline (``wandb sync``
@@ -159,7 +111,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     lr_find_png = Path(cfg.paths.output_dir) / "lr_find.png"
     for logger in loggers:
         logger.log_hyperparams(params)
-        write = _writer(IMAGE_FILE_WRITERS, logger)
+        write = writer_for(IMAGE_FILE_WRITERS, logger)
         if write is not None and lr_find_png.is_file():
             write(logger, "lr_find", lr_find_png)
     return loggers
@@ -180,6 +132,6 @@ def log_run_end(loggers: Iterable[Logger], final: Mapping[str, float], best: Map
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
         logger.finalize("success")  # again: Lightning's closed the files before these metrics
-        close = _writer(RUN_CLOSERS, logger)
+        close = writer_for(RUN_CLOSERS, logger)
         if close is not None:
             close(logger)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from src.core.atomic_write import atomic_open
+from src.core.atomic_write import atomic_open, atomic_write_json
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -59,7 +58,8 @@ def check_room_for_checkpoints(output_dir: Path, net: nn.Module) -> None:
 
 @rank_zero_only
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """:func:`~src.core.atomic_write.atomic_write_json` on rank 0 only (every DDP process runs the same code)."""
+    atomic_write_json(path, data)
 
 
 @rank_zero_only

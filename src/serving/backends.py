@@ -106,7 +106,7 @@ class OnnxBackend:
                                         "with `python -m src.export ckpt_path=... format=onnx`, or leave it null to "
                                         "export at start")
             return backend
-        from src.export import export
+        from src.inference.exporting import export  # onnx and onnxscript: the export extra
 
         log.info("exporting %s to ONNX for the onnx backend", ckpt_path)
         defaults = OmegaConf.load(EXPORT_CONFIG)  # the opset `python -m src.export` uses
