@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +9,6 @@ from pathlib import Path
 from tests.conftest import PROJECT_ROOT
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-# `from lightning.pytorch.x import _Private`, `import torch._dynamo`: a dependency's private API (no promise it stays)
-PRIVATE_IMPORT = re.compile(r"^\s*(?:from\s+(?!src\b)[\w.]*\b_[A-Za-z]\w*\b[\w.]*\s+import|from\s+(?!src\b)[\w.]+\s+import\s+"
-                            r"\(?\s*_[A-Za-z]|import\s+(?!src\b)[\w.]*\._[A-Za-z])", re.M)
-
 
 def test_every_layer_imports_only_from_the_layers_below():
     result = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=PROJECT_ROOT, capture_output=True, text=True,
