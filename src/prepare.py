@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.runs.config_checks import data_config_problems
 from src.core.problems import Problem, is_whole_number, raise_problems
-from src.data.datamodule import MIN_IMAGE_SIZE
+from src.core.image_size import image_size_problems
 from src.data.shards.manifest import is_remote
 from src.data.shards.writer import write_shards
 from src.runs.builder import build_datamodule
@@ -40,9 +40,7 @@ def prepare_problems(cfg: DictConfig) -> list[Problem]:
     if not output or is_remote(output):
         found.append(Problem("output", output, "a new or empty local folder for the shards",
                              "e.g. output=/data/shards/photos-256; upload it to s3:// afterwards"))
-    if not is_whole_number(cfg.max_side, minimum=MIN_IMAGE_SIZE):
-        found.append(Problem("max_side", cfg.max_side, f"a whole number >= {MIN_IMAGE_SIZE}",
-                             "the largest data.size you will train at, e.g. max_side=256"))
+    found += image_size_problems("max_side", cfg.max_side, "the largest data.size you will train at, e.g. max_side=256")
     if not is_whole_number(cfg.jpeg_quality, minimum=1) or cfg.jpeg_quality > 100:
         found.append(Problem("jpeg_quality", cfg.jpeg_quality, "a whole number from 1 to 100", "e.g. jpeg_quality=95"))
     return found

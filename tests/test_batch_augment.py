@@ -192,18 +192,15 @@ def test_a_seeded_draw_is_a_function_of_the_seed_and_leaves_the_generators_alone
 
 
 def test_the_device_draw_seeds_follow_the_epoch_and_survive_a_checkpoint():
-    from src.data.placement.device_batches import DeviceBatchHooks
     from src.core.random_state import derived_seed
+    from src.data.placement.device_batches import DeviceBatches
 
-    class Hooks(DeviceBatchHooks):
-        loader_seed = 42
-
-    run = Hooks()
+    run = DeviceBatches("device", loader_seed=42)
     seeds = [run.next_draw_seed(0, rank=0) for _ in range(3)] + [run.next_draw_seed(1, rank=0) for _ in range(2)]
     assert seeds == [derived_seed(42, 0, 0, b) for b in range(3)] + [derived_seed(42, 0, 1, b) for b in range(2)]
     assert run.next_draw_seed(1, rank=1) == derived_seed(42, 1, 1, 2)  # another rank: other draws
     # a checkpoint from the middle of epoch 1 (after 3 batches): the resumed run goes on with batch 3
-    resumed = Hooks()
+    resumed = DeviceBatches("device", loader_seed=42)
     resumed.load_state_dict(run.state_dict())
     assert resumed.next_draw_seed(1, rank=0) == run.next_draw_seed(1, rank=0) == derived_seed(42, 0, 1, 3)
     # a checkpoint from the end of epoch 1: the next epoch starts at its batch 0

@@ -15,7 +15,7 @@ from tests.conftest import IMAGENET_STATS
 
 def test_the_payload_gives_back_the_index_and_bad_files_and_refuses_other_settings(messy_root):
     datamodule = ImageFolderDataModule(messy_root, size=32, **IMAGENET_STATS)
-    payload = datamodule.index_payload()
+    payload = datamodule.handoff()["scan"]
     index, bad, kept = index_from_payload(payload, datamodule._index_settings())
     assert index == datamodule.index and bad == datamodule.scan.bad and kept == datamodule.scan.kept == 44
     other = ImageFolderDataModule(messy_root, size=32, seed=7, **IMAGENET_STATS)
@@ -26,7 +26,7 @@ def test_the_payload_gives_back_the_index_and_bad_files_and_refuses_other_settin
 def test_a_launched_process_uses_the_handed_index_without_opening_a_file(image_root, tmp_path, monkeypatch):
     rank0 = ImageFolderDataModule(image_root, size=32, **IMAGENET_STATS)
     handoff = tmp_path / "handoff.json"
-    handoff.write_text(json.dumps({"scan": rank0.index_payload()}))
+    handoff.write_text(json.dumps(rank0.handoff()))
     monkeypatch.setenv(launch_handoff.HANDOFF_ENV, str(handoff))
     for image in image_root.rglob("*.png"):
         image.write_bytes(b"")  # were this process to check the files, every one would be bad

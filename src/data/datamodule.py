@@ -14,47 +14,36 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import random
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from src.data.loading.balanced_sampler import SAMPLERS, BalancedSampler
+from src.data.loading.balanced_sampler import BalancedSampler
 from src.data.loading.dataset import ImageDataset, batch_size_problems
-from src.data.placement.device_batches import DeviceBatchHooks, placed_transforms
+from src.data.placement.device_batches import DeviceBatches, placed_transforms
 from src.data.files.image_reader import MAX_IMAGE_PIXELS, load_rgb
-from src.data.labels.index_payload import index_from_payload, index_payload
 from src.data.labels.sources import FolderIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
 from src.data.files.scan import FileScan
+from src.data.sources import DATA_SOURCES, data_source
 from src.data.files.scan_cache import ScanCache
-from src.data.shards.manifest import (is_remote, litdata_problems, local_shards_problems, read_bytes, read_manifest,
-                                     size_problems)
 from src.data.loading.samplers import EpochDataLoader, EpochShuffleSampler
-from src.data.labels.split import valid_pct_problems, write_split_csv
-from src.data.loading.stage_data import StageSizedLoaders
+from src.data.loading.stage_data import EpochData, StageSizes
 from src.data.placement.choice import DataPlacement
+from src.data.transforms.batch_augment import ModelBatches
 from src.data.transforms.presets import EvalTransform
-from src.core.problems import Problem, is_whole_number, raise_problems
-from src.core import launch_handoff
-from src.core.atomic_write import atomic_open
+from src.core.problems import Problem, raise_problems
 from src.data.loading.worker_priority import LowerWorkerPriority
 from src.core.hardware import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
-MIN_IMAGE_SIZE = 32  # a ResNet downsamples by 32: below that its last feature map is empty
-ON_BAD_FILE = ("skip", "error")
-# folder: images under data.root; litdata: shards written by src.prepare (src/data/shards/streaming.py).
-DATA_FORMATS = ("folder", "litdata")
 
 
-class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningDataModule):
+class ImageFolderDataModule(L.LightningDataModule):
     """Loads ``root`` as fastai's ``ImageDataBunch.from_folder`` (``from_df``, ``from_name_re``) did,
     with torchvision v2 transforms.
 
@@ -129,11 +118,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         raise_problems(self.problems(root, self.label_source, valid_pct, batch_size, size, on_bad_file,
                                      sampler=sampler, format=format))
         self.sampler = sampler
-        self.format = format
-        self.shards_root = str(root)  # a URL stays a URL (Path would fold s3:// into s3:/)
-        self.shard_cache_dir = shard_cache_dir
         self.root = Path(root).expanduser()
-        self.valid_pct = valid_pct
         self.seed = seed
         # The training order and each image's augmentation are functions of this seed and the epoch
         # (src/data/loading/samplers.py), so a resumed run sees what the uninterrupted run saw; seed=null
@@ -147,11 +132,16 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_csv = Path(split_csv) if split_csv else None
         self.on_bad_file = on_bad_file
-        self.bad_files_csv = Path(bad_files_csv) if bad_files_csv else None
+        self.max_image_pixels = max_image_pixels
         cache = ScanCache(Path(scan_cache_dir), self.root, max_image_pixels, rescan) if scan_cache_dir else None
-        self.scan = FileScan(max_pixels=max_image_pixels, workers=scan_workers, cache=cache)
+        self.source = data_source(format, root=root, label_source=self.label_source, valid_pct=valid_pct, seed=seed,
+                                  scan=FileScan(max_pixels=max_image_pixels, workers=scan_workers, cache=cache),
+                                  on_bad_file=on_bad_file, bad_files_csv=Path(bad_files_csv) if bad_files_csv else None,
+                                  shard_cache_dir=shard_cache_dir)
         augment = dict(augment or {})
         self.placement = DataPlacement.resolve(augment.pop("on", "auto"), decode_on)
+        self.device_batches = DeviceBatches(self.placement.augment_on, self.loader_seed)
+        self.stage_sizes: StageSizes | None = None  # progressive resizing: set by follow_stages
         self.resize_method, self.interpolation, self.augment = resize_method, interpolation, augment
         self.use_transforms_at(size)
         self.datasets: dict[str, ImageDataset] = {}
@@ -163,95 +153,35 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         evaluation transform, for single images (inspect)."""
         self.eval_transform = EvalTransform(size, self.mean, self.std, self.resize_method, self.interpolation)
         self.placed = placed_transforms(self.placement, size, self.mean, self.std, self.resize_method,
-                                        self.interpolation, self.eval_transform, self.augment, self.scan.max_pixels)
+                                        self.interpolation, self.eval_transform, self.augment, self.max_image_pixels)
         self.train_transform, self.loader_eval_transform = self.placed.train, self.placed.loader_eval
         self.batch_augment, self.device_reader = self.placed.batch_augment, self.placed.device_reader
 
     @staticmethod
     def problems(root: str | Path | None, labels: Any, valid_pct: Any, batch_size: Any, size: Any,
                  on_bad_file: Any, sampler: Any = "random", format: Any = "folder") -> list[Problem]:
-        """The problems of these settings (the ``data.*`` keys), the label source's among them
-        (``labels=None``: a source that could not be built, named by the caller)."""
-        if format not in DATA_FORMATS:
-            return [Problem("data.format", format, " or ".join(DATA_FORMATS),
+        """The problems of these settings (the ``data.*`` keys): the batch size's and those of the source of
+        ``format`` (:mod:`src.data.sources`; ``labels=None``: a label source that could not be built, named by
+        the caller)."""
+        if format not in DATA_SOURCES:
+            return [Problem("data.format", format, " or ".join(DATA_SOURCES),
                             "folder reads images under data.root; litdata reads shards written by src.prepare")]
-        if format == "litdata":  # labels and split are the shards'; a local root is checked now, s3:// when read
-            sampler_problems = [] if sampler == "random" else [Problem(
-                "data.sampler", sampler, "random with data.format=litdata (shards stream in their own shuffled order)",
-                "set data.sampler=random, or train from the image folder (data.format=folder) to balance classes")]
-            return batch_size_problems(batch_size, "data.batch_size") + litdata_problems() + sampler_problems + (
-                [] if root is None or is_remote(root) else local_shards_problems(root, size))
-        if labels is None:
-            found = []
-        elif isinstance(labels, LabelSource):
-            found = labels.problems(None if root is None else Path(str(root)))
-        else:  # e.g. data.labels=csv: a name where the data/labels group puts a source's config
-            found = [Problem("data.labels", labels, "a label source: folder, csv or regex, chosen as a config group",
-                             "write data/labels=csv (a slash) and its settings as data.labels.csv_path=...")]
-        found += valid_pct_problems(valid_pct)
-        found += batch_size_problems(batch_size, "data.batch_size")
-        if not is_whole_number(size, minimum=MIN_IMAGE_SIZE):
-            found.append(Problem("data.size", size, f"a whole number >= {MIN_IMAGE_SIZE} (a ResNet downsamples by 32)",
-                                 "e.g. data.size=224"))
-        if on_bad_file not in ON_BAD_FILE:
-            found.append(Problem("data.on_bad_file", on_bad_file, " or ".join(ON_BAD_FILE),
-                                 "skip leaves unreadable files out (listed in bad_files.csv); error stops the run"))
-        if sampler not in SAMPLERS:
-            found.append(Problem("data.sampler", sampler, " or ".join(SAMPLERS),
-                                 "balanced draws every class equally often (imbalanced folders); random shuffles"))
-        elif sampler == "balanced" and isinstance(labels, LabelSource) and labels.multi_label:
-            found.append(Problem("data.sampler", sampler, "random for multi-label data (an image has several classes, "
-                                 "so there is no per-class draw)", "set data.sampler=random"))
-        return found
+        return (batch_size_problems(batch_size, "data.batch_size")
+                + DATA_SOURCES[format].problems(root, labels, valid_pct, size, on_bad_file, sampler))
 
-    @cached_property
-    def manifest(self) -> dict:
-        """What the shards at ``root`` hold (``format=litdata``): classes, label settings, split, sizes."""
-        return read_manifest(self.shards_root)
-
-    @cached_property
+    @property
     def index(self) -> FolderIndex:
-        if self.format == "litdata":  # a list of every file is what shards do without (src.bench, src.inspect need it)
-            raise ValueError(f"data.format=litdata: the shards at {self.shards_root} have no file index to list; "
-                             "run this command on the image folder they were written from (data.format=folder)")
-        handed = launch_handoff.received()
-        if handed is not None and "scan" in handed:  # a DDP process launched by rank 0, which scanned
-            index, self.scan.bad, self.scan.kept = index_from_payload(handed["scan"], self._index_settings())
-            self.scan.cache = None  # rank 0 keeps it
-            log.info("%s: rank %s uses rank 0's scan of %d images and opened %d of the files", self.root,
-                     os.environ.get("LOCAL_RANK", "?"), self.scan.kept, self.scan.opened)
-        else:
-            index = self.label_source.index(self.root, self.valid_pct, self.seed, self.scan)
-            self.scan.save_cache()  # the verdicts hold whether or not on_bad_file=error stops the run next
-        self._report_bad_files()
-        return index
+        """Every image with its label and subset (a folder; shards have none: :class:`~src.data.sources.ShardSource`)."""
+        return self.source.index
 
-    def _index_settings(self) -> dict[str, Any]:
-        """What the index depends on, checked by the processes that receive rank 0's scan."""
-        return {"root": str(self.root), "labels": repr(self.label_source), "valid_pct": self.valid_pct,
-                "seed": self.seed, "max_image_pixels": self.scan.max_pixels}
+    @property
+    def scan(self) -> FileScan:
+        """The check of every file before training (empty for shards, whose files were checked by src.prepare)."""
+        return self.source.scan
 
-    def index_payload(self) -> dict[str, Any]:
-        """The scanned index as JSON values, for the DDP processes rank 0 launches (:mod:`src.core.launch_handoff`)."""
-        return index_payload(self.index, self.scan.bad, self.scan.kept, self._index_settings())
-
-    def _report_bad_files(self) -> None:
-        if self.scan.bad:
-            self._write_bad_files_csv()
-        where = f"; listed in {self.bad_files_csv}" if self.scan.bad and self.bad_files_csv else ""
-        unreadable = self.scan.unreadable
-        if unreadable and self.on_bad_file == "error":
-            raise ValueError(
-                f"{len(unreadable)} unreadable image file(s) under data.root={str(self.root)!r}, e.g. "
-                f"{unreadable[0].path} ({unreadable[0].kind}: {unreadable[0].reason}){where}. Remove or fix "
-                "them, or set data.on_bad_file=skip to train without them"
-            )
-        (log.warning if unreadable else log.info)("%s: %s%s", self.root, self.scan.summary(), where)
-
-    @rank_zero_only
-    def _write_bad_files_csv(self) -> None:
-        if self.bad_files_csv is not None:
-            self.scan.write_csv(self.bad_files_csv, self.root)
+    def handoff(self) -> dict[str, Any]:
+        """What the DDP processes rank 0 launches receive instead of reading the data again (:mod:`src.core.launch_handoff`)."""
+        return self.source.handoff()
 
     @property
     def skipped_during_training(self) -> int:
@@ -260,7 +190,7 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
 
     @property
     def classes(self) -> list[str]:
-        return self.manifest["classes"] if self.format == "litdata" else self.index.classes
+        return self.source.classes
 
     @property
     def num_classes(self) -> int:
@@ -269,85 +199,84 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
     @property
     def multi_label(self) -> bool:
         """Several labels per image (``label_delim`` set): the model trains with BCE instead of softmax."""
-        return self.manifest["multi_label"] if self.format == "litdata" else self.label_source.multi_label
+        return self.source.multi_label
 
     @property
     def class_counts(self) -> list[int]:
         """Training images per class, in class order (multi-label: images carrying the class); what
         ``model.class_weights=balanced`` is computed from (shards: as src.prepare counted them)."""
-        if self.format == "litdata":
-            return list(self.manifest["train_class_counts"])
-        counts = [0] * self.num_classes
-        for sample in self.index.train:
-            for label in (sample.label if self.multi_label else (sample.label,)):
-                counts[label] += 1
-        return counts
+        return self.source.class_counts(self.num_classes)
 
     def model_fields(self) -> dict:
         """What the model config takes from the data (``model.classes``, ``model.multi_label``): the
         one place it comes from, for every entry point that builds a model from a config."""
         return {"classes": self.classes, "multi_label": self.multi_label}
 
+    # --- progressive resizing (src/data/loading/stage_data.py) ---------------------------------------------
+
+    def follow_stages(self, epoch_data: EpochData) -> None:
+        """Build each epoch's loaders at the size and batch size of its stage (``epoch_data``, a
+        :class:`~src.optim.stages.StageSchedule`'s ``data_at_epoch``); the data's own where it gives None."""
+        self.stage_sizes = StageSizes(epoch_data, self.size, self.batch_size)
+
+    def use_epoch_data(self) -> None:
+        """Switch the transforms and batch size to those of the trainer's current epoch (called by the loaders)."""
+        if self.stage_sizes is None or self.trainer is None:
+            return
+        epoch = self.trainer.current_epoch
+        size, self.batch_size = self.stage_sizes.at_epoch(epoch)
+        if size != self.size:
+            self.size = size
+            self.use_transforms_at(size)
+            for dataset, transform in ((self.datasets.get("train"), self.train_transform),
+                                       (self.datasets.get("valid"), self.loader_eval_transform),
+                                       (self.datasets.get("test"), self.loader_eval_transform)):
+                if dataset is not None:
+                    dataset.use_transform(transform, size)
+            log.info("epoch %d: images at %d px, batches of %d", epoch + 1, size, self.batch_size)
+
+    # --- batches finished on the training device (src/data/placement/device_batches.py) --------------------
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.device_batches.decoded(self.placed, batch, self.trainer.training, self.trainer.strategy.root_device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.device_batches.finished(self.placed, batch, self.trainer.training, self.trainer.current_epoch,
+                                            self.trainer.global_rank, self.trainer.precision_plugin.convert_input)
+
+    def model_batches(self, loader: DataLoader, device: torch.device, train: bool) -> ModelBatches:
+        """``loader``'s batches on ``device`` as the network takes them, for loops outside the Trainer."""
+        return self.device_batches.model_batches(self.placed, loader, device, train)
+
+    def model_input(self, images: torch.Tensor, train: bool, draw_seed: int | None = None) -> torch.Tensor:
+        """A loader batch's images (on their device) as the network takes them."""
+        return self.device_batches.model_input(self.placed, images, train, draw_seed)
+
+    def normalized_items(self, subset: str) -> Dataset:
+        """``datasets[subset]`` with normalised float images whatever ``augment.on`` (figures of single images)."""
+        return self.device_batches.normalized_items(self.placed, self.datasets[subset])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.device_batches.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.device_batches.load_state_dict(state_dict)
+
+    def teardown(self, stage: str) -> None:
+        if self.device_reader is not None and self.device_reader.summary():
+            log.info(self.device_reader.summary())
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        if self.format == "litdata":
-            self._setup_shards()
-            return
-        index = self.index
-        self.datasets = {
-            subset: ImageDataset(samples, transform, skip_unreadable=self.on_bad_file == "skip",
-                                 num_labels=self.num_classes if self.multi_label else None, decode_size=self.size,
-                                 seed=self.loader_seed if subset == "train" else None,
-                                 read=self.device_reader or functools.partial(load_rgb, max_pixels=self.scan.max_pixels))
-            for subset, samples, transform in [("train", index.train, self.train_transform),
-                                               ("valid", index.valid, self.loader_eval_transform),
-                                               ("test", index.test, self.loader_eval_transform)]
-        }
-        log.info(
-            "%s: %d classes, %d training and %d validation images (%s layout)",
-            self.root, self.num_classes, len(index.train), len(index.valid), index.layout,
-        )
-        if not index.valid:
-            fix = (f"mark some rows true in the {self.label_source.valid_column!r} column" if self.label_source.valid_column
-                   else "every class has a single image; add images or use a train/ and valid/ layout")
-            raise ValueError(f"no validation images under {self.root}: {fix}")
-        self._write_split_csv()
-
-    @rank_zero_only
-    def _write_split_csv(self) -> None:
+        transforms = {"train": self.train_transform, "valid": self.loader_eval_transform,
+                      "test": self.loader_eval_transform}
+        self.datasets = self.source.datasets(
+            transforms, num_labels=self.num_classes if self.multi_label else None, decode_size=self.size,
+            train_seed=self.loader_seed, skip_unreadable=self.on_bad_file == "skip", batch_size=self.batch_size,
+            read=self.device_reader or functools.partial(load_rgb, max_pixels=self.max_image_pixels))
         if self.split_csv is not None:
-            subsets = {"train": self.index.train, "valid": self.index.valid, "test": self.index.test}
-            write_split_csv(self.split_csv, self.root, self.classes, subsets, self.label_source.label_delim)
-
-    def _setup_shards(self) -> None:
-        # litdata is needed only for data.format=litdata
-        from src.data.shards.streaming import ShardDataset, ShardSubset
-
-        raise_problems(size_problems(self.manifest, self.shards_root, self.size))
-        counts = self.manifest["subsets"]
-        num_labels = self.num_classes if self.multi_label else None
-        # Training streams (each rank its own chunks, shuffled); validation and test are read in stored order,
-        # split evenly between DDP ranks by Lightning's sampler (ShardSubset says why).
-        self.datasets = {
-            "train": ShardDataset(self.shards_root, "train", self.train_transform, shuffle=True, seed=self.seed,
-                                  num_labels=num_labels, decode_size=self.size,
-                                  drop_last=counts["train"] > self.batch_size, cache_dir=self.shard_cache_dir),
-            **{subset: ShardSubset(self.shards_root, subset, self.loader_eval_transform, num_labels=num_labels,
-                                   decode_size=self.size, cache_dir=self.shard_cache_dir)
-               for subset in ("valid", "test") if counts.get(subset)},
-        }
-        log.info("%s: shards of %d classes, %d training and %d validation images (split of %s, seed %s)",
-                 self.shards_root, self.num_classes, counts["train"], counts["valid"], self.manifest["source"],
-                 self.manifest["seed"])
-        self._copy_split_csv()
-
-    @rank_zero_only
-    def _copy_split_csv(self) -> None:
-        """The run's split.csv is the one src.prepare wrote next to the shards (paths under its data.root)."""
-        if self.split_csv is not None:
-            with atomic_open(self.split_csv, "wb") as f:
-                f.write(read_bytes(self.shards_root, "split.csv"))
+            self.source.write_split_csv(self.split_csv)
 
     def train_sampler(self) -> EpochShuffleSampler | BalancedSampler:
         """The training order: a function of (seed, epoch) (the contract of :mod:`src.data.loading.samplers`)."""
@@ -357,12 +286,9 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
 
     def _loader(self, subset: str, shuffle: bool) -> DataLoader:
         self.use_epoch_data()  # progressive resizing: this epoch's stage's size and batch size
-        if self.format == "litdata" and subset == "train":
-            from src.data.shards.streaming import shard_loader
-
-            return shard_loader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
-                                pin_memory=self.pin_memory, drop_last=self.datasets[subset].drop_last,
-                                worker_init_fn=self.worker_init)
+        if self.source.streams(subset):
+            return self.source.loader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
+                                      pin_memory=self.pin_memory, worker_init_fn=self.worker_init)
         return EpochDataLoader(
             self.datasets[subset],
             batch_size=self.batch_size,

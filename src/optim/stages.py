@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.core.problems import Problem, is_number, is_whole_number, raise_problems
-from src.data.datamodule import MIN_IMAGE_SIZE
+from src.core.image_size import image_size_problems
 from src.data.loading.dataset import batch_size_problems
 
 LearningRate = float | Sequence[float]
@@ -109,9 +109,7 @@ class Stage:
         """The stage's problems under config key ``key``; ``freeze_to``'s range too with ``num_layer_groups``."""
         problems = lr_problems(self.lr, f"{key}.lr")
         problems += one_cycle_problems(key, self.one_cycle_overrides())
-        if self.size is not None and not is_whole_number(self.size, minimum=MIN_IMAGE_SIZE):
-            problems.append(Problem(f"{key}.size", self.size, f"a whole number >= {MIN_IMAGE_SIZE} (a ResNet "
-                                    "downsamples by 32), or null for data.size", f"e.g. {key}.size=64"))
+        problems += image_size_problems(f"{key}.size", self.size, f"e.g. {key}.size=64", allowed_null="data.size")
         if self.batch_size is not None:
             problems += batch_size_problems(self.batch_size, f"{key}.batch_size")
         if not is_whole_number(self.epochs, minimum=1):

@@ -26,6 +26,7 @@ from src.data.loading.stage_data import last_stage_size_problems
 from src.models.init_from import init_from_problems
 from src.data.placement.choice import DataPlacement
 from src.data.files.scan_cache import ScanCache
+from src.data.sources import DATA_SOURCES
 from src.optim.stages import StageSchedule
 from src.core.problems import ConfigError, Problem, is_number, raise_problems
 
@@ -83,8 +84,8 @@ def _data_problems(data: DictConfig) -> list[Problem]:
 
 def data_config_problems(data: DictConfig) -> list[Problem]:
     """The ``data`` group's problems: its root and the DataModule's settings (also for src.prepare)."""
-    # Shards (data.format=litdata) may be an s3:// prefix: the DataModule checks its own root.
-    problems = data_root_problems(data.get("root")) if data.get("format", "folder") == "folder" else []
+    source = DATA_SOURCES.get(data.get("format", "folder"))  # an unknown format is one of _data_problems
+    problems = source.root_problems(data.get("root")) if source is not None else []
     return problems + _data_problems(data)
 
 

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from src.runs.config_checks import check_train_config
 from src.runs.experiment_trackers import log_run_end
 from src.runs.lr_finding import suggest_lr, with_max_lr
-from src.data.shards.manifest import check_classes
 from src.models.loading import check_resumable, checkpoint_classes, epochs_finished
 from src.optim.lr_finder import SUGGESTIONS
 from src.runs.builder import Run, build_run
@@ -81,8 +80,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)
     check_room_for_checkpoints(output_dir, run.module.net)
-    if ckpt_path is not None and run.datamodule.format == "litdata":  # shards written again since: other classes?
-        check_classes(run.datamodule.manifest, cfg.data.root, checkpoint_classes(ckpt_path), f"ckpt_path={ckpt_path!r}")
+    if ckpt_path is not None:  # e.g. shards written again since, with other classes
+        run.datamodule.source.check_classes_of(checkpoint_classes(ckpt_path), f"ckpt_path={ckpt_path!r}")
     handoff = {}  # what the DDP processes that trainer.fit launches receive instead of doing it again
     if cfg.get("lr_find"):
         handoff["first_stage_lr"] = _use_lr_finder_suggestion(run)
@@ -91,9 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = run.trainer()
     log.info("training %s on %d classes for %d epochs in %d stage(s)", cfg.model.backbone.name,
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
-    # Shards (data.format=litdata) have no scan to hand over: each process reads its own part of them.
-    scanned = datamodule.format == "folder"
-    with handed_over(trainer, lambda: {**handoff, **({"scan": datamodule.index_payload()} if scanned else {})}):
+    with handed_over(trainer, lambda: {**handoff, **datamodule.handoff()}):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}

@@ -14,13 +14,10 @@ input size from it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from src.core.problems import Problem
-
-log = logging.getLogger(__name__)
 
 # (size, batch_size) of an epoch's stage; None where the stage keeps the data's.
 EpochData = Callable[[int], tuple[int | None, int | None]]
@@ -39,35 +36,14 @@ def last_stage_size_problems(stages: Sequence[Any], data_size: Any) -> list[Prob
                     f"set data.size={size} and leave the last stage's size out; give earlier stages smaller sizes")]
 
 
-class StageSizedLoaders:
-    """Mixed into the DataModule: its loaders at the size and batch size of the trainer's current stage.
+class StageSizes:
+    """Each epoch's image size and batch size: those of its stage (``epoch_data``, a
+    :class:`~src.optim.stages.StageSchedule`'s ``data_at_epoch``), the data's own where the stage sets none."""
 
-    The DataModule provides ``size``, ``batch_size``, ``datasets``, ``use_transforms_at(size)`` and
-    ``trainer`` (Lightning's, None outside a Trainer).
-    """
-
-    epoch_data: EpochData | None = None
-
-    def follow_stages(self, epoch_data: EpochData) -> None:
-        """Build each epoch's loaders with ``epoch_data(epoch)`` (a :class:`~src.optim.stages.StageSchedule`'s
-        ``data_at_epoch``); the DataModule's own size and batch size where it gives None."""
-        self.data_size, self.data_batch_size = self.size, self.batch_size
+    def __init__(self, epoch_data: EpochData, data_size: int, data_batch_size: int) -> None:
         self.epoch_data = epoch_data
+        self.data_size, self.data_batch_size = data_size, data_batch_size
 
-    def use_epoch_data(self) -> None:
-        """Switch the transforms and batch size to those of the trainer's current epoch (called by the loaders)."""
-        if self.epoch_data is None or self.trainer is None:
-            return
-        epoch = self.trainer.current_epoch
+    def at_epoch(self, epoch: int) -> tuple[int, int]:
         size, batch_size = self.epoch_data(epoch)
-        size, batch_size = size or self.data_size, batch_size or self.data_batch_size
-        if size != self.size:
-            self.size = size
-            self.use_transforms_at(size)
-            for dataset, transform in ((self.datasets.get("train"), self.train_transform),
-                                       (self.datasets.get("valid"), self.loader_eval_transform),
-                                       (self.datasets.get("test"), self.loader_eval_transform)):
-                if dataset is not None:
-                    dataset.use_transform(transform, size)
-            log.info("epoch %d: images at %d px, batches of %d", epoch + 1, size, batch_size)
-        self.batch_size = batch_size
+        return size or self.data_size, batch_size or self.data_batch_size

@@ -1,9 +1,9 @@
 """The DataModule's side of ``data.augment.on`` / ``data.decode_on`` (:mod:`src.data.placement.choice`): which
 transforms the loader workers run, and the batch hooks that finish the batch on the training device.
 
-:class:`DeviceBatchHooks` is mixed into :class:`~src.data.datamodule.ImageFolderDataModule`; it reads
-the ``placement``, ``batch_augment``, ``device_reader``, ``train_transform``,
-``loader_eval_transform`` and ``datasets`` that :func:`placed_transforms` and the DataModule set.
+:class:`DeviceBatches` is the helper the DataModule owns and calls from its own batch hooks
+(``on_before_batch_transfer``, ``on_after_batch_transfer``) with the transforms it placed
+(:func:`placed_transforms`).
 """
 
 from __future__ import annotations
@@ -58,76 +58,80 @@ def placed_transforms(placement: DataPlacement, size: int, mean: Sequence[float]
     return placed
 
 
-class DeviceBatchHooks:
-    """Lightning's batch-transfer hooks, and the same for loops outside the Trainer (see the module docstring).
+class DeviceBatches:
+    """What finishes a batch on the training device with ``augment.on=device`` (and ``decode_on=device``), for
+    the Trainer's batch hooks and for loops outside it.
 
     A training batch's augmentation on the device is drawn with a seed mixed from (the DataModule's
     ``loader_seed``, the rank, the epoch, the batch's place in the epoch), as the worker path seeds each
     image by (seed, epoch, index) (:class:`~src.data.loading.dataset.ImageDataset`): a resumed run draws what the
     uninterrupted run drew, and the draws take nothing from the generators the model's dropout uses.
-    The place in the epoch goes into checkpoints (``state_dict``) for a resume from the middle of one.
+    The place in the epoch goes into checkpoints (:meth:`state_dict`) for a resume from the middle of one.
     """
 
-    _draw_position: tuple[int, int] = (-1, 0)  # (epoch, training batches augmented in it)
+    def __init__(self, augment_on: str, loader_seed: int) -> None:
+        self.augment_on = augment_on
+        self.loader_seed = loader_seed
+        self.draw_position = (-1, 0)  # (epoch, training batches augmented in it)
 
-    def model_input(self, images: torch.Tensor, train: bool, draw_seed: int | None = None) -> torch.Tensor:
+    def model_input(self, placed: PlacedTransforms, images: torch.Tensor, train: bool,
+                    draw_seed: int | None = None) -> torch.Tensor:
         """A loader batch's images as the network takes them: with ``augment.on=device`` the uint8
         batch augmented (``train``; with ``draw_seed``, drawn from it) and normalised on its device;
         with ``workers`` unchanged."""
-        if self.placement.augment_on == "workers":
+        if self.augment_on == "workers":
             return images
-        return self.batch_augment(images, draw_seed) if train else self.batch_augment.normalize(images)
+        return placed.batch_augment(images, draw_seed) if train else placed.batch_augment.normalize(images)
 
     def next_draw_seed(self, epoch: int, rank: int) -> int:
         """The seed of the next training batch's augmentation in ``epoch``."""
-        if self._draw_position[0] != epoch:
-            self._draw_position = (epoch, 0)
-        batch = self._draw_position[1]
-        self._draw_position = (epoch, batch + 1)
+        if self.draw_position[0] != epoch:
+            self.draw_position = (epoch, 0)
+        batch = self.draw_position[1]
+        self.draw_position = (epoch, batch + 1)
         return derived_seed(self.loader_seed, rank, epoch, batch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"device_augment_position": list(self._draw_position)}
+        return {"device_augment_position": list(self.draw_position)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "device_augment_position" in state_dict:  # absent from checkpoints written before it existed
             epoch, batch = state_dict["device_augment_position"]
-            self._draw_position = (int(epoch), int(batch))
+            self.draw_position = (int(epoch), int(batch))
 
-    def model_batches(self, loader: DataLoader, device: torch.device, train: bool) -> ModelBatches:
+    def model_batches(self, placed: PlacedTransforms, loader: DataLoader, device: torch.device,
+                      train: bool) -> ModelBatches:
         """``loader``'s batches on ``device`` as the network takes them, for loops outside the Trainer."""
         def prepare(images: Any) -> torch.Tensor:
-            if self.device_reader is not None:  # a list of JPEG bytes and decoded images
-                transform = self.train_transform if train else self.loader_eval_transform
-                return self.model_input(decode_batch(images, transform.crop, device), train)
-            return self.model_input(images.to(device, non_blocking=True), train)
+            if placed.device_reader is not None:  # a list of JPEG bytes and decoded images
+                transform = placed.train if train else placed.loader_eval
+                return self.model_input(placed, decode_batch(images, transform.crop, device), train)
+            return self.model_input(placed, images.to(device, non_blocking=True), train)
 
         return ModelBatches(loader, prepare)
 
-    def normalized_items(self, subset: str) -> Dataset:
-        """``datasets[subset]`` with normalised float images whatever ``augment.on`` (figures of single images)."""
-        dataset = self.datasets[subset]
-        return dataset if self.placement.augment_on == "workers" else NormalizedItems(dataset, self.batch_augment)
+    def normalized_items(self, placed: PlacedTransforms, dataset: Dataset) -> Dataset:
+        """``dataset`` with normalised float images whatever ``augment.on`` (figures of single images)."""
+        return dataset if self.augment_on == "workers" else NormalizedItems(dataset, placed.batch_augment)
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.device_reader is None or not isinstance(batch, (tuple, list)):
+    def decoded(self, placed: PlacedTransforms, batch: Any, training: bool, device: torch.device) -> Any:
+        """``on_before_batch_transfer``: with ``decode_on=device`` the JPEG bytes of ``batch`` decoded on ``device``."""
+        if placed.device_reader is None or not isinstance(batch, (tuple, list)):
             return batch
         items, labels = batch
-        transform = self.train_transform if self.trainer.training else self.loader_eval_transform
-        return decode_batch(items, transform.crop, self.trainer.strategy.root_device), labels
+        transform = placed.train if training else placed.loader_eval
+        return decode_batch(items, transform.crop, device), labels
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def finished(self, placed: PlacedTransforms, batch: Any, training: bool, epoch: int, rank: int,
+                 convert_input: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        """``on_after_batch_transfer``: with ``augment.on=device`` the batch augmented (training) or normalised,
+        then converted for the precision (``convert_input``, the precision plugin's)."""
         # The model summary passes its float example_input_array through this hook too: left as it is.
-        if self.placement.augment_on == "workers" or not isinstance(batch, (tuple, list)):
+        if self.augment_on == "workers" or not isinstance(batch, (tuple, list)):
             return batch
         images, labels = batch
-        training = self.trainer.training
-        draw_seed = self.next_draw_seed(self.trainer.current_epoch, self.trainer.global_rank) if training else None
-        images = self.model_input(images, train=training, draw_seed=draw_seed)
+        draw_seed = self.next_draw_seed(epoch, rank) if training else None
+        images = self.model_input(placed, images, train=training, draw_seed=draw_seed)
         # Lightning converted the batch for the precision before the transfer, when it was still
         # uint8 (a no-op); the float batch gets the same conversion now (half for 16-true/bf16-true).
-        return self.trainer.precision_plugin.convert_input(images), labels
-
-    def teardown(self, stage: str) -> None:
-        if self.device_reader is not None and self.device_reader.summary():
-            log.info(self.device_reader.summary())
+        return convert_input(images), labels
