@@ -16,11 +16,11 @@ from tests.conftest import IMAGENET_STATS
 def test_the_payload_gives_back_the_index_and_bad_files_and_refuses_other_settings(messy_root):
     datamodule = ImageFolderDataModule(messy_root, size=32, **IMAGENET_STATS)
     payload = datamodule.handoff()["scan"]
-    index, bad, kept = index_from_payload(payload, datamodule._index_settings())
+    index, bad, kept = index_from_payload(payload, datamodule.source.index_settings())
     assert index == datamodule.index and bad == datamodule.scan.bad and kept == datamodule.scan.kept == 44
     other = ImageFolderDataModule(messy_root, size=32, seed=7, **IMAGENET_STATS)
     with pytest.raises(ValueError, match=r"other data settings \(seed: \[42\] there, \[7\] here\)"):
-        index_from_payload(payload, other._index_settings())
+        index_from_payload(payload, other.source.index_settings())
 
 
 def test_a_launched_process_uses_the_handed_index_without_opening_a_file(image_root, tmp_path, monkeypatch):

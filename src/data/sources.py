@@ -91,7 +91,7 @@ class FolderSource:
     def index(self) -> FolderIndex:
         handed = launch_handoff.received()
         if handed is not None and "scan" in handed:  # a DDP process launched by rank 0, which scanned
-            index, self.scan.bad, self.scan.kept = index_from_payload(handed["scan"], self._index_settings())
+            index, self.scan.bad, self.scan.kept = index_from_payload(handed["scan"], self.index_settings())
             self.scan.cache = None  # rank 0 keeps it
             log.info("%s: rank %s uses rank 0's scan of %d images and opened %d of the files", self.root,
                      os.environ.get("LOCAL_RANK", "?"), self.scan.kept, self.scan.opened)
@@ -101,14 +101,14 @@ class FolderSource:
         self._report_bad_files()
         return index
 
-    def _index_settings(self) -> dict[str, Any]:
+    def index_settings(self) -> dict[str, Any]:
         """What the index depends on, checked by the processes that receive rank 0's scan."""
         return {"root": str(self.root), "labels": repr(self.label_source), "valid_pct": self.valid_pct,
                 "seed": self.seed, "max_image_pixels": self.scan.max_pixels}
 
     def handoff(self) -> dict[str, Any]:
         """What the DDP processes rank 0 launches receive instead of scanning again: the scanned index."""
-        return {"scan": index_payload(self.index, self.scan.bad, self.scan.kept, self._index_settings())}
+        return {"scan": index_payload(self.index, self.scan.bad, self.scan.kept, self.index_settings())}
 
     def _report_bad_files(self) -> None:
         if self.scan.bad:
