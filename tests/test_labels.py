@@ -185,6 +185,27 @@ def test_multi_label_csv_trains_evaluates_per_class_and_predicts_every_class_abo
     assert probabilities.shape == (2, 4) and not torch.allclose(probabilities.sum(1), torch.ones(2))
 
 
+def test_multi_label_evaluate_gives_the_val_loss_of_a_confident_model(tmp_path):
+    """evaluate's loss is training's BCE-with-logits, also where the sigmoid rounds to 0 or 1 in float32."""
+    root = tmp_path / "planet"
+    images = flat_images(root, classes=3, per_class=8)
+    rows = [[name, f"{label} even" if i % 2 == 0 else label] for i, (name, label) in enumerate(images)]
+    write_rows(root / "tags.csv", ["image_name", "tags"], rows)
+    run = tmp_path / "run"
+    # A head learning rate 100 times the tiny run's: after 6 steps many logits are past +-17, where the
+    # sigmoid is 1.0 in float32 (the binary cross-entropy of probabilities caps such a cell's loss at 100).
+    train(run_cfg(run, root, ["data/labels=csv", "data.labels.csv_path=tags.csv", "data.labels.path_column=image_name",
+                              "data.labels.label_column=tags", "data.labels.label_delim=' '", "data.valid_pct=0.25",
+                              "schedule.stages=[{name:head,epochs:2,lr:[0.3],freeze_to:-1}]"]))
+    logged = json.loads((run / "metrics.json").read_text())["final"]  # the epoch last.ckpt was saved at
+    evaluated = evaluate(run_cfg(tmp_path / "eval", root, [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                                                           "data.num_workers=0"], "evaluate"))
+    assert evaluated["loss"] == pytest.approx(logged["val/loss"], abs=1e-4)
+    assert evaluated["error_rate"] == pytest.approx(logged["val/error_rate"], abs=1e-4)
+    mean_loss = sum(float(r["loss"]) for r in read_rows(tmp_path / "eval" / "predictions.csv")) / evaluated["images"]
+    assert mean_loss == pytest.approx(evaluated["loss"], abs=1e-4)
+
+
 def test_fbeta_per_sample_is_fastai_v1s():
     probs = torch.tensor([[0.9, 0.6, 0.1], [0.2, 0.2, 0.2], [0.7, 0.1, 0.8]])
     targets = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1]])

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_confusion_matrix,
@@ -24,6 +23,7 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
+from src.models.losses import plain_loss
 from src.models.multi_label_metrics import FBETA_BETA, fbeta_per_sample
 
 TOP_K = 5
@@ -61,8 +61,8 @@ class Interpretation:
 
     @property
     def losses(self) -> torch.Tensor:
-        """Cross-entropy of each image, as the training loss."""
-        return F.nll_loss(self.log_probabilities, self.targets, reduction="none")
+        """Cross-entropy of each image, validation's loss."""
+        return plain_loss(multi_label=False, reduction="none")(self.log_probabilities, self.targets)
 
     def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
         """error_rate (fastai's: 1 - micro accuracy), accuracy, loss, top-5 accuracy, per-class P/R/F1,
@@ -116,24 +116,26 @@ MULTI_LABEL_SKIPPED = ("confusion matrix, most confused and top losses skipped: 
 
 @dataclass
 class MultiLabelInterpretation:
-    """Per-image results of a multi-label model: ``log_probabilities`` (N, classes) of the per-class
-    sigmoids and multi-hot ``targets`` (N, classes); a class is predicted above ``threshold``."""
+    """Per-image results of a multi-label model: ``logits`` (N, classes), each class's log-odds (the
+    network's logits, or with TTA those of the blended probabilities), and multi-hot ``targets``
+    (N, classes); a class is predicted above ``threshold``. Log-odds, not probabilities: a sigmoid that
+    rounds to 1.0 in float32 would lose the cell's loss, which BCE-with-logits keeps, as training does."""
 
     classes: list[str]
-    log_probabilities: torch.Tensor
+    logits: torch.Tensor
     targets: torch.Tensor
     threshold: float
 
     def __post_init__(self) -> None:
-        if self.log_probabilities.shape != self.targets.shape:
-            raise ValueError(f"predictions {tuple(self.log_probabilities.shape)} and multi-hot labels "
+        if self.logits.shape != self.targets.shape:
+            raise ValueError(f"predictions {tuple(self.logits.shape)} and multi-hot labels "
                              f"{tuple(self.targets.shape)} differ in shape")
         if len(self.targets) == 0:
             raise ValueError("nothing to interpret: no images were evaluated")
 
     @property
     def probabilities(self) -> torch.Tensor:
-        return self.log_probabilities.exp()
+        return self.logits.sigmoid()
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -146,8 +148,9 @@ class MultiLabelInterpretation:
 
     @property
     def losses(self) -> torch.Tensor:
-        """Binary cross-entropy of each image (mean over its classes), as the training loss."""
-        return F.binary_cross_entropy(self.probabilities, self.targets.float(), reduction="none").mean(dim=1)
+        """Binary cross-entropy of each image (mean over its classes), validation's loss: the mean over
+        images is the mean over every image x class cell, as ``val/loss``."""
+        return plain_loss(multi_label=True, reduction="none")(self.logits, self.targets.float()).mean(dim=1)
 
     def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
         """fastai's accuracy_thresh (``accuracy``; ``error_rate`` is 1 minus it), F-beta (``fbeta``, samples
