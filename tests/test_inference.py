@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import math
 from pathlib import Path
@@ -90,6 +91,35 @@ def test_evaluate_a_folder_reports_labels_the_model_does_not_know(trained, tmp_p
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["unknown_labels"] == {"hat": 2} and written["data"] == str(folder)
     assert len(read_rows(tmp_path / "eval" / "predictions.csv")) == 6
+
+
+def test_evaluate_a_folder_without_one_of_the_classes_averages_the_classes_it_has(trained, tmp_path, caplog):
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    everything = copy_sample(tmp_path / "all", classes=CLASSES, per_class=4)
+    evaluate(task_cfg("evaluate", tmp_path / "eval_all", [f"ckpt_path={ckpt}", f"data.root={everything}",
+                                                          "data.num_workers=0"]))
+    every_class = json.loads((tmp_path / "eval_all" / "metrics.json").read_text())
+    # Left out: a class the model predicts for images of other classes (its column is not empty), with
+    # another class's images found (else every recall left is 0, and so is any average of them).
+    recall = {c: values["recall"] for c, values in every_class["per_class"].items()}
+    missing = next((predicted for _, predicted, _ in every_class["most_confused"]
+                    if any(r > 0 for c, r in recall.items() if c != predicted)), None)
+    assert missing is not None, every_class
+    folder = copy_sample(tmp_path / "images", classes=CLASSES, per_class=4)
+    shutil.rmtree(folder / missing)
+
+    with caplog.at_level(logging.WARNING, logger="src.evaluate"):
+        metrics = evaluate(task_cfg("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt}", f"data.root={folder}",
+                                                                    "data.num_workers=0"]))
+    # Four images of each present class: balanced accuracy (macro recall) is the accuracy.
+    assert metrics["macro_recall"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["classes_without_images"] == [missing]
+    assert written["per_class"][missing]["support"] == 0
+    present = [c for c in written["per_class"] if c != missing]
+    assert written["macro_f1"] == pytest.approx(sum(written["per_class"][c]["f1"] for c in present) / len(present))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(missing in message and "macro" in message for message in warnings), warnings
 
 
 def test_evaluate_outside_a_run_directory_names_the_fix(trained, tmp_path):

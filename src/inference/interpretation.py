@@ -4,6 +4,12 @@ Built from the log-probabilities and labels of every evaluated image, so the sam
 ``src.evaluate`` and the end-of-training TensorBoard figures. :class:`MultiLabelInterpretation`
 gives a multi-label model's metrics; the confusion matrix, most confused pairs and top losses
 are single-label pictures (one actual and one predicted class per image) and have no counterpart.
+
+The macro averages are over the classes the evaluated images have (support > 0), scikit-learn's
+``recall_score(..., labels=present, average="macro")``: a class with no image has no recall to average
+(nothing to find), and counting it as 0 would lower balanced accuracy for a folder that lacks it.
+torchmetrics' ``average="macro"`` leaves out only the classes absent from both labels and predictions,
+so one prediction of a class without images would count it as 0.
 """
 
 from __future__ import annotations
@@ -27,6 +33,20 @@ from src.models.losses import plain_loss
 from src.models.multi_label_metrics import FBETA_BETA, fbeta_per_sample
 
 TOP_K = 5
+
+
+def per_class_metrics(classes: list[str], per_class: dict[str, torch.Tensor], support: torch.Tensor,
+                      macro: tuple[str, ...]) -> dict:
+    """``per_class`` (each class's figures and support), the ``macro_<name>`` average of each name in
+    ``macro`` over the classes with support, and ``classes_without_images`` (those without)."""
+    present = support > 0
+    metrics: dict = {f"macro_{name}": float(per_class[name][present].mean()) for name in macro}
+    metrics["classes_without_images"] = [c for c, has_images in zip(classes, present.tolist()) if not has_images]
+    metrics["per_class"] = {
+        c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
+        for i, c in enumerate(classes)
+    }
+    return metrics
 
 
 @dataclass
@@ -66,8 +86,9 @@ class Interpretation:
 
     def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
         """error_rate (fastai's: 1 - micro accuracy), accuracy, loss, top-5 accuracy, per-class P/R/F1,
-        and their macro averages ``macro_f1`` and ``macro_recall`` (balanced accuracy): on imbalanced
-        data the micro error rate hides the small classes, the macro figures weigh every class alike."""
+        and their macro averages ``macro_f1`` and ``macro_recall`` (balanced accuracy) over the classes
+        with images (see the module doc): on imbalanced data the micro error rate hides the small
+        classes, the macro figures weigh every class alike."""
         preds, targets, n = self.log_probabilities, self.targets, self.num_classes
         accuracy = float(multiclass_accuracy(preds, targets, num_classes=n, average="micro"))
         metrics: dict = {"error_rate": 1.0 - accuracy, "accuracy": accuracy, "loss": float(self.losses.mean())}
@@ -79,15 +100,8 @@ class Interpretation:
             name: fn(preds, targets, num_classes=n, average=None, zero_division=0.0)
             for name, fn in [("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)]
         }
-        # torchmetrics' macro average leaves out classes absent from both labels and predictions.
-        metrics["macro_f1"] = float(multiclass_f1_score(preds, targets, num_classes=n, average="macro"))
-        metrics["macro_recall"] = float(multiclass_recall(preds, targets, num_classes=n, average="macro"))
         support = torch.bincount(targets, minlength=n)
-        metrics["per_class"] = {
-            c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
-            for i, c in enumerate(self.classes)
-        }
-        return metrics
+        return {**metrics, **per_class_metrics(self.classes, per_class, support, macro=("f1", "recall"))}
 
     def confusion_matrix(self) -> torch.Tensor:
         """Counts (classes, classes): rows are the actual classes, columns the predicted ones."""
@@ -154,7 +168,8 @@ class MultiLabelInterpretation:
 
     def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
         """fastai's accuracy_thresh (``accuracy``; ``error_rate`` is 1 minus it), F-beta (``fbeta``, samples
-        average), loss, and per-class precision/recall/F1/support at the threshold."""
+        average), loss, per-class precision/recall/F1/support at the threshold, and ``macro_f1`` over the
+        classes some image carries (see the module doc)."""
         probs, targets, n = self.probabilities, self.targets.long(), len(self.classes)
         accuracy = float(multilabel_accuracy(probs, targets, num_labels=n, threshold=self.threshold, average="micro"))
         metrics: dict = {
@@ -170,11 +185,4 @@ class MultiLabelInterpretation:
             for name, fn in [("precision", multilabel_precision), ("recall", multilabel_recall),
                              ("f1", multilabel_f1_score)]
         }
-        metrics["macro_f1"] = float(multilabel_f1_score(probs, targets, num_labels=n, threshold=self.threshold,
-                                                        average="macro"))
-        support = targets.sum(dim=0)
-        metrics["per_class"] = {
-            c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
-            for i, c in enumerate(self.classes)
-        }
-        return metrics
+        return {**metrics, **per_class_metrics(self.classes, per_class, targets.sum(dim=0), macro=("f1",))}
