@@ -28,6 +28,7 @@ from src.data.shard_manifest import check_classes
 from src.models.loading import check_resumable, checkpoint_classes, epochs_finished
 from src.optim.lr_range_test import SUGGESTIONS
 from src.runs.builder import Run, build_run
+from src.runs.interruption import exit_status_of_signals
 from src.runs.launch_handoff import handed_over, received
 from src.runs.run_files import check_room_for_checkpoints, check_writable, write_json, write_resolved_config
 from src.runs.test_subset import evaluate_test_subset
@@ -97,7 +98,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
     # Shards (data.format=litdata) have no scan to hand over: each process reads its own part of them.
     scanned = datamodule.format == "folder"
-    with handed_over(trainer, lambda: {**handoff, **({"scan": datamodule.index_payload()} if scanned else {})}):
+    with (exit_status_of_signals(trainer, output_dir),
+          handed_over(trainer, lambda: {**handoff, **({"scan": datamodule.index_payload()} if scanned else {})})):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}
