@@ -242,6 +242,22 @@ def test_tta_blends_the_plain_prediction_with_flipped_and_zoomed_views(trained):
     assert torch.allclose(blended.sum(1), torch.ones(3), atol=1e-5)
 
 
+def test_multi_label_tta_log_odds_are_those_of_the_blended_sigmoids_and_keep_saturated_cells():
+    from src.inference.tta import tta_log_odds, tta_log_probabilities
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with torch.no_grad():
+        net[1].bias.copy_(torch.tensor([0.0, 1.0, 30.0, -30.0]))  # the last two sigmoids are 1.0 and ~1e-13
+    batch = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(tta_log_odds(net, batch, beta=1.0), net(batch), atol=1e-4)  # no views: the logits
+        odds = tta_log_odds(net, batch)
+        blended = tta_log_probabilities(net, batch, multi_label=True).exp()
+    assert torch.allclose(odds.sigmoid(), blended, atol=1e-6)
+    assert (odds[:, 2] > 25).all() and (odds[:, 3] < -25).all()  # where p = 1.0 in float32 keeps its log-odds
+
+
 class LeftOrRight(torch.nn.Module):
     """Class 0 when the left half of the image is brighter than the right, else class 1, with a
     margin so large that the softmax is exactly 1 or 0."""
