@@ -231,6 +231,19 @@ def write_single_label_pictures(cfg: DictConfig, output_dir: Path, interpretatio
     return most_confused
 
 
+def warn_of_classes_without_images(metrics: dict[str, Any], source: str, multi_label: bool) -> None:
+    """Name the model's classes that no evaluated image has: the macro averages leave them out."""
+    missing = metrics["classes_without_images"]
+    if not missing:
+        return
+    averages = "macro_f1" if multi_label else "macro_recall and macro_f1"
+    counted = len(metrics["per_class"]) - len(missing)
+    log.warning("%s has no image %s %d of the model's %d classes: %s; %s average the other %d (a class without "
+                "images has no recall to average), and per_class lists these with support 0. Add images of "
+                "them to measure them", source, "labelled with" if multi_label else "of", len(missing),
+                len(metrics["per_class"]), ", ".join(missing), averages, counted)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path``; write the interpretation files to ``cfg.paths.output_dir``; return the metrics."""
     check_inference_config(cfg)
@@ -243,6 +256,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     threshold = loaded.threshold if cfg.get("threshold") is None else cfg.threshold
     interpretation, dataset, precision = interpret(cfg, loaded, images, threshold)
     metrics = interpretation.metrics()
+    warn_of_classes_without_images(metrics, images.source, loaded.multi_label)
     run = {"checkpoint": str(ckpt_path), "data": images.source, "images": len(images.samples),
            "bad_files": images.unreadable, "tta": bool(cfg.tta), "precision": precision,
            "unknown_labels": dict(sorted(images.unknown.items()))}
@@ -267,6 +281,8 @@ def main(cfg: DictConfig) -> float:
     if metrics["unknown_labels"]:
         print("left out (labels the model does not know): "
               + ", ".join(f"{label} ({n} images)" for label, n in sorted(metrics["unknown_labels"].items())))
+    if metrics["classes_without_images"]:
+        print("no images of (left out of the macro averages): " + ", ".join(metrics["classes_without_images"]))
     print(f"error_rate: {metrics['error_rate']:.4f}  accuracy: {metrics['accuracy']:.4f}  "
           f"loss: {metrics['loss']:.4f}  macro-F1: {metrics['macro_f1']:.4f}"
           + (f"  fbeta: {metrics['fbeta']:.4f}" if "fbeta" in metrics else "")

@@ -123,3 +123,25 @@ def test_evaluate_reports_macro_f1_and_macro_recall():
     assert metrics["macro_f1"] == pytest.approx(sum(f1.values()) / 3)
     assert metrics["macro_recall"] == pytest.approx((1 + 0.5 + 0) / 3)
     assert metrics["error_rate"] == pytest.approx(3 / 8)
+
+
+def test_macro_averages_leave_out_a_class_without_images_even_when_it_is_predicted():
+    # No image of c, but one image of a predicted as c: torchmetrics' macro average counted c in with recall 0
+    targets = torch.tensor([0, 0, 1, 1])
+    predicted = torch.tensor([0, 2, 1, 1])
+    metrics = Interpretation(["a", "b", "c"], torch.nn.functional.one_hot(predicted, 3).float().add(1e-3).log(),
+                             targets).metrics()
+    assert metrics["macro_recall"] == pytest.approx((0.5 + 1) / 2)  # scikit-learn's recall_score(labels=[a, b])
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert metrics["classes_without_images"] == ["c"]
+    assert metrics["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_multi_label_macro_f1_leaves_out_a_label_no_image_carries():
+    from src.inference.interpretation import MultiLabelInterpretation
+
+    targets = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0]])  # no image carries label c
+    logits = torch.tensor([[5.0, -5.0, 5.0], [5.0, -5.0, -5.0], [-5.0, 5.0, -5.0]])  # c predicted once
+    metrics = MultiLabelInterpretation(["a", "b", "c"], logits, targets, threshold=0.5).metrics()
+    assert metrics["macro_f1"] == pytest.approx((1 + 2 / 3) / 2)  # a: 1, b: precision 1, recall 1/2
+    assert metrics["classes_without_images"] == ["c"]

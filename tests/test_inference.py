@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import math
 from pathlib import Path
@@ -90,6 +91,35 @@ def test_evaluate_a_folder_reports_labels_the_model_does_not_know(trained, tmp_p
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["unknown_labels"] == {"hat": 2} and written["data"] == str(folder)
     assert len(read_rows(tmp_path / "eval" / "predictions.csv")) == 6
+
+
+def test_evaluate_a_folder_without_one_of_the_classes_averages_the_classes_it_has(trained, tmp_path, caplog):
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    everything = copy_sample(tmp_path / "all", classes=CLASSES, per_class=4)
+    evaluate(task_cfg("evaluate", tmp_path / "eval_all", [f"ckpt_path={ckpt}", f"data.root={everything}",
+                                                          "data.num_workers=0"]))
+    every_class = json.loads((tmp_path / "eval_all" / "metrics.json").read_text())
+    # Left out: a class the model predicts for images of other classes (its column is not empty), with
+    # another class's images found (else every recall left is 0, and so is any average of them).
+    recall = {c: values["recall"] for c, values in every_class["per_class"].items()}
+    missing = next((predicted for _, predicted, _ in every_class["most_confused"]
+                    if any(r > 0 for c, r in recall.items() if c != predicted)), None)
+    assert missing is not None, every_class
+    folder = copy_sample(tmp_path / "images", classes=CLASSES, per_class=4)
+    shutil.rmtree(folder / missing)
+
+    with caplog.at_level(logging.WARNING, logger="src.evaluate"):
+        metrics = evaluate(task_cfg("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt}", f"data.root={folder}",
+                                                                    "data.num_workers=0"]))
+    # Four images of each present class: balanced accuracy (macro recall) is the accuracy.
+    assert metrics["macro_recall"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["classes_without_images"] == [missing]
+    assert written["per_class"][missing]["support"] == 0
+    present = [c for c in written["per_class"] if c != missing]
+    assert written["macro_f1"] == pytest.approx(sum(written["per_class"][c]["f1"] for c in present) / len(present))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(missing in message and "macro" in message for message in warnings), warnings
 
 
 def test_evaluate_outside_a_run_directory_names_the_fix(trained, tmp_path):
@@ -210,6 +240,22 @@ def test_tta_blends_the_plain_prediction_with_flipped_and_zoomed_views(trained):
         mean_views = torch.stack([net(v).softmax(1) for v in tta_views(batch, 1.35)]).mean(0)
     assert torch.allclose(blended, 0.4 * plain.exp() + 0.6 * mean_views, atol=1e-5)
     assert torch.allclose(blended.sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_multi_label_tta_log_odds_are_those_of_the_blended_sigmoids_and_keep_saturated_cells():
+    from src.inference.tta import tta_log_odds, tta_log_probabilities
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with torch.no_grad():
+        net[1].bias.copy_(torch.tensor([0.0, 1.0, 30.0, -30.0]))  # the last two sigmoids are 1.0 and ~1e-13
+    batch = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(tta_log_odds(net, batch, beta=1.0), net(batch), atol=1e-4)  # no views: the logits
+        odds = tta_log_odds(net, batch)
+        blended = tta_log_probabilities(net, batch, multi_label=True).exp()
+    assert torch.allclose(odds.sigmoid(), blended, atol=1e-6)
+    assert (odds[:, 2] > 25).all() and (odds[:, 3] < -25).all()  # where p = 1.0 in float32 keeps its log-odds
 
 
 class LeftOrRight(torch.nn.Module):

@@ -55,6 +55,20 @@ def flat_images(dest: Path, classes: int, per_class: int) -> list[tuple[str, str
     return found
 
 
+def planet_folder(root: Path) -> Path:
+    """24 real photos in ``root/img/`` and ``root/tags.csv``: each its garment class, and "even" on every
+    other one (cells like "bag even"), a multi-label table like fastai's planet."""
+    images = flat_images(root, classes=3, per_class=8)
+    rows = [[name, f"{label} even" if i % 2 == 0 else label] for i, (name, label) in enumerate(images)]
+    write_rows(root / "tags.csv", ["image_name", "tags"], rows)
+    return root
+
+
+# Trains on planet_folder's table, a quarter of the images for validation.
+MULTI_LABEL_CSV = ["data/labels=csv", "data.labels.csv_path=tags.csv", "data.labels.path_column=image_name",
+                   "data.labels.label_column=tags", "data.labels.label_delim=' '", "data.valid_pct=0.25"]
+
+
 def run_cfg(tmp_path: Path, root: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
     base = [*TINY_OVERRIDES, f"data.root={root}"] if config_name == "train" else []
     cfg = compose_config([*base, *overrides], config_name=config_name)
@@ -123,16 +137,11 @@ def test_regex_labels_from_file_names_list_the_file_that_does_not_match(tmp_path
 
 
 def test_multi_label_csv_trains_evaluates_per_class_and_predicts_every_class_above_the_threshold(tmp_path):
-    root = tmp_path / "planet"
-    images = flat_images(root, classes=3, per_class=8)
-    # Each photo: its garment class, and "even" on every other one: cells like "bag even".
-    rows = [[name, f"{label} even" if i % 2 == 0 else label] for i, (name, label) in enumerate(images)]
-    write_rows(root / "tags.csv", ["image_name", "tags"], rows)
+    root = planet_folder(tmp_path / "planet")
+    rows = read_rows(root / "tags.csv")
 
     run = tmp_path / "run"
-    metrics = train(run_cfg(run, root, ["data/labels=csv", "data.labels.csv_path=tags.csv",
-                                        "data.labels.path_column=image_name", "data.labels.label_column=tags",
-                                        "data.labels.label_delim=' '", "data.valid_pct=0.25"]))
+    metrics = train(run_cfg(run, root, MULTI_LABEL_CSV))
 
     classes = ["ankle_boot", "bag", "coat", "even"]
     summary = json.loads((run / "metrics.json").read_text())
@@ -143,7 +152,7 @@ def test_multi_label_csv_trains_evaluates_per_class_and_predicts_every_class_abo
     assert hparams["multi_label"] is True and hparams["threshold"] == 0.5
     split = read_rows(run / "split.csv")
     assert sum(r["subset"] == "valid" for r in split) == 6  # round(0.25 * 24), a random split
-    expected = {name: " ".join(sorted(tags.split())) for name, tags in rows}
+    expected = {row["image_name"]: " ".join(sorted(row["tags"].split())) for row in rows}
     assert {r["path"]: r["label"] for r in split} == expected
 
     out = tmp_path / "eval"
@@ -183,6 +192,22 @@ def test_multi_label_csv_trains_evaluates_per_class_and_predicts_every_class_abo
     with torch.inference_mode():
         probabilities = model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert probabilities.shape == (2, 4) and not torch.allclose(probabilities.sum(1), torch.ones(2))
+
+
+def test_multi_label_evaluate_gives_the_val_loss_of_a_confident_model(tmp_path):
+    """evaluate's loss is training's BCE-with-logits, also where the sigmoid rounds to 0 or 1 in float32."""
+    root = planet_folder(tmp_path / "planet")
+    run = tmp_path / "run"
+    # A head learning rate 100 times the tiny run's: after 6 steps logits pass +-17, where the sigmoid
+    # is 1.0 in float32 (the binary cross-entropy of probabilities caps such a cell's loss at 100).
+    train(run_cfg(run, root, [*MULTI_LABEL_CSV, "schedule.stages=[{name:head,epochs:2,lr:[0.3],freeze_to:-1}]"]))
+    logged = json.loads((run / "metrics.json").read_text())["final"]  # the epoch last.ckpt was saved at
+    evaluated = evaluate(run_cfg(tmp_path / "eval", root, [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                                                           "data.num_workers=0"], "evaluate"))
+    assert evaluated["loss"] == pytest.approx(logged["val/loss"], abs=1e-4)
+    assert evaluated["error_rate"] == pytest.approx(logged["val/error_rate"], abs=1e-4)
+    mean_loss = sum(float(r["loss"]) for r in read_rows(tmp_path / "eval" / "predictions.csv")) / evaluated["images"]
+    assert mean_loss == pytest.approx(evaluated["loss"], abs=1e-4)
 
 
 def test_fbeta_per_sample_is_fastai_v1s():

@@ -1,6 +1,7 @@
 """kill -9 mid-epoch, then `ckpt_path=last` in the same run directory, with the default config
 (loader workers, persistent, every callback): the run finishes as if never killed (the same
-stage, and the same final metrics as an uninterrupted run)."""
+stage, and the same final metrics as an uninterrupted run). SIGTERM mid-epoch: exit status 143 and
+one line naming the saved checkpoint and the command that resumes it."""
 
 from __future__ import annotations
 
@@ -39,6 +40,19 @@ class KillAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TermAt(L.Callback):
+    """Sends SIGTERM to its own process at global step ``at_step`` of a run started afresh, as `kill`, a
+    scheduler's time limit or `docker stop` do; Lightning's own handler takes it. A resumed run (Lightning's
+    ``trainer.ckpt_path`` set) is left alone, so the command the stopped run prints can finish it."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step and trainer.ckpt_path is None:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _train(run: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -112,6 +126,28 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one_with(setting, tmp_path, uni
 def test_kill_9_in_the_second_stage_then_ckpt_path_last_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
     root, expected = uninterrupted
     got = _kill_and_resume(tmp_path / "killed", root, kill_at=10)
+    assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
+    assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
+
+
+def test_sigterm_mid_epoch_exits_143_naming_the_checkpoint_and_the_command_that_resumes(tmp_path, uninterrupted):
+    root, expected = uninterrupted
+    run = tmp_path / "terminated"
+    stopped = _train(run, root, f"+callbacks.term._target_={__name__}.TermAt", "+callbacks.term.at_step=4")
+    assert stopped.returncode == 128 + signal.SIGTERM, (stopped.returncode, stopped.stderr[-2000:])
+    lines = [line for line in (stopped.stdout + stopped.stderr).splitlines() if "resume with: " in line]
+    assert len(lines) == 1, (stopped.stdout + stopped.stderr)[-3000:]
+    line = lines[0]
+    assert "stopped by SIGTERM" in line
+    assert f"saved {run / 'checkpoints' / 'last.ckpt'} (the end of epoch 0, global step 3)" in line
+    command = line.split("resume with: ", 1)[1]
+    assert command.endswith(f"ckpt_path=last hydra.run.dir={run}")
+    assert not (run / "metrics.json").exists()
+
+    resumed = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 4
+    got = _final_metrics(run)  # from the end of epoch 0, as a kill -9 there: the uninterrupted run's metrics
     assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
     assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
 

@@ -4,6 +4,12 @@ Built from the log-probabilities and labels of every evaluated image, so the sam
 ``src.evaluate`` and the end-of-training TensorBoard figures. :class:`MultiLabelInterpretation`
 gives a multi-label model's metrics; the confusion matrix, most confused pairs and top losses
 are single-label pictures (one actual and one predicted class per image) and have no counterpart.
+
+The macro averages are over the classes the evaluated images have (support > 0), scikit-learn's
+``recall_score(..., labels=present, average="macro")``: a class with no image has no recall to average
+(nothing to find), and counting it as 0 would lower balanced accuracy for a folder that lacks it.
+torchmetrics' ``average="macro"`` leaves out only the classes absent from both labels and predictions,
+so one prediction of a class without images would count it as 0.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_confusion_matrix,
@@ -24,9 +29,24 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
+from src.models.losses import plain_loss
 from src.models.multi_label_metrics import FBETA_BETA, fbeta_per_sample
 
 TOP_K = 5
+
+
+def per_class_metrics(classes: list[str], per_class: dict[str, torch.Tensor], support: torch.Tensor,
+                      macro: tuple[str, ...]) -> dict:
+    """``per_class`` (each class's figures and support), the ``macro_<name>`` average of each name in
+    ``macro`` over the classes with support, and ``classes_without_images`` (those without)."""
+    present = support > 0
+    metrics: dict = {f"macro_{name}": float(per_class[name][present].mean()) for name in macro}
+    metrics["classes_without_images"] = [c for c, has_images in zip(classes, present.tolist()) if not has_images]
+    metrics["per_class"] = {
+        c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
+        for i, c in enumerate(classes)
+    }
+    return metrics
 
 
 @dataclass
@@ -61,13 +81,14 @@ class Interpretation:
 
     @property
     def losses(self) -> torch.Tensor:
-        """Cross-entropy of each image, as the training loss."""
-        return F.nll_loss(self.log_probabilities, self.targets, reduction="none")
+        """Cross-entropy of each image, validation's loss."""
+        return plain_loss(multi_label=False, reduction="none")(self.log_probabilities, self.targets)
 
     def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
         """error_rate (fastai's: 1 - micro accuracy), accuracy, loss, top-5 accuracy, per-class P/R/F1,
-        and their macro averages ``macro_f1`` and ``macro_recall`` (balanced accuracy): on imbalanced
-        data the micro error rate hides the small classes, the macro figures weigh every class alike."""
+        and their macro averages ``macro_f1`` and ``macro_recall`` (balanced accuracy) over the classes
+        with images (see the module doc): on imbalanced data the micro error rate hides the small
+        classes, the macro figures weigh every class alike."""
         preds, targets, n = self.log_probabilities, self.targets, self.num_classes
         accuracy = float(multiclass_accuracy(preds, targets, num_classes=n, average="micro"))
         metrics: dict = {"error_rate": 1.0 - accuracy, "accuracy": accuracy, "loss": float(self.losses.mean())}
@@ -79,15 +100,8 @@ class Interpretation:
             name: fn(preds, targets, num_classes=n, average=None, zero_division=0.0)
             for name, fn in [("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)]
         }
-        # torchmetrics' macro average leaves out classes absent from both labels and predictions.
-        metrics["macro_f1"] = float(multiclass_f1_score(preds, targets, num_classes=n, average="macro"))
-        metrics["macro_recall"] = float(multiclass_recall(preds, targets, num_classes=n, average="macro"))
         support = torch.bincount(targets, minlength=n)
-        metrics["per_class"] = {
-            c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
-            for i, c in enumerate(self.classes)
-        }
-        return metrics
+        return {**metrics, **per_class_metrics(self.classes, per_class, support, macro=("f1", "recall"))}
 
     def confusion_matrix(self) -> torch.Tensor:
         """Counts (classes, classes): rows are the actual classes, columns the predicted ones."""
@@ -116,24 +130,26 @@ MULTI_LABEL_SKIPPED = ("confusion matrix, most confused and top losses skipped: 
 
 @dataclass
 class MultiLabelInterpretation:
-    """Per-image results of a multi-label model: ``log_probabilities`` (N, classes) of the per-class
-    sigmoids and multi-hot ``targets`` (N, classes); a class is predicted above ``threshold``."""
+    """Per-image results of a multi-label model: ``logits`` (N, classes), each class's log-odds (the
+    network's logits, or with TTA those of the blended probabilities), and multi-hot ``targets``
+    (N, classes); a class is predicted above ``threshold``. Log-odds, not probabilities: a sigmoid that
+    rounds to 1.0 in float32 would lose the cell's loss, which BCE-with-logits keeps, as training does."""
 
     classes: list[str]
-    log_probabilities: torch.Tensor
+    logits: torch.Tensor
     targets: torch.Tensor
     threshold: float
 
     def __post_init__(self) -> None:
-        if self.log_probabilities.shape != self.targets.shape:
-            raise ValueError(f"predictions {tuple(self.log_probabilities.shape)} and multi-hot labels "
+        if self.logits.shape != self.targets.shape:
+            raise ValueError(f"predictions {tuple(self.logits.shape)} and multi-hot labels "
                              f"{tuple(self.targets.shape)} differ in shape")
         if len(self.targets) == 0:
             raise ValueError("nothing to interpret: no images were evaluated")
 
     @property
     def probabilities(self) -> torch.Tensor:
-        return self.log_probabilities.exp()
+        return self.logits.sigmoid()
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -146,12 +162,14 @@ class MultiLabelInterpretation:
 
     @property
     def losses(self) -> torch.Tensor:
-        """Binary cross-entropy of each image (mean over its classes), as the training loss."""
-        return F.binary_cross_entropy(self.probabilities, self.targets.float(), reduction="none").mean(dim=1)
+        """Binary cross-entropy of each image (mean over its classes), validation's loss: the mean over
+        images is the mean over every image x class cell, as ``val/loss``."""
+        return plain_loss(multi_label=True, reduction="none")(self.logits, self.targets.float()).mean(dim=1)
 
     def metrics(self) -> dict[str, float | dict[str, dict[str, float]]]:
         """fastai's accuracy_thresh (``accuracy``; ``error_rate`` is 1 minus it), F-beta (``fbeta``, samples
-        average), loss, and per-class precision/recall/F1/support at the threshold."""
+        average), loss, per-class precision/recall/F1/support at the threshold, and ``macro_f1`` over the
+        classes some image carries (see the module doc)."""
         probs, targets, n = self.probabilities, self.targets.long(), len(self.classes)
         accuracy = float(multilabel_accuracy(probs, targets, num_labels=n, threshold=self.threshold, average="micro"))
         metrics: dict = {
@@ -167,11 +185,4 @@ class MultiLabelInterpretation:
             for name, fn in [("precision", multilabel_precision), ("recall", multilabel_recall),
                              ("f1", multilabel_f1_score)]
         }
-        metrics["macro_f1"] = float(multilabel_f1_score(probs, targets, num_labels=n, threshold=self.threshold,
-                                                        average="macro"))
-        support = targets.sum(dim=0)
-        metrics["per_class"] = {
-            c: {**{name: float(values[i]) for name, values in per_class.items()}, "support": int(support[i])}
-            for i, c in enumerate(self.classes)
-        }
-        return metrics
+        return {**metrics, **per_class_metrics(self.classes, per_class, targets.sum(dim=0), macro=("f1",))}

@@ -25,7 +25,7 @@ from src.data.transforms.presets import EvalTransform
 from src.core.hardware import FULL_PRECISION
 from src.inference.precision_net import PrecisionNet
 from src.inference.probabilities import class_log_probabilities
-from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_probabilities
+from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_odds, tta_log_probabilities
 from src.models.loading import LoadedClassifier, load_classifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
 from src.core.problems import raise_problems
@@ -55,6 +55,13 @@ def log_probabilities(net: nn.Module, images: torch.Tensor, tta: bool = False, m
     return class_log_probabilities(net(images), multi_label)
 
 
+@torch.inference_mode()
+def log_odds(net: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """A multi-label network's log-odds of each class (its logits; with ``tta``, those of fastai's blend):
+    what BCE-with-logits takes, so the loss of a cell the sigmoid rounds to 0 or 1 is training's."""
+    return tta_log_odds(net, images, TTA_BETA, TTA_SCALE) if tta else net(images)
+
+
 def run_loader(
     net: nn.Module,
     loader: Iterable,
@@ -63,12 +70,15 @@ def run_loader(
     progress: str | None = None,
     multi_label: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities and labels (multi-hot for multi-label) over a loader of ``(images, labels)`` batches, on the CPU."""
+    """The outputs and labels over a loader of ``(images, labels)`` batches, on the CPU: log-probabilities and
+    class indices, or with ``multi_label`` each class's log-odds and multi-hot labels."""
     outputs, targets = [], []
     with Progress(disable=progress is None, transient=True) as bar:
         task = bar.add_task(progress or "", total=len(loader) if hasattr(loader, "__len__") else None)
         for images, labels in loader:
-            outputs.append(log_probabilities(net, images.to(device), tta, multi_label).float().cpu())
+            images = images.to(device)
+            scores = log_odds(net, images, tta) if multi_label else log_probabilities(net, images, tta)
+            outputs.append(scores.float().cpu())
             targets.append(torch.as_tensor(labels))
             bar.advance(task)
     return torch.cat(outputs), torch.cat(targets)

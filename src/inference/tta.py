@@ -37,6 +37,15 @@ def tta_views(images: torch.Tensor, scale: float = TTA_SCALE) -> list[torch.Tens
     return views
 
 
+def _check_beta(beta: float) -> None:
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"TTA beta must be between 0 and 1 (the weight of the plain prediction), got {beta}")
+
+
+def _blend(plain: torch.Tensor, views: list[torch.Tensor], beta: float) -> torch.Tensor:
+    return beta * plain + (1.0 - beta) * torch.stack(views).mean(0)
+
+
 def tta_log_probabilities(
     net: nn.Module, images: torch.Tensor, beta: float = TTA_BETA, scale: float = TTA_SCALE, multi_label: bool = False
 ) -> torch.Tensor:
@@ -44,8 +53,21 @@ def tta_log_probabilities(
 
     ``p`` is the softmax, or the per-class sigmoid of a ``multi_label`` network.
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"TTA beta must be between 0 and 1 (the weight of the plain prediction), got {beta}")
+    _check_beta(beta)
     plain = class_probabilities(net(images), multi_label)
-    views = torch.stack([class_probabilities(net(view), multi_label) for view in tta_views(images, scale)]).mean(0)
-    return (beta * plain + (1.0 - beta) * views).clamp_min(torch.finfo(plain.dtype).tiny).log()
+    blended = _blend(plain, [class_probabilities(net(view), multi_label) for view in tta_views(images, scale)], beta)
+    return blended.clamp_min(torch.finfo(plain.dtype).tiny).log()
+
+
+def tta_log_odds(net: nn.Module, images: torch.Tensor, beta: float = TTA_BETA, scale: float = TTA_SCALE) -> torch.Tensor:
+    """A multi-label network's ``log(p / (1 - p))`` of each class's blended probability ``p``, shape (N, classes).
+
+    ``1 - p`` is blended from the sigmoids of the negated logits rather than subtracted from ``p``: a cell
+    whose ``p`` rounds to 1.0 in float32 keeps its digits, as BCE-with-logits keeps them for plain logits.
+    """
+    _check_beta(beta)
+    plain, views = net(images), [net(view) for view in tta_views(images, scale)]
+    tiny = torch.finfo(plain.dtype).tiny
+    yes = _blend(plain.sigmoid(), [view.sigmoid() for view in views], beta)
+    no = _blend((-plain).sigmoid(), [(-view).sigmoid() for view in views], beta)
+    return yes.clamp_min(tiny).log() - no.clamp_min(tiny).log()

@@ -20,7 +20,7 @@ from src.core.problems import Problem, raise_problems
 from src.models.batch_mixing import BatchMixing, batch_mixing_problems
 from src.core.hardware import resolve_channels_last
 from src.models.components.classifier import ImageClassifier
-from src.models.losses import class_weights_problems, label_smoothing_problems, training_loss
+from src.models.losses import class_weights_problems, label_smoothing_problems, plain_loss, training_loss
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold, fbeta_per_sample
 from src.optim.one_cycle import StagedOneCycleLR
 from src.optim.param_groups import layer_group_param_groups
@@ -91,13 +91,12 @@ class ImageClassifierModule(L.LightningModule):
         num_classes = len(classes)
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
+        self.criterion = plain_loss(multi_label=multi_label)
         if multi_label:
-            self.criterion = nn.BCEWithLogitsLoss()
             # fastai's accuracy_thresh: (sigmoid > thresh) == target over every image x class cell (micro).
             self.val_accuracy = MultilabelAccuracy(num_labels=num_classes, threshold=threshold, average="micro")
             self.val_fbeta = MeanMetric()
         else:
-            self.criterion = nn.CrossEntropyLoss()
             # fastai's error_rate is 1 - accuracy over all images (micro average).
             self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         # Smoothing and class weights apply to training only; self.criterion (validation, test) stays plain.

@@ -10,8 +10,9 @@ eps=0.1) before BCE-with-logits. torch's BCE has no smoothing argument, hence th
 below. Class weights are refused for multi-label (inverse frequency of what: images with the
 class, or cells?); write the weights out as ``model.class_weights=[...]`` only for single-label.
 
-Validation and evaluation use the plain loss (no smoothing, no weights): ``val/loss`` stays the
-cross-entropy of the predictions, comparable between runs and equal to ``src.evaluate``'s loss.
+Validation, the test subset and ``src.evaluate`` use the plain loss, :func:`plain_loss` (no smoothing, no
+weights): ``val/loss`` stays the cross-entropy of the predictions, comparable between runs and equal to
+``src.evaluate``'s loss.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class SmoothedBCEWithLogitsLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.float() * (1 - self.label_smoothing) + self.label_smoothing / 2
         return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def plain_loss(*, multi_label: bool, reduction: str = "mean") -> nn.Module:
+    """The loss validation reports: cross-entropy of the logits (or of log-probabilities, the same value:
+    log-softmax leaves them as they are) or BCE-with-logits of each class's log-odds. ``reduction="none"``
+    gives each image's (each cell's, multi-label) loss."""
+    return nn.BCEWithLogitsLoss(reduction=reduction) if multi_label else nn.CrossEntropyLoss(reduction=reduction)
 
 
 def training_loss(*, multi_label: bool, label_smoothing: float = 0.0,

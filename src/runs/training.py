@@ -23,6 +23,7 @@ from src.runs.lr_finding import suggest_lr, with_max_lr
 from src.models.loading import check_resumable, checkpoint_classes, epochs_finished
 from src.optim.lr_finder import SUGGESTIONS
 from src.runs.builder import Run, build_run
+from src.runs.interruption import exit_status_of_signals
 from src.core.launch_handoff import handed_over, received
 from src.runs.run_files import check_room_for_checkpoints, check_writable, write_json, write_resolved_config
 from src.runs.held_out_test import evaluate_test_subset
@@ -90,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = run.trainer()
     log.info("training %s on %d classes for %d epochs in %d stage(s)", cfg.model.backbone.name,
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
-    with handed_over(trainer, lambda: {**handoff, **datamodule.handoff()}):
+    with exit_status_of_signals(trainer, output_dir), handed_over(trainer, lambda: {**handoff, **datamodule.handoff()}):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}
