@@ -216,7 +216,7 @@ def entry_files(name: str, choices: dict[str, Any], files: dict[str, ConfFile]) 
 
 def _defaults_names(conf: ConfFile) -> list[str]:
     text = conf.path.read_text()
-    return re.findall(r"^\s*-\s*([A-Za-z_]+)\s*$", text, flags=re.M)
+    return re.findall(r"^\s*-\s*([A-Za-z_]+)\s*$", text, flags=re.MULTILINE)
 
 
 def _parent_files(conf: ConfFile, files: dict[str, ConfFile]) -> list[ConfFile]:
