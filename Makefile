@@ -16,7 +16,7 @@ TORCH_VERSION = $(BIN)/python -c "from importlib.metadata import version; print(
 KEEP_TORCH = "torch==$$($(TORCH_VERSION))"
 
 .DEFAULT_GOAL := help
-.PHONY: help install train inspect inspect-demo test test-other-cpu test-both-cpus test-slow tensorboard sample bench bench-run bench-data clean
+.PHONY: help install train inspect inspect-demo test test-other-cpu test-both-cpus test-slow tensorboard sample bench bench-run bench-data config-reference clean
 
 help: ## Show this list
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ bench-run: $(STAMP) ## Whole src.train runs of the fastai-comparison recipe, bot
 bench: $(STAMP) $(BENCH_DATA) ## Benchmark training speed against the bare-loop floor and the data pipeline
 	$(BIN)/python -m src.bench bench=resnet18_64
 	$(BIN)/python -m src.bench bench=resnet50_224
+
+config-reference: $(STAMP) ## Regenerate docs/configuration-reference.md from conf/ (every key, default, meaning)
+	$(BIN)/python scripts/make_config_reference.py
 
 clean: ## Remove runs under outputs/ (keeps the venv)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
