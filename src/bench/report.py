@@ -72,8 +72,8 @@ def _data_paths_lines(paths: dict[str, Any]) -> list[str]:
                              f"{_number(augment['ms_per_image'], 2):>14}   (wall ms/image, training process)")
     if "device_over_workers_cpu" in paths:
         ratio = paths["device_over_workers_cpu"]
-        # issue 14 set the target for photos (400x400 JPEGs at 224 px, bench=resnet50_224); on tiny images
-        # the decode and per-call costs, which both paths share, are most of a worker's time
+        # the expectation is for photos (400x400 JPEGs at 224 px, bench=resnet50_224); on tiny images the
+        # decode and per-call costs, which both paths share, are most of a worker's time
         lines.append(f"  worker CPU per image, device / workers: {ratio['ratio']:.2f} "
                      f"(target for photos <= {ratio['target']:.2f}: {_verdict(ratio)})")
     return lines

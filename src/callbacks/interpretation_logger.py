@@ -37,7 +37,7 @@ class InterpretationFigures(L.Callback):
 
     # The final model is the one the last validation ran, when nothing trained after it: its outputs
     # are kept (a forward hook, a copy of the log-probabilities per batch) instead of running the
-    # whole validation set again at the end (issue 14: no repeated work at the end of a run).
+    # whole validation set again at the end.
     @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or getattr(pl_module, "multi_label", False):

@@ -58,7 +58,7 @@ def seeded_torch_generator(seed: int) -> Iterator[None]:
     transforms, :mod:`src.data.transforms.fused_augment`, :mod:`src.data.transforms.batch_augment`; tests/test_samplers.py
     checks that Python's and NumPy's states change nothing), so it is the only one seeded: saving and
     restoring NumPy's legacy state as well cost 65 us an image, a fifth of a loader worker's CPU per
-    image on the recipe's images (measured for issue 14). CUDA's generators are left alone
+    image on the recipe's images (measured). CUDA's generators are left alone
     (``torch.manual_seed`` would reseed them too, changing the dropout masks of a model training on the GPU)."""
     state = torch.get_rng_state()
     torch.default_generator.manual_seed(seed)

@@ -6,7 +6,7 @@ wait for the one that was interrupted at the end of each parallel loop, so the s
 the worker's CPU time. With the workers at a lower priority they run when training leaves a core
 idle (between operations, or while training waits for a batch), and a batch still comes when
 training needs it: a process that waits for data blocks, and then the workers have the cores.
-Measured on 2 cores (ResNet18, 64 px, 2 workers, issue 14): whole commands 6% faster (median of
+Measured on 2 cores (ResNet18, 64 px, 2 workers): whole commands 6% faster (median of
 three A/B pairs, 1.04-1.09x), training images/s +3% to +15%. On a GPU machine the training process
 mostly waits for the GPU and the workers get the cores as before.
 

@@ -19,7 +19,7 @@ from src.core.problems import Problem, raise_problems
 
 AUGMENT_ON = ("auto", "workers", "device")
 DECODE_ON = ("workers", "device")
-# auto without a GPU: the path whole runs measured faster (docs/performance.md, "Whole runs"): the
+# auto without a GPU: the path whole runs measured faster (docs/performance.md, "Where the data work runs"): the
 # fastai-comparison recipe on a quiet 2-core CPU, 3 seeds each, whole command 64.8 s on the device path
 # against 72.9 s with the workers (0.89x), at the same error rate (3-seed means 0.158 and 0.155). The
 # batch augmentation takes the training process's cores, but costs less than the per-image PIL/NumPy

@@ -8,7 +8,7 @@ apply it once, bilinearly. :class:`LightingToTensor` turns the PIL image into a 
 changes brightness and contrast as ``ColorJitter`` does, and normalises, in a few in-place tensor
 operations.
 
-Measured per 64-pixel training image on one core of the 2-core build machine (README "Performance"):
+Measured per 64-pixel training image on one core of the 2-core build machine (docs/performance.md, "Why each default"):
 the torchvision chain took about 2.9 ms, these two steps about half of it, which is what keeps
 the data loader from competing with training for the CPU.
 """

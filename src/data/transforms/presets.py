@@ -32,7 +32,7 @@ def _resize(size: int, method: str, interpolation: str) -> list[v2.Transform]:
 
     Every transform but :class:`TrainTransform` resizes the decoded image as a uint8 tensor, not as a
     PIL image: torch's antialiased uint8 kernels took 0.31 ms for a 400 px image to 224 px where PIL
-    took 1.25 ms (one core, measured for issue 14), and the resize is most of what the device path's
+    took 1.25 ms (one core), and the resize is most of what the device path's
     loader workers do. The two agree to within one grey level. :class:`TrainTransform` stays on PIL
     because its warp (:class:`~src.data.transforms.fused_augment.RandomWarp`) resamples the PIL image."""
     if method not in RESIZE_METHODS:
