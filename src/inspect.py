@@ -18,12 +18,10 @@ import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
 from src.data.files.image_reader import load_rgb
 from src.data.labels.split import label_text
-from src.data.transforms.presets import EvalTransform
 from src.models.components.classifier import ImageClassifier
 from src.inference.precision_net import PrecisionNet
 from src.optim.freezing import first_trainable_group, freeze_layer_groups
@@ -127,15 +125,6 @@ def _setup_datamodule(data_config: DictConfig, output_dir: Path) -> ImageFolderD
     return datamodule
 
 
-def _split_normalize(transform: EvalTransform, image) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eval transform's output before and after its final ``Normalize``."""
-    *steps, normalize = transform.transforms
-    if not isinstance(normalize, v2.Normalize):
-        raise TypeError(f"expected the eval transform to end with Normalize, got {type(normalize).__name__}")
-    unnormalized = v2.Compose(steps)(image)
-    return unnormalized, normalize(unnormalized)
-
-
 def _cam_layer(net: ImageClassifier, name: str | None, size: int) -> tuple[str, torch.nn.Module]:
     layers = cam_layers(net.backbone)
     name = default_cam_layer(net.backbone, size) if name is None else name
@@ -185,7 +174,8 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
         image_path, label = sample.path, label_text(sample.label, classes)
 
     transform = datamodule.eval_transform if datamodule is not None else eval_transform_for(OmegaConf.create({"data": data}))
-    unnormalized, image = _split_normalize(transform, load_rgb(image_path))
+    unnormalized = transform.unnormalized_view()(load_rgb(image_path))
+    image = transform.normalize(unnormalized)
     batch_shape = (data.batch_size, *image.shape)
     paths["tensor"] = output_dir / "tensor.txt"
     paths["tensor"].write_text(tensor_report(str(image_path), unnormalized, image, mean, std, batch_shape))

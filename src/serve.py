@@ -29,11 +29,10 @@ except ModuleNotFoundError as error:  # an optional extra: say which
     raise ModuleNotFoundError(f"{error}: python -m src.serve needs the serve extra; pip install -e '.[serve]'") from None
 
 import hydra
-import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from src.core.hardware import inference_precision
+from src.core.hardware import inference_precision, resolve_device
 from src.models.loading import check_checkpoint_path, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.serving.api import ClassifierAPI
@@ -46,13 +45,6 @@ log = logging.getLogger(__name__)
 
 PAGE_DIR = Path(__file__).resolve().parent / "serving" / "page"
 API_PATH = "/predict"
-
-
-def _device(accelerator: str) -> torch.device:
-    """The device LitServe's ``auto`` picks (for the precision shown on /info): CUDA, MPS, else the CPU."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
-    return torch.device(accelerator)
 
 
 def _add_page(app) -> None:
@@ -104,7 +96,7 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
     backend_class = get_class(cfg.backend._target_)
     backend = backend_class.prepare(cfg.backend, str(ckpt_path), Path(cfg.paths.output_dir))
     precision = getattr(backend_class, "precision", None) or inference_precision(
-        run.trainer.get("precision"), cfg.backend.get("precision"), _device(cfg.accelerator))
+        run.trainer.get("precision"), cfg.backend.get("precision"), resolve_device(cfg.accelerator))
     model = {"name": run.model.backbone.name, "checkpoint": str(ckpt_path), "backend": backend_class.name,
              "precision": precision}
     multi_label = bool(hparams.get("multi_label", False))

@@ -40,11 +40,25 @@ REDUCED_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", 
 MAX_AUTO_WORKERS = 8
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The one choice of device: ``auto`` (or None) and ``gpu`` as Lightning's Trainer picks them (a CUDA GPU,
+    then Apple's MPS, then the CPU); any other name (``cpu``, ``cuda:1``, ``mps``) as it is. Training, the lr
+    finder, ``Predictor``, evaluate and serve all ask this."""
+    name = "auto" if device is None else str(device)
+    if name in ("auto", "gpu"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
 def device_type(accelerator: str) -> str:
-    """``cuda`` where the trainer's accelerator setting will pick a CUDA GPU, else ``cpu``."""
-    if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    """``cuda``, ``mps`` or ``cpu``: where the trainer's accelerator setting runs (:func:`resolve_device`); a CUDA
+    setting without a CUDA GPU counts as the CPU here (the Trainer then refuses it with its own message)."""
+    kind = resolve_device(accelerator).type
+    return "cpu" if kind == "cuda" and not torch.cuda.is_available() else kind
 
 
 def synchronize(device: torch.device) -> None:
@@ -125,10 +139,7 @@ def resolve_sync_batchnorm(sync_batchnorm: bool | str, accelerator: str) -> bool
 
 def _runs_on_cpu(accelerator: str) -> bool:
     """Whether Lightning's ``accelerator`` setting picks the CPU (``auto`` picks a CUDA GPU or MPS first)."""
-    if str(accelerator) == "cpu":
-        return True
-    return device_type(accelerator) == "cpu" and not (str(accelerator) in ("auto", "mps")
-                                                        and torch.backends.mps.is_available())
+    return device_type(accelerator) == "cpu"
 
 
 def normalize_precision(precision: str | int) -> str:

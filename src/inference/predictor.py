@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from src.data.loading.dataset import batch_size_problems
 from src.data.files.image_reader import UNREADABLE_IMAGE_ERRORS, load_rgb, oriented_rgb
 from src.data.transforms.presets import EvalTransform
-from src.core.hardware import FULL_PRECISION
+from src.core.hardware import FULL_PRECISION, resolve_device
 from src.inference.precision_net import PrecisionNet
 from src.inference.probabilities import class_log_probabilities
 from src.inference.tta import TTA_BETA, TTA_SCALE, tta_log_odds, tta_log_probabilities
@@ -31,19 +31,6 @@ from src.models.multi_label_metrics import DEFAULT_THRESHOLD, check_threshold
 from src.core.problems import raise_problems
 
 log = logging.getLogger(__name__)
-
-
-def best_device() -> torch.device:
-    """CUDA, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    return best_device() if device in (None, "auto") else torch.device(device)
 
 
 @torch.inference_mode()

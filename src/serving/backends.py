@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from torchvision.transforms import v2
 
-from src.data.transforms.presets import EvalTransform
 from src.core.hardware import FULL_PRECISION
 from src.inference.predictor import Prediction, Predictor, prediction_of
 from src.models.loading import eval_transform_for, read_checkpoint
@@ -64,16 +62,6 @@ class TorchBackend:
         return grad_cam(self.predictor.net, self.cam_layer, tensor, target=index)[0].cpu()
 
 
-def uint8_view(transform: EvalTransform) -> v2.Compose:
-    """The eval transform up to its uint8 tensor (resize, crop), without ``ToDtype`` and ``Normalize``:
-    the exported model normalises inside (src.export.ServingModel)."""
-    *steps, to_float, normalize = transform.transforms
-    if not (isinstance(to_float, v2.ToDtype) and isinstance(normalize, v2.Normalize)):
-        raise TypeError(f"expected the eval transform to end with ToDtype and Normalize, got "
-                        f"{type(to_float).__name__} and {type(normalize).__name__}")
-    return v2.Compose(steps)
-
-
 class OnnxBackend:
     """The model exported by ``src.export`` (uint8 images in, probabilities out) in onnxruntime, fed the
     images resized and cropped as the eval transform does (the export's own resize is then a no-op).
@@ -91,7 +79,7 @@ class OnnxBackend:
         self.classes = list(hparams["classes"])
         self.multi_label = bool(hparams.get("multi_label", False))
         self.threshold = float(hparams.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else threshold
-        self.view = uint8_view(eval_transform_for(config))
+        self.view = eval_transform_for(config).uint8_view()
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

@@ -92,9 +92,23 @@ class EvalTransform(v2.Compose):
         resize_method: str = "crop",
         interpolation: str = "bilinear",
     ) -> None:
-        super().__init__([v2.ToImage(), *_resize(size, resize_method, interpolation), v2.CenterCrop(size),
-                          *_to_normalized_tensor(mean, std)])
+        crop = [v2.ToImage(), *_resize(size, resize_method, interpolation), v2.CenterCrop(size)]
+        super().__init__([*crop, *_to_normalized_tensor(mean, std)])
         self.size = size
+        self.crop_steps = len(crop)
+
+    def uint8_view(self) -> v2.Compose:
+        """The transform up to its uint8 tensor (resize and crop), without the float conversion and
+        normalisation: what an exported model takes (it normalises inside)."""
+        return v2.Compose(self.transforms[:self.crop_steps])
+
+    def unnormalized_view(self) -> v2.Compose:
+        """The transform before its ``Normalize``: the image in [0, 1] (what inspect shows beside the normalised one)."""
+        return v2.Compose(self.transforms[:-1])
+
+    @property
+    def normalize(self) -> v2.Normalize:
+        return self.transforms[-1]
 
 
 class TrainCropTransform(v2.Compose):
