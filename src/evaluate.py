@@ -11,20 +11,18 @@ multi-label model gets its metrics (accuracy_thresh, F-beta, per-class precision
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from src.data.evaluation_images import images_to_evaluate
 from src.data.loading.dataset import ImageDataset
-from src.data.files.listing import Sample, list_images, relative_posix
-from src.data.files.scan import FileScan
+from src.data.sources import EvaluationImages
+from src.data.files.listing import relative_posix
 from src.data.labels.split import label_text
 from src.runs.config_checks import check_inference_config
 from src.core.problems import Problem, raise_problems
@@ -55,135 +53,6 @@ def subset_problems(subset: Any, data_root: Any) -> list[Problem]:
                         f"data.root={data_root!r} evaluates every image of that folder; leave out data.root to "
                         f"evaluate the run's {subset} images, or subset to evaluate the folder")]
     return []
-
-
-def split_csv_samples(ckpt_path: Path, loaded: LoadedClassifier, subset: str = "valid") -> tuple[list[Sample], Counter]:
-    """The ``subset`` rows (``valid`` or ``test``) of the run's ``split.csv`` (next to ``checkpoints/``), as samples.
-
-    A multi-label model's label cells hold class names joined by its ``data.labels.label_delim``.
-    """
-    split_csv = ckpt_path.resolve().parent.parent / "split.csv"
-    if not split_csv.is_file():
-        raise FileNotFoundError(
-            f"{split_csv} not found: ckpt_path={str(ckpt_path)!r} is not inside a training run directory "
-            "(RUN/checkpoints/*.ckpt next to RUN/split.csv); pass data.root=DIR to evaluate a folder of class folders"
-        )
-    root = Path(loaded.config.data.root).expanduser()
-    samples, unknown, subsets = [], Counter(), Counter()
-    with split_csv.open(newline="") as f:
-        for row in csv.DictReader(f):
-            subsets[row["subset"]] += 1
-            if row["subset"] != subset:
-                continue
-            names = [n for n in row["label"].split(loaded.label_delim) if n] if loaded.multi_label else [row["label"]]
-            if any(name not in loaded.classes for name in names):
-                unknown[row["label"]] += 1
-                continue
-            indices = tuple(sorted(loaded.classes.index(name) for name in names))
-            samples.append(Sample(root / row["path"], indices if loaded.multi_label else indices[0]))
-    if not subsets[subset]:
-        held = ", ".join(f"{name} ({n})" for name, n in sorted(subsets.items()))
-        raise ValueError(
-            f"{split_csv} has no {subset} rows (it has {held or 'none'}): the run's data.root had no {subset}/ "
-            "folder. Evaluate subset=valid, or a folder of class folders with data.root=DIR"
-        )
-    missing = [s.path for s in samples if not s.path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} {subset} image(s) of {split_csv} are missing under the training data.root={str(root)!r}, "
-            f"e.g. {missing[0]}; run from the directory training ran in, or pass data.root=DIR"
-        )
-    return samples, unknown
-
-
-def folder_samples(root: Path, classes: list[str], scan: FileScan | None = None) -> tuple[list[Sample], Counter]:
-    """Every image of ``root/<class>/``; images of classes the model does not know are counted apart.
-
-    With ``scan``, unreadable files are left out and recorded in ``scan.bad``.
-    """
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; expected a folder of class folders")
-    samples, unknown = [], Counter()
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = list_images(folder)
-        if scan is not None:
-            scan.note_unlisted(folder)
-            images = scan.keep_readable(images)
-        if folder.name not in classes:
-            if images:  # an empty folder is no unknown label
-                unknown[folder.name] += len(images)
-            continue
-        samples += [Sample(path, classes.index(folder.name)) for path in images]
-    return samples, unknown
-
-
-@dataclass
-class EvaluationImages:
-    """The images to evaluate, where they come from, and what was left out."""
-
-    samples: list[Sample]
-    root: Path  # the folder predictions.csv's paths are relative to
-    source: str  # in words, for the log and metrics.json
-    unknown: Counter  # images of labels the model does not know, by label
-    unreadable: int
-    dataset: Dataset | None = None  # where the images are read from, when not files (shards)
-
-
-def shard_images(ckpt_path: Path, loaded: LoadedClassifier) -> EvaluationImages:
-    """The validation subset of the shards a run trained from (``data.format=litdata``), refused if
-    their classes are not the checkpoint's."""
-    from src.data.shards.manifest import check_classes, read_manifest
-    from src.data.shards.streaming import ShardSubset
-
-    data = loaded.config.data
-    manifest = read_manifest(data.root)
-    check_classes(manifest, data.root, loaded.classes, f"the checkpoint {ckpt_path}")
-    dataset = ShardSubset(data.root, "valid", loaded.transform, num_labels=len(loaded.classes) if loaded.multi_label
-                          else None, decode_size=loaded.transform.size, cache_dir=data.get("shard_cache_dir"))
-    root = Path(manifest["source"])
-    return EvaluationImages(dataset.samples(root), root, f"validation shards of {data.root}", Counter(), 0, dataset)
-
-
-def images_to_evaluate(
-    cfg: DictConfig, ckpt_path: Path, loaded: LoadedClassifier, output_dir: Path
-) -> EvaluationImages:
-    """The run's validation split (``data.root`` unset) or every image of ``data.root``'s class folders;
-    unreadable files are left out and listed in ``bad_files.csv``."""
-    if cfg.data.root is None and loaded.config.data.get("format", "folder") == "litdata":
-        return shard_images(ckpt_path, loaded)
-    scan = FileScan()
-    if cfg.data.root is None:
-        root = Path(loaded.config.data.root).expanduser()
-        subset = cfg.subset
-        samples, unknown = split_csv_samples(ckpt_path, loaded, subset)
-        source = f"{'validation' if subset == 'valid' else subset} split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
-        # The split lists files that were readable at training time; check they still are.
-        readable = set(scan.keep_readable([s.path for s in samples]))
-        samples = [s for s in samples if s.path in readable]
-    else:
-        if loaded.multi_label:
-            raise ValueError(
-                f"data.root={cfg.data.root!r}: class folders give one label per image, and {ckpt_path} is a multi-label "
-                "model; evaluate it on its run's validation split (leave data.root=null)"
-            )
-        root = Path(cfg.data.root).expanduser()
-        samples, unknown = folder_samples(root, loaded.classes, scan)
-        source = str(root)
-    if scan.bad:
-        scan.write_csv(output_dir / "bad_files.csv", root)
-        (log.warning if scan.unreadable else log.info)("%s: %s; listed in %s", source, scan.summary(),
-                                                        output_dir / "bad_files.csv")
-    if unknown:
-        log.warning("left out %d image(s) of %d label(s) the model does not know (it knows %s): %s",
-                    sum(unknown.values()), len(unknown), ", ".join(loaded.classes),
-                    ", ".join(f"{label} ({n})" for label, n in sorted(unknown.items())))
-    if not samples:
-        raise ValueError(
-            f"no images of the model's classes ({', '.join(loaded.classes)}) in {source}; "
-            "expected DIR/<class name>/<image files> with the class names the model was trained on"
-        )
-    return EvaluationImages(samples, root, source, unknown, len(scan.unreadable))
-
 
 
 def interpret(
@@ -252,7 +121,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     loaded = load_classifier(ckpt_path)
-    images = images_to_evaluate(cfg, ckpt_path, loaded, output_dir)
+    images = images_to_evaluate(cfg.data.get("root"), cfg.subset, ckpt_path, loaded.config.data, loaded,
+                                loaded.transform, output_dir)
     threshold = loaded.threshold if cfg.get("threshold") is None else cfg.threshold
     interpretation, dataset, precision = interpret(cfg, loaded, images, threshold)
     metrics = interpretation.metrics()

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
@@ -26,11 +28,11 @@ from src.core import launch_handoff
 from src.core.atomic_write import atomic_open
 from src.core.image_size import image_size_problems
 from src.core.problems import Problem, raise_problems
-from src.data.files.listing import data_root_problems
+from src.data.files.listing import Sample, data_root_problems
 from src.data.files.scan import FileScan
 from src.data.labels.index_payload import index_from_payload, index_payload
 from src.data.labels.sources import FolderIndex, LabelSource
-from src.data.labels.split import valid_pct_problems, write_split_csv
+from src.data.labels.split import read_split_csv, valid_pct_problems, write_split_csv
 from src.data.loading.balanced_sampler import SAMPLERS
 from src.data.loading.dataset import ImageDataset
 from src.data.shards.manifest import (check_classes, is_remote, litdata_problems, local_shards_problems, read_bytes,
@@ -39,6 +41,29 @@ from src.data.shards.manifest import (check_classes, is_remote, litdata_problems
 log = logging.getLogger(__name__)
 
 ON_BAD_FILE = ("skip", "error")
+
+
+class ModelClasses(Protocol):
+    """What evaluating needs of a trained model's labels (a :class:`~src.models.loading.LoadedClassifier` has it)."""
+
+    classes: list[str]
+    multi_label: bool
+
+    @property
+    def label_delim(self) -> str | None: ...
+
+
+@dataclass
+class EvaluationImages:
+    """The images to evaluate, where they come from, and what was left out."""
+
+    samples: list[Sample]
+    root: Path  # the folder predictions.csv's paths are relative to
+    source: str  # in words, for the log and metrics.json
+    unknown: Counter  # images of labels the model does not know, by label
+    unreadable: int
+    dataset: Dataset | None = None  # where the images are read from, when not files (shards)
+    scan: FileScan | None = None  # the check of the files (None for shards)
 
 
 class FolderSource:
@@ -171,6 +196,21 @@ class FolderSource:
     def check_classes_of(self, classes: list[str], what: str) -> None:
         """A folder's classes are what its scan finds: a checkpoint resumed on it is checked by Lightning's loading."""
 
+    @staticmethod
+    def run_images(ckpt_path: Path, run_data: Any, loaded: ModelClasses, transform: Callable,
+                   subset: str) -> EvaluationImages:
+        """The ``subset`` rows of the run's ``split.csv`` (next to ``checkpoints/``), checked again (the files
+        were readable at training time; they may not be now)."""
+        root = Path(run_data.root).expanduser()
+        samples, unknown = read_split_csv(ckpt_path, root, subset, loaded.classes, loaded.multi_label,
+                                          loaded.label_delim)
+        scan = FileScan()
+        readable = set(scan.keep_readable([s.path for s in samples]))
+        source = f"{'validation' if subset == 'valid' else subset} split of {ckpt_path.resolve().parent.parent / 'split.csv'}"
+        return EvaluationImages([s for s in samples if s.path in readable], root, source, unknown,
+                                len(scan.unreadable), scan=scan)
+
+
 
 class ShardSource:
     """Shards written by ``python -m src.prepare`` at ``root`` (a folder or ``s3://`` prefix): its manifest gives
@@ -264,6 +304,23 @@ class ShardSource:
     def check_classes_of(self, classes: list[str], what: str) -> None:
         """Refuse shards written again since ``what`` (a checkpoint) with other classes."""
         check_classes(self.manifest, self.root, classes, what)
+
+    @staticmethod
+    def run_images(ckpt_path: Path, run_data: Any, loaded: ModelClasses, transform: Callable,
+                   subset: str) -> EvaluationImages:
+        """The validation subset of the shards a run trained from, refused if their classes are not the
+        checkpoint's (``subset`` is ``valid``: shards keep no test subset to score apart)."""
+        from src.data.shards.streaming import ShardSubset
+
+        manifest = read_manifest(run_data.root)
+        check_classes(manifest, run_data.root, loaded.classes, f"the checkpoint {ckpt_path}")
+        dataset = ShardSubset(run_data.root, "valid", transform,
+                              num_labels=len(loaded.classes) if loaded.multi_label else None,
+                              decode_size=transform.size, cache_dir=run_data.get("shard_cache_dir"))
+        root = Path(manifest["source"])
+        return EvaluationImages(dataset.samples(root), root, f"validation shards of {run_data.root}", Counter(), 0,
+                                dataset)
+
 
 
 # data.format -> its source: folder reads images under data.root; litdata reads shards written by src.prepare.

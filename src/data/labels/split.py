@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,3 +85,43 @@ def write_split_csv(
             for sample in samples:
                 writer.writerow([relative_posix(sample.path, root), label_text(sample.label, classes, label_delim),
                                  subset])
+
+
+def read_split_csv(ckpt_path: Path, root: Path, subset: str, classes: list[str], multi_label: bool,
+                   label_delim: str | None) -> tuple[list[Sample], Counter]:
+    """The ``subset`` rows (``valid`` or ``test``) of the run's ``split.csv`` (next to ``checkpoints/``), as samples
+    (paths under the run's ``data.root``, ``root``); rows whose labels ``classes`` lacks are counted apart.
+
+    A multi-label model's label cells hold class names joined by ``label_delim``.
+    """
+    split_csv = ckpt_path.resolve().parent.parent / "split.csv"
+    if not split_csv.is_file():
+        raise FileNotFoundError(
+            f"{split_csv} not found: ckpt_path={str(ckpt_path)!r} is not inside a training run directory "
+            "(RUN/checkpoints/*.ckpt next to RUN/split.csv); pass data.root=DIR to evaluate a folder of class folders"
+        )
+    samples, unknown, subsets = [], Counter(), Counter()
+    with split_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            subsets[row["subset"]] += 1
+            if row["subset"] != subset:
+                continue
+            names = [n for n in row["label"].split(label_delim) if n] if multi_label else [row["label"]]
+            if any(name not in classes for name in names):
+                unknown[row["label"]] += 1
+                continue
+            indices = tuple(sorted(classes.index(name) for name in names))
+            samples.append(Sample(root / row["path"], indices if multi_label else indices[0]))
+    if not subsets[subset]:
+        held = ", ".join(f"{name} ({n})" for name, n in sorted(subsets.items()))
+        raise ValueError(
+            f"{split_csv} has no {subset} rows (it has {held or 'none'}): the run's data.root had no {subset}/ "
+            "folder. Evaluate subset=valid, or a folder of class folders with data.root=DIR"
+        )
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} {subset} image(s) of {split_csv} are missing under the training data.root={str(root)!r}, "
+            f"e.g. {missing[0]}; run from the directory training ran in, or pass data.root=DIR"
+        )
+    return samples, unknown
