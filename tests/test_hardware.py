@@ -9,8 +9,7 @@ from PIL import Image
 from src.core import hardware
 from src.data.files.image_reader import load_rgb
 
-# What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
-pytestmark = pytest.mark.precision
+# Not marked `precision`: unit tests of the hardware rules, each setting IFC_NATIVE_BF16 or the probe it tests.
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])

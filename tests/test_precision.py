@@ -18,8 +18,8 @@ from src.evaluate import evaluate
 from src.inspect import inspect_model
 from tests.conftest import compose_config, train_tiny_run
 
-# What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
-pytestmark = pytest.mark.precision
+# Not marked `precision`: every test sets IFC_NATIVE_BF16 itself (or trains at an explicit precision), so a
+# second pass as the other kind of CPU would run the same thing again.
 
 
 @pytest.fixture(scope="module")
