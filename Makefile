@@ -38,6 +38,7 @@ install: $(DEV_STAMP) ## Create .venv (if missing) and install the project with 
 
 train: $(STAMP) ## Train the demo experiment on the committed Fashion-MNIST sample
 	$(BIN)/python -m src.train experiment=demo
+	@echo "(make train installed the runtime only: serve, export to ONNX, audit, shards, timm bodies, mlflow/wandb and optuna need their extras; make install adds them all)"
 
 inspect: $(STAMP) ## See how the demo's CNN works on its data, before training (outputs/inspect/runs/)
 	$(BIN)/python -m src.inspect experiment=demo
