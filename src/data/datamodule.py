@@ -26,7 +26,7 @@ from src.data.loading.balanced_sampler import BalancedSampler
 from src.data.loading.dataset import ImageDataset, batch_size_problems
 from src.data.placement.device_batches import DeviceBatches, placed_transforms
 from src.data.files.image_reader import MAX_IMAGE_PIXELS, load_rgb
-from src.data.labels.sources import FolderIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
+from src.data.labels.sources import SampleIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
 from src.data.files.scan import FileScan
 from src.data.sources import DATA_SOURCES, data_source
 from src.data.files.scan_cache import ScanCache
@@ -170,7 +170,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 + DATA_SOURCES[format].problems(root, labels, valid_pct, size, on_bad_file, sampler))
 
     @property
-    def index(self) -> FolderIndex:
+    def index(self) -> SampleIndex:
         """Every image with its label and subset (a folder; shards have none: :class:`~src.data.sources.ShardSource`)."""
         return self.source.index
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from src.data.files.listing import Sample, list_images
+from src.data.files.listing import Sample, class_folders, list_images
 from src.data.files.scan import FileScan
 from src.data.sources import DATA_SOURCES, EvaluationImages, ModelClasses
 
@@ -26,7 +26,7 @@ def folder_samples(root: Path, classes: list[str], scan: FileScan | None = None)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; expected a folder of class folders")
     samples, unknown = [], Counter()
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in class_folders(root):
         images = list_images(folder)
         if scan is not None:
             scan.note_unlisted(folder)

@@ -31,7 +31,7 @@ from src.core.problems import Problem, raise_problems
 from src.data.files.listing import Sample, data_root_problems
 from src.data.files.scan import FileScan
 from src.data.labels.index_payload import index_from_payload, index_payload
-from src.data.labels.sources import FolderIndex, LabelSource
+from src.data.labels.sources import SampleIndex, LabelSource
 from src.data.labels.split import read_split_csv, valid_pct_problems, write_split_csv
 from src.data.loading.balanced_sampler import SAMPLERS
 from src.data.loading.dataset import ImageDataset
@@ -113,7 +113,7 @@ class FolderSource:
         return data_root_problems(root)
 
     @cached_property
-    def index(self) -> FolderIndex:
+    def index(self) -> SampleIndex:
         handed = launch_handoff.received()
         if handed is not None and "scan" in handed:  # a DDP process launched by rank 0, which scanned
             index, self.scan.bad, self.scan.kept = index_from_payload(handed["scan"], self.index_settings())
@@ -242,7 +242,7 @@ class ShardSource:
         return read_manifest(self.root)
 
     @property
-    def index(self) -> FolderIndex:
+    def index(self) -> SampleIndex:
         # a list of every file is what shards do without (src.bench, src.inspect, src.prepare need one)
         raise ValueError(f"data.format=litdata: the shards at {self.root} have no file index to list; "
                          "run this command on the image folder they were written from (data.format=folder)")

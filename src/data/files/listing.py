@@ -129,6 +129,11 @@ def _file_entry(entry: os.DirEntry, key: tuple[str, ...], images: list, passed: 
                              f"extension {suffix or '(none)'!r} is not an image extension", True)))
 
 
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of ``root``: its subfolders but hidden ones, sorted (the class order everywhere)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def scan_class_folders(root: Path, scan: FileScan | None = None) -> tuple[list[str], list[Sample]]:
     """Classes (sorted folder names) and samples of a folder of class folders.
 
@@ -141,7 +146,7 @@ def scan_class_folders(root: Path, scan: FileScan | None = None) -> tuple[list[s
         raise NotADirectoryError(
             f"data.root={str(root)!r} is a file; point data.root at a folder with one subfolder per class"
         )
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = class_folders(root)
     if not folders:
         raise ValueError(
             f"data.root={str(root)!r} has no class folders; expected {root}/<class name>/<image files>"

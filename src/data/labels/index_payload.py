@@ -1,4 +1,4 @@
-"""A scanned :class:`~src.data.labels.sources.FolderIndex` (and what the scan left out) as plain JSON values.
+"""A scanned :class:`~src.data.labels.sources.SampleIndex` (and what the scan left out) as plain JSON values.
 
 What rank 0 hands to the DDP processes it launches (:mod:`src.core.launch_handoff`), so they use
 its split and class list without opening the files. The settings the index depends on travel
@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from src.data.files.listing import Sample
-from src.data.labels.sources import FolderIndex
+from src.data.labels.sources import SampleIndex
 from src.data.files.scan import BadFile
 
 SUBSETS = ("train", "valid", "test")
 
 
-def index_payload(index: FolderIndex, bad: list[BadFile], kept: int, settings: dict[str, Any]) -> dict[str, Any]:
+def index_payload(index: SampleIndex, bad: list[BadFile], kept: int, settings: dict[str, Any]) -> dict[str, Any]:
     """``index`` and the scan's ``bad`` files and ``kept`` count, with the ``settings`` that made them."""
 
     def label(value: int | tuple[int, ...]) -> int | list[int]:
@@ -33,7 +33,7 @@ def index_payload(index: FolderIndex, bad: list[BadFile], kept: int, settings: d
     }
 
 
-def index_from_payload(payload: dict[str, Any], settings: dict[str, Any]) -> tuple[FolderIndex, list[BadFile], int]:
+def index_from_payload(payload: dict[str, Any], settings: dict[str, Any]) -> tuple[SampleIndex, list[BadFile], int]:
     """The index, bad files and kept count of :func:`index_payload`; raises when it was made with other ``settings``."""
     if payload["settings"] != settings:
         differing = sorted(k for k in settings.keys() | payload["settings"].keys()
@@ -46,6 +46,6 @@ def index_from_payload(payload: dict[str, Any], settings: dict[str, Any]) -> tup
     def samples(rows: list) -> list[Sample]:
         return [Sample(Path(path), tuple(label) if isinstance(label, list) else label) for path, label in rows]
 
-    index = FolderIndex(payload["layout"], list(payload["classes"]), *(samples(payload[s]) for s in SUBSETS))
+    index = SampleIndex(payload["layout"], list(payload["classes"]), *(samples(payload[s]) for s in SUBSETS))
     bad = [BadFile(Path(path), kind, reason, ignored) for path, kind, reason, ignored in payload["bad"]]
     return index, bad, int(payload["kept"])

@@ -2,7 +2,7 @@
 
 One small class per source, chosen by the ``data/labels`` config group (``conf/data/labels/``:
 ``folder``, ``csv``, ``regex``) and handed built to the DataModule. Every source gives the same
-:class:`FolderIndex` (the classes and the samples of each subset), so the split, ``split.csv``,
+:class:`SampleIndex` (the classes and the samples of each subset), so the split, ``split.csv``,
 the checkpoints and evaluate/predict/export never depend on the source:
 
 - :class:`FolderLabels` (fastai's ``from_folder``): class folders, or ``train/`` + ``valid/`` [+ ``test/``] folders;
@@ -46,7 +46,7 @@ VALID_TRUE, VALID_FALSE = ("true", "1"), ("false", "0")
 
 
 @dataclass
-class FolderIndex:
+class SampleIndex:
     """What a label source found: the classes and the samples of each subset."""
 
     layout: str  # "class_folders", "split_folders", "csv" or "regex"
@@ -59,7 +59,7 @@ class FolderIndex:
 class LabelSource(ABC):
     """How to label the images under ``data.root``: :class:`FolderLabels`, :class:`CsvLabels`, :class:`RegexLabels`."""
 
-    name: ClassVar[str]  # the source's config in conf/data/labels/ and its FolderIndex.layout
+    name: ClassVar[str]  # the source's config in conf/data/labels/ and its SampleIndex.layout
     label_delim: str | None = None  # set by the sources whose label cells may hold several labels
 
     @property
@@ -79,7 +79,7 @@ class LabelSource(ABC):
         raise_problems(self.problems(root))
 
     @abstractmethod
-    def index(self, root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
+    def index(self, root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> SampleIndex:
         """Label the images under ``root`` and split them (``valid_pct``, ``seed``); with ``scan``,
         unreadable files are left out (and recorded in ``scan.bad``)."""
 
@@ -90,7 +90,7 @@ class FolderLabels(LabelSource):
 
     name: ClassVar[str] = "folder"
 
-    def index(self, root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
+    def index(self, root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> SampleIndex:
         return index_folder(Path(root), valid_pct, seed, scan)
 
 
@@ -107,7 +107,7 @@ class _RowLabels(LabelSource):
                             f"set {KEY}.label_delim=' ' (fastai's planet), or null for one label per image")]
         return []
 
-    def index(self, root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
+    def index(self, root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> SampleIndex:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"data.root={str(root)!r} is not a folder; point data.root at the folder of the "
@@ -226,7 +226,7 @@ def _scan_subset(folder: Path, classes: list[str], subset: str, scan: FileScan |
     return [Sample(s.path, classes.index(found[s.label])) for s in samples]
 
 
-def index_folder(root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> FolderIndex:
+def index_folder(root: Path, valid_pct: float, seed: int, scan: FileScan | None = None) -> SampleIndex:
     """Class folders (split per class with ``valid_pct``, ``seed``), or train/valid[/test] folders.
 
     With ``scan``, unreadable files are left out before the split (and recorded in ``scan.bad``).
@@ -238,10 +238,10 @@ def index_folder(root: Path, valid_pct: float, seed: int, scan: FileScan | None 
         classes, train = scan_class_folders(train_dir, scan)
         valid = _scan_subset(valid_dir, classes, "validation", scan)
         test = _scan_subset(root / "test", classes, "test", scan) if (root / "test").is_dir() else []
-        return FolderIndex("split_folders", classes, train, valid, test)
+        return SampleIndex("split_folders", classes, train, valid, test)
     classes, samples = scan_class_folders(root, scan)
     train, valid = stratified_split(samples, valid_pct, seed)
-    return FolderIndex("class_folders", classes, train, valid)
+    return SampleIndex("class_folders", classes, train, valid)
 
 
 @dataclass(frozen=True)
@@ -340,7 +340,7 @@ def _split_label(row: LabelledFile, label_delim: str | None) -> tuple[str, ...]:
     return tuple(sorted({name.strip() for name in row.label.split(label_delim) if name.strip()}))
 
 
-def _index_rows(rows: list[LabelledFile], source: _RowLabels, valid_pct: float, seed: int, root: Path) -> FolderIndex:
+def _index_rows(rows: list[LabelledFile], source: _RowLabels, valid_pct: float, seed: int, root: Path) -> SampleIndex:
     """Classes (sorted names) and the split of labelled, readable files."""
     if not rows:
         raise ValueError(f"no readable images among the files labelled by data/labels={source.name} under "
@@ -369,5 +369,5 @@ def _index_rows(rows: list[LabelledFile], source: _RowLabels, valid_pct: float, 
                else "change seed or data.valid_pct")
         raise ValueError(f"label(s) {', '.join(untrained)} have no training image, only validation ones, so the model "
                          f"cannot learn them; add training images of them, or {fix}")
-    return FolderIndex(source.name, classes, sorted(train, key=lambda s: str(s.path)),
+    return SampleIndex(source.name, classes, sorted(train, key=lambda s: str(s.path)),
                        sorted(valid, key=lambda s: str(s.path)))
