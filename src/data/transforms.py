@@ -115,3 +115,14 @@ class EvalCropTransform(v2.Compose):
     def __init__(self, size: int, resize_method: str = "crop", interpolation: str = "bilinear") -> None:
         super().__init__([v2.PILToTensor(), *_resize(size, resize_method, interpolation), v2.CenterCrop(size)])
         self.size = size
+
+
+def uint8_view(transform: EvalTransform) -> v2.Compose:
+    """The eval transform up to its uint8 tensor (resize, crop), without ``ToDtype`` and ``Normalize``:
+    what the exported model takes (it normalises inside, src.export.ServingModel) and the picture the
+    network sees, pixel for pixel."""
+    *steps, to_float, normalize = transform.transforms
+    if not (isinstance(to_float, v2.ToDtype) and isinstance(normalize, v2.Normalize)):
+        raise TypeError(f"expected the eval transform to end with ToDtype and Normalize, got "
+                        f"{type(to_float).__name__} and {type(normalize).__name__}")
+    return v2.Compose(steps)

@@ -7,15 +7,11 @@ forward pass; every answer says which pass served it (``batch``), so batching ca
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import litserve as ls
-import matplotlib
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -23,6 +19,7 @@ from PIL import Image
 
 from src.inference.predictor import Prediction
 from src.serving.uploads import image_from_payload
+from src.visualize.data_urls import heatmap_png
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +32,7 @@ class ImagesRequest:
     images: list[Image.Image]
     topk: int
     cam: bool
-
-
-def heatmap_png(cam: torch.Tensor) -> str:
-    """A [0, 1] map as a PNG data URL in matplotlib's ``jet`` colours (the page lays it over the photo)."""
-    rgba = (matplotlib.colormaps["jet"](cam.numpy()) * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    inside: dict | None = None  # {"kernel": k or None}: add the "Inside the model" view
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -74,7 +64,7 @@ class ClassifierAPI(ls.LitAPI):
         items = request["images"]
         images = [image_from_payload(item) for item in items]
         return ImagesRequest([item["name"].strip("'") for item in items], images, request.get("topk") or self.topk,
-                             bool(request.get("cam")))
+                             bool(request.get("cam")), request.get("inside"))
 
     def batch(self, inputs: list[ImagesRequest]) -> list[ImagesRequest]:
         return inputs  # predict stacks the images of every request itself (a request may hold several)
@@ -111,6 +101,8 @@ class ClassifierAPI(ls.LitAPI):
         if request.cam and self.backend.cam_available:
             answer["cam"] = {"class": self.backend.classes[int(top.indices[0])],
                              "png": heatmap_png(self.backend.cam(image, int(top.indices[0])))}
+        if request.inside is not None:  # UploadGuard lets it through for a backend that has it only
+            answer["inside"] = self.backend.inside(image, request.inside["kernel"])
         return answer
 
     def encode_response(self, output: dict) -> dict:

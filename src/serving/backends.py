@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from torchvision.transforms import v2
 
-from src.data.transforms import EvalTransform
+from src.data.transforms import uint8_view
 from src.runs.hardware import FULL_PRECISION
 from src.inference.predictor import Prediction, Predictor, prediction_of
-from src.models.loading import eval_transform_for, read_checkpoint
+from src.models.freezing import describe_stage, trainable_parameter_ids
+from src.models.loading import eval_transform_for, load_classifier, read_checkpoint, saved_stage_index
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.visualize.cam import MIN_CAM_CELLS, cam_layers, default_cam_layer, grad_cam
+from src.visualize.walkthrough import inside_view
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,22 @@ EXPORT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "export.yaml"
 
 
 class TorchBackend:
-    """The checkpoint's network in PyTorch; Grad-CAM available."""
+    """The checkpoint's network in PyTorch; Grad-CAM and the "Inside the model" view available."""
 
     name = "torch"
     cam_available = True
+    inside_available = True
 
     def __init__(self, ckpt_path: str, device: str, precision: str | None = None, tta: bool = False,
                  threshold: float | None = None, cam_layer: str | None = None) -> None:
-        self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, tta=tta, threshold=threshold,
-                                                   precision=precision)
+        loaded = load_classifier(ckpt_path)
+        self.predictor = Predictor.from_loaded(loaded, device=device, tta=tta, threshold=threshold, precision=precision)
+        # which parameters train in the stage the checkpoint was saved in, for the inside view (described, not
+        # applied: freezing switches BatchNorm's running statistics off)
+        schedule, stage = loaded.config.schedule, saved_stage_index(ckpt_path, loaded.config)
+        groups = loaded.net.layer_groups()
+        self.trainable = trainable_parameter_ids(groups, schedule.stages[stage].get("freeze_to", 0), schedule.train_bn)
+        self.state = describe_stage(schedule, stage, len(groups), "(the stage the checkpoint was saved in)")
         self.classes = self.predictor.classes
         self.multi_label = self.predictor.multi_label
         self.threshold = self.predictor.threshold
@@ -49,6 +57,7 @@ class TorchBackend:
                              f"(null: the deepest whose map is at least {MIN_CAM_CELLS} x {MIN_CAM_CELLS} at the training size)")
         if cam_layer is None:
             cam_layer = default_cam_layer(self.predictor.net.net.backbone, self.predictor.transform.size)
+        self.cam_layer_name = cam_layer
         self.cam_layer = layers[cam_layer]
 
     @staticmethod
@@ -63,15 +72,12 @@ class TorchBackend:
         tensor = self.predictor.transform(image).to(self.predictor.device)
         return grad_cam(self.predictor.net, self.cam_layer, tensor, target=index)[0].cpu()
 
-
-def uint8_view(transform: EvalTransform) -> v2.Compose:
-    """The eval transform up to its uint8 tensor (resize, crop), without ``ToDtype`` and ``Normalize``:
-    the exported model normalises inside (src.export.ServingModel)."""
-    *steps, to_float, normalize = transform.transforms
-    if not (isinstance(to_float, v2.ToDtype) and isinstance(normalize, v2.Normalize)):
-        raise TypeError(f"expected the eval transform to end with ToDtype and Normalize, got "
-                        f"{type(to_float).__name__} and {type(normalize).__name__}")
-    return v2.Compose(steps)
+    def inside(self, image: Image.Image, kernel: int | None) -> dict:
+        """The "Inside the model" view of ``image`` (:func:`~src.visualize.walkthrough.inside_view`): the served
+        network, at its precision, in one forward pass."""
+        return inside_view(self.predictor.net.net, self.predictor.transform, image, classes=self.classes,
+                           forward=self.predictor.net, cam_layer=self.cam_layer_name, kernel=kernel,
+                           trainable=self.trainable, state=self.state, multi_label=self.multi_label)
 
 
 class OnnxBackend:
@@ -81,6 +87,7 @@ class OnnxBackend:
 
     name = "onnx"
     cam_available = False
+    inside_available = False
     precision = FULL_PRECISION
 
     def __init__(self, ckpt_path: str, device: str, onnx_path: str, threshold: float | None = None) -> None:
