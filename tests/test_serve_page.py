@@ -146,6 +146,7 @@ def test_the_inside_view_walks_the_photo_from_pixels_to_class_scores(browser, pa
     expected = _expected_conv(trained, photo, kernel, row, col)
     assert shown() == (pytest.approx(expected, abs=1e-4), pytest.approx(expected, abs=1e-4))
     assert find("#mac-check").text.startswith("✓")
+    browser.execute_script("document.querySelector('#part-kernel').scrollIntoView()")
     save(browser, tmp_path, "inside-kernel.png")
 
     # another position: typed in, the number follows
