@@ -245,6 +245,7 @@ def test_the_inside_view_is_the_served_models_own_numbers(server, trained, photo
     inside = prediction["inside"]
     expected = predictor_probabilities(trained, [photos[2]])[0]
     assert (torch.tensor(inside["probabilities"]) - expected).abs().max() < 1e-5
+    assert (torch.tensor(prediction["probabilities"]) - expected).abs().max() < 1e-5  # from the same pass
     assert inside["classes"][0]["label"] == prediction["label"]
 
     loaded = load_classifier(trained)

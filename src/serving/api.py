@@ -74,16 +74,22 @@ class ClassifierAPI(ls.LitAPI):
 
     def predict(self, x: ImagesRequest | list[ImagesRequest]) -> dict | list[dict]:
         requests = x if isinstance(x, list) else [x]
-        predictions = self.backend.predict([image for r in requests for image in r.images])
+        # an inside request (one image) is answered by its own pass with hooks, which gives its prediction too
+        views = {id(r): self.backend.inside(r.images[0], r.inside["kernel"]) for r in requests if r.inside is not None}
+        predictions = self.backend.predict([image for r in requests if id(r) not in views for image in r.images])
         self.forward_passes += 1
-        batch = {"forward_pass": self.forward_passes, "requests": len(requests), "images": len(predictions)}
+        batch = {"forward_pass": self.forward_passes, "requests": len(requests),
+                 "images": sum(len(r.images) for r in requests)}
         answers, start = [], 0
         for r in requests:
-            mine = predictions[start:start + len(r.images)]
-            start += len(r.images)
-            answers.append({"model": self.model, "predictions": [self._describe(name, image, p, r)
-                                                                 for name, image, p in zip(r.names, r.images, mine)],
-                            "batch": batch})
+            if id(r) in views:
+                view, prediction = views[id(r)]
+                described = [{**self._describe(r.names[0], r.images[0], prediction, r), "inside": view}]
+            else:
+                mine = predictions[start:start + len(r.images)]
+                start += len(r.images)
+                described = [self._describe(name, image, p, r) for name, image, p in zip(r.names, r.images, mine)]
+            answers.append({"model": self.model, "predictions": described, "batch": batch})
         return answers if isinstance(x, list) else answers[0]
 
     def _describe(self, name: str, image: Image.Image, prediction: Prediction, request: ImagesRequest) -> dict[str, Any]:
@@ -101,8 +107,6 @@ class ClassifierAPI(ls.LitAPI):
         if request.cam and self.backend.cam_available:
             answer["cam"] = {"class": self.backend.classes[int(top.indices[0])],
                              "png": heatmap_png(self.backend.cam(image, int(top.indices[0])))}
-        if request.inside is not None:  # UploadGuard lets it through for a backend that has it only
-            answer["inside"] = self.backend.inside(image, request.inside["kernel"])
         return answer
 
     def encode_response(self, output: dict) -> dict:

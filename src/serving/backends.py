@@ -72,12 +72,16 @@ class TorchBackend:
         tensor = self.predictor.transform(image).to(self.predictor.device)
         return grad_cam(self.predictor.net, self.cam_layer, tensor, target=index)[0].cpu()
 
-    def inside(self, image: Image.Image, kernel: int | None) -> dict:
+    def inside(self, image: Image.Image, kernel: int | None) -> tuple[dict, Prediction]:
         """The "Inside the model" view of ``image`` (:func:`~src.visualize.walkthrough.inside_view`): the served
-        network, at its precision, in one forward pass."""
-        return inside_view(self.predictor.net.net, self.predictor.transform, image, classes=self.classes,
+        network, at its precision, in one forward pass; and the prediction, from that pass (with TTA, from
+        the usual passes: the view shows the plain one)."""
+        view = inside_view(self.predictor.net.net, self.predictor.transform, image, classes=self.classes,
                            forward=self.predictor.net, cam_layer=self.cam_layer_name, kernel=kernel,
                            trainable=self.trainable, state=self.state, multi_label=self.multi_label)
+        if self.predictor.tta:
+            return view, self.predict([image])[0]
+        return view, prediction_of(torch.tensor(view["probabilities"]), self.classes, self.multi_label, self.threshold)
 
 
 class OnnxBackend:
