@@ -206,9 +206,12 @@ class UploadGuard:
         if inside and not self.inside:
             raise UploadError(400, "inside=true needs the torch backend (the ONNX model has no layers to look into); "
                                    "serve with backend=torch")
-        if kernel is not None and not (kernel.isdigit() and (self.kernels is None or int(kernel) < self.kernels)):
+        if kernel is not None and self.kernels is None:
+            raise UploadError(400, f"kernel={kernel!r}, but the model's body has no convolution to follow; leave "
+                                   "kernel out")
+        if kernel is not None and not (kernel.isdigit() and int(kernel) < self.kernels):
             raise UploadError(400, f"kernel={kernel!r}; the first layer has {self.kernels} kernels, so use 0 to "
-                                   f"{(self.kernels or 1) - 1}")
+                                   f"{self.kernels - 1}")
         return (None if topk is None else int(topk)), cam, ({"kernel": None if kernel is None else int(kernel)}
                                                              if inside else None)
 

@@ -462,8 +462,10 @@ function drawInside() {
     $("part-kernel").hidden = false;
     drawKernelChoice();
     drawKernelAt();
-  } else {
-    $("part-kernel").hidden = true;
+  } else {  // a body without a convolution: say so instead of the kernel
+    $("part-kernel").hidden = false;
+    $("kernel-text").textContent = inside.kernel_error;
+    ["mac-table", "handmade"].forEach((id) => $(id).replaceChildren());
   }
   drawHandmade();
   drawStages();
