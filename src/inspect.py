@@ -24,7 +24,7 @@ from src.data.files.image_reader import load_rgb
 from src.data.labels.split import label_text
 from src.models.components.classifier import ImageClassifier
 from src.inference.precision_net import PrecisionNet
-from src.optim.freezing import first_trainable_group, freeze_layer_groups
+from src.optim.freezing import freeze_for_stage
 from src.models.loading import eval_transform_for, load_classifier
 from src.runs.builder import build_datamodule, build_module
 from src.core.hardware import FULL_PRECISION, normalize_precision
@@ -54,22 +54,6 @@ class Subject:
     trained: bool
     precision: str = FULL_PRECISION  # what the predictions (Grad-CAM, top losses) run at
     channels_last: bool = False
-
-
-def freeze_for_stage(net: ImageClassifier, schedule: DictConfig, index: int, when: str) -> str:
-    """Apply stage ``index`` of ``schedule``'s freezing to ``net``; describe the trainable state."""
-    stage = schedule.stages[index]
-    freeze_to = stage.get("freeze_to", 0)
-    freeze_layer_groups(net.layer_groups(), freeze_to, schedule.train_bn)
-    count = len(net.layer_groups())
-    frozen = first_trainable_group(freeze_to, count)
-    if frozen == 0:
-        groups = f"all {count} layer groups trainable"
-    else:
-        bn = " (their BatchNorm layers train: train_bn=true)" if schedule.train_bn else ""
-        groups = f"layer groups 1-{frozen} of {count} frozen{bn}, groups {frozen + 1}-{count} trainable"
-    return (f"Trainable state: stage {index + 1}/{len(schedule.stages)} '{stage.get('name', index + 1)}' "
-            f"{when}, freeze_to={freeze_to}: {groups}.")
 
 
 def load_subject(cfg: DictConfig, classes: list[str] | None = None) -> Subject:

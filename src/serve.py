@@ -6,7 +6,8 @@ device and dynamic batching (``max_batch_size`` requests, waiting at most ``batc
 - ``POST /predict``: one image as raw bytes (``Content-Type: image/...``) or one or several
   multipart files; JSON back with each image's class, probability and top-k classes (every class
   above the threshold for a multi-label model), the model and which forward pass served it.
-  ``?topk=K`` and ``?cam=true`` (a Grad-CAM map of the top class; torch backend) are optional.
+  ``?topk=K`` and ``?cam=true`` (a Grad-CAM map of the top class; torch backend) are optional;
+  ``?inside=true[&kernel=K]`` adds the "Inside the model" view of the one image sent (torch backend).
 - ``GET /``: a page to try the model in a browser; ``GET /info``: the model and its classes;
   ``GET /health``; ``GET /docs``: the OpenAPI page.
 
@@ -29,6 +30,7 @@ except ModuleNotFoundError as error:  # an optional extra: say which
     raise ModuleNotFoundError(f"{error}: python -m src.serve needs the serve extra; pip install -e '.[serve]'") from None
 
 import hydra
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,7 +38,9 @@ from src.core.hardware import inference_precision, resolve_device
 from src.models.loading import check_checkpoint_path, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.serving.api import ClassifierAPI
+from src.models.network import build_network
 from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
+from src.visualize.walkthrough import first_conv
 from src.optim.fine_tune import register_resolvers
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
@@ -72,6 +76,11 @@ def _document_predict(app) -> None:
                      "description": "classes per image in the answer (default: the server's topk)"},
                     {"name": "cam", "in": "query", "required": False, "schema": {"type": "boolean"},
                      "description": "add a Grad-CAM map (PNG data URL) of the top class (torch backend)"},
+                    {"name": "inside", "in": "query", "required": False, "schema": {"type": "boolean"},
+                     "description": "add the 'Inside the model' view of the one image sent (torch backend; "
+                                    "docs/inspect.md)"},
+                    {"name": "kernel", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+                     "description": "with inside=true: the first-layer kernel to follow (default: the most active)"},
                 ],
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -79,6 +88,14 @@ def _document_predict(app) -> None:
                     **{f"{kind}*" if kind.endswith("/") else kind: binary for kind in RAW_TYPES},
                 }},
             }
+
+
+def first_layer_kernels(model_config: DictConfig, num_classes: int) -> int | None:
+    """How many kernels the network's first convolution has (``?kernel=`` is checked against it before the
+    worker sees the request), read from the network built on the meta device: no memory, no weights."""
+    with torch.device("meta"):
+        found = first_conv(build_network(model_config, num_classes=num_classes).backbone)
+    return None if found is None else found[1].out_channels
 
 
 def build_server(cfg: DictConfig) -> ls.LitServer:
@@ -100,9 +117,10 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
     model = {"name": run.model.backbone.name, "checkpoint": str(ckpt_path), "backend": backend_class.name,
              "precision": precision}
     multi_label = bool(hparams.get("multi_label", False))
+    inside = getattr(backend_class, "inside_available", False)
     info = {**model, "classes": classes, "multi_label": multi_label, "topk": min(cfg.topk, len(classes)),
             "threshold": float(hparams.get("threshold", DEFAULT_THRESHOLD)) if multi_label else None,
-            "size": run.data.size, "cam": backend_class.cam_available, "max_upload_mb": cfg.max_upload_mb,
+            "size": run.data.size, "cam": backend_class.cam_available, "inside": inside, "max_upload_mb": cfg.max_upload_mb,
             "max_files": cfg.max_files, "max_batch_size": cfg.max_batch_size, "batch_timeout": cfg.batch_timeout}
     api = ClassifierAPI(OmegaConf.to_container(backend, resolve=True), str(ckpt_path), model, info["topk"],
                         max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout, api_path=API_PATH)
@@ -110,7 +128,8 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
         api, accelerator=cfg.accelerator, devices=cfg.devices, workers_per_device=1, timeout=cfg.timeout_s,
         model_metadata=info,
         middlewares=[(UploadGuard, {"path": API_PATH, "limits": limits, "classes": len(classes),
-                                    "min_size": run.data.size})],
+                                    "min_size": run.data.size, "inside": inside,
+                                    "kernels": first_layer_kernels(run.model, len(classes)) if inside else None})],
     )
     _add_page(server.app)
     _document_predict(server.app)

@@ -229,6 +229,47 @@ def test_the_grad_cam_map_comes_with_the_answer(server, photos):
     assert client.post(photos[1].read_bytes(), "image/png")[0] == 200
 
 
+def test_the_inside_view_is_the_served_models_own_numbers(server, trained, photos):
+    """?inside=true: one image's walk through the served network; its numbers equal the checkpoint's."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from src.optim.freezing import trainable_parameter_ids
+    from src.models.loading import load_classifier, saved_stage_index
+
+    client, _ = server
+    assert client.get_json("/info")["model"]["inside"] is True
+    status, answer = client.post(photos[2].read_bytes(), "image/png", query="?inside=true&kernel=3")
+    assert status == 200, answer
+    prediction = answer["predictions"][0]
+    inside = prediction["inside"]
+    expected = predictor_probabilities(trained, [photos[2]])[0]
+    assert (torch.tensor(inside["probabilities"]) - expected).abs().max() < 1e-5
+    assert (torch.tensor(prediction["probabilities"]) - expected).abs().max() < 1e-5  # from the same pass
+    assert inside["classes"][0]["label"] == prediction["label"]
+
+    loaded = load_classifier(trained)
+    image = loaded.transform(Image.open(photos[2]).convert("RGB"))
+    pixels = np.frombuffer(base64.b64decode(inside["input"]["pixels"]), dtype=np.uint8).reshape(3, 32, 32)
+    assert torch.equal(torch.from_numpy(pixels.copy()), (image * torch.tensor(loaded.config.data.std).view(3, 1, 1)
+                                                         + torch.tensor(loaded.config.data.mean).view(3, 1, 1))
+                       .mul(255).round().to(torch.uint8))
+    conv = loaded.net.backbone[0]
+    with torch.no_grad():
+        channel = F.conv2d(image.unsqueeze(0), conv.weight, stride=2, padding=3)[0, 3]
+    sent = np.frombuffer(base64.b64decode(inside["kernel"]["output"]["values"]), dtype="<f4").reshape(16, 16)
+    assert inside["kernel"]["index"] == 3 and (torch.from_numpy(sent.copy()) - channel).abs().max() < 1e-4
+    assert [s["shape"] for s in inside["stages"]] == [[64, 8, 8], [64, 8, 8], [128, 4, 4], [256, 2, 2], [512, 1, 1]]
+    # trainable: the schedule's stage the checkpoint was saved in (the tiny run: 'head' or 'all')
+    index = saved_stage_index(trained, loaded.config)
+    stage = loaded.config.schedule.stages[index]
+    ids = trainable_parameter_ids(loaded.net.layer_groups(), stage.freeze_to, loaded.config.schedule.train_bn)
+    assert f"stage {index + 1}/2 '{stage.name}' (the stage the checkpoint was saved in)" in inside["state"]
+    assert inside["stages"][-1]["trainable"] == sum(p.numel() for p in loaded.net.backbone[7].parameters()
+                                                    if id(p) in ids)
+    assert inside["cam_layer"] == "layer2"  # the backend's Grad-CAM stage at 32 px
+
+
 def test_it_listens_on_loopback_only_and_documents_predict(server):
     client, _ = server
     listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
@@ -258,6 +299,13 @@ def bad_requests(photo: bytes, tmp_path: Path) -> dict[str, tuple[tuple, int, st
         "far too many files": (multipart([(f"{i}.png", photo) for i in range(9)]), 413, "more than max_files=3"),
         "no file in the form": ((b"--x--\r\n", "multipart/form-data; boundary=x"), 400, "holds no file"),
         "an empty file in the form": (multipart([("a.png", b"")]), 400, "'a.png' is empty"),
+        "inside not a boolean": ((photo, "image/png", "?inside=maybe"), 400, "inside='maybe'; use inside=true"),
+        "kernel past the first layer's": ((photo, "image/png", "?inside=true&kernel=64"), 400,
+                                          "the first layer has 64 kernels, so use 0 to 63"),
+        "kernel not a number": ((photo, "image/png", "?inside=true&kernel=x"), 400, "kernel='x'"),
+        "kernel without inside": ((photo, "image/png", "?kernel=1"), 400, "add inside=true"),
+        "inside with two images": ((*multipart([("a.png", photo), ("b.png", photo)]), "?inside=true"), 400,
+                                   "looks into one image, and the request holds 2"),
     }
 
 

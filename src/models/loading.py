@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.labels.sources import upgrade_label_config
@@ -123,6 +124,20 @@ def epochs_finished(path: str | Path) -> int:
     """How many epochs the run of checkpoint ``path`` had finished when it was saved (Lightning's fit
     loop counts an epoch once it is processed; a mid-epoch ``last.ckpt`` does not count its epoch)."""
     return int(read_checkpoint(path, mmap=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+
+
+def saved_stage_index(path: str | Path, config: DictConfig) -> int:
+    """The index of the stage of ``config.schedule`` that checkpoint ``path`` was saved in.
+
+    The stage-freezing callback stores it (``StagedFineTuning``, the callbacks' state key); a checkpoint
+    without it is placed by its epochs: Lightning counts the epoch a checkpoint is saved at the end of as
+    finished, so the last finished epoch's stage.
+    """
+    checkpoint = read_checkpoint(path, mmap=True)
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if key.startswith("StagedFineTuning") and isinstance(state, dict) and state.get("stage_index") is not None:
+            return int(state["stage_index"])
+    return instantiate(config.schedule).stage_index_at_epoch(max(epochs_finished(path) - 1, 0))
 
 
 def checkpoint_classes(path: str | Path) -> list[str]:

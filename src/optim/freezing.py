@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lightning.pytorch.callbacks import BaseFinetuning
+from omegaconf import DictConfig
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def first_trainable_group(freeze_to: int, num_groups: int) -> int:
@@ -29,3 +31,35 @@ def freeze_layer_groups(layer_groups: Sequence[nn.Module], freeze_to: int, train
     first = first_trainable_group(freeze_to, len(layer_groups))
     BaseFinetuning.make_trainable(layer_groups[first:])
     BaseFinetuning.freeze(layer_groups[:first], train_bn=train_bn)
+
+
+def trainable_parameter_ids(layer_groups: Sequence[nn.Module], freeze_to: int, train_bn: bool) -> set[int]:
+    """The ``id`` of every parameter that :func:`freeze_layer_groups` would leave trainable, without touching
+    the modules (freezing a BatchNorm switches off its running statistics, which would change what a
+    network in eval mode answers, so a served network is described, never frozen)."""
+    first = first_trainable_group(freeze_to, len(layer_groups))
+    trainable = {id(p) for group in layer_groups[first:] for p in group.parameters()}
+    if train_bn:
+        trainable |= {id(p) for group in layer_groups[:first] for m in group.modules()
+                      if isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)}
+    return trainable
+
+
+def describe_stage(schedule: DictConfig, index: int, count: int, when: str) -> str:
+    """Stage ``index`` of ``schedule`` in words, for a network of ``count`` layer groups: what is frozen."""
+    stage = schedule.stages[index]
+    freeze_to = stage.get("freeze_to", 0)
+    frozen = first_trainable_group(freeze_to, count)
+    if frozen == 0:
+        groups = f"all {count} layer groups trainable"
+    else:
+        bn = " (their BatchNorm layers train: train_bn=true)" if schedule.train_bn else ""
+        groups = f"layer groups 1-{frozen} of {count} frozen{bn}, groups {frozen + 1}-{count} trainable"
+    return (f"Trainable state: stage {index + 1}/{len(schedule.stages)} '{stage.get('name', index + 1)}' "
+            f"{when}, freeze_to={freeze_to}: {groups}.")
+
+
+def freeze_for_stage(net: nn.Module, schedule: DictConfig, index: int, when: str) -> str:
+    """Apply stage ``index`` of ``schedule``'s freezing to ``net``; describe the trainable state."""
+    freeze_layer_groups(net.layer_groups(), schedule.stages[index].get("freeze_to", 0), schedule.train_bn)
+    return describe_stage(schedule, index, len(net.layer_groups()), when)

@@ -7,22 +7,18 @@ forward pass; every answer says which pass served it (``batch``), so batching ca
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import litserve as ls
-import matplotlib
-import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
 from src.inference.predictor import Prediction
 from src.serving.uploads import image_from_payload
+from src.visualize.data_urls import heatmap_png
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +31,7 @@ class ImagesRequest:
     images: list[Image.Image]
     topk: int
     cam: bool
-
-
-def heatmap_png(cam: torch.Tensor) -> str:
-    """A [0, 1] map as a PNG data URL in matplotlib's ``jet`` colours (the page lays it over the photo)."""
-    rgba = (matplotlib.colormaps["jet"](cam.numpy()) * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    inside: dict | None = None  # {"kernel": k or None}: add the "Inside the model" view
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -74,7 +63,7 @@ class ClassifierAPI(ls.LitAPI):
         items = request["images"]
         images = [image_from_payload(item) for item in items]
         return ImagesRequest([item["name"].strip("'") for item in items], images, request.get("topk") or self.topk,
-                             bool(request.get("cam")))
+                             bool(request.get("cam")), request.get("inside"))
 
     def batch(self, inputs: list[ImagesRequest]) -> list[ImagesRequest]:
         return inputs  # predict stacks the images of every request itself (a request may hold several)
@@ -84,16 +73,22 @@ class ClassifierAPI(ls.LitAPI):
 
     def predict(self, x: ImagesRequest | list[ImagesRequest]) -> dict | list[dict]:
         requests = x if isinstance(x, list) else [x]
-        predictions = self.backend.predict([image for r in requests for image in r.images])
+        # an inside request (one image) is answered by its own pass with hooks, which gives its prediction too
+        views = {id(r): self.backend.inside(r.images[0], r.inside["kernel"]) for r in requests if r.inside is not None}
+        predictions = self.backend.predict([image for r in requests if id(r) not in views for image in r.images])
         self.forward_passes += 1
-        batch = {"forward_pass": self.forward_passes, "requests": len(requests), "images": len(predictions)}
+        batch = {"forward_pass": self.forward_passes, "requests": len(requests),
+                 "images": sum(len(r.images) for r in requests)}
         answers, start = [], 0
         for r in requests:
-            mine = predictions[start:start + len(r.images)]
-            start += len(r.images)
-            answers.append({"model": self.model, "predictions": [self._describe(name, image, p, r)
-                                                                 for name, image, p in zip(r.names, r.images, mine)],
-                            "batch": batch})
+            if id(r) in views:
+                view, prediction = views[id(r)]
+                described = [{**self._describe(r.names[0], r.images[0], prediction, r), "inside": view}]
+            else:
+                mine = predictions[start:start + len(r.images)]
+                start += len(r.images)
+                described = [self._describe(name, image, p, r) for name, image, p in zip(r.names, r.images, mine)]
+            answers.append({"model": self.model, "predictions": described, "batch": batch})
         return answers if isinstance(x, list) else answers[0]
 
     def _describe(self, name: str, image: Image.Image, prediction: Prediction, request: ImagesRequest) -> dict[str, Any]:

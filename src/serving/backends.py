@@ -18,9 +18,11 @@ from PIL import Image
 
 from src.core.hardware import FULL_PRECISION
 from src.inference.predictor import Prediction, Predictor, prediction_of
-from src.models.loading import eval_transform_for, read_checkpoint
+from src.optim.freezing import describe_stage, trainable_parameter_ids
+from src.models.loading import eval_transform_for, load_classifier, read_checkpoint, saved_stage_index
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.visualize.cam import MIN_CAM_CELLS, cam_layers, default_cam_layer, grad_cam
+from src.visualize.walkthrough import inside_view
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +30,22 @@ EXPORT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "export.yaml"
 
 
 class TorchBackend:
-    """The checkpoint's network in PyTorch; Grad-CAM available."""
+    """The checkpoint's network in PyTorch; Grad-CAM and the "Inside the model" view available."""
 
     name = "torch"
     cam_available = True
+    inside_available = True
 
     def __init__(self, ckpt_path: str, device: str, precision: str | None = None, tta: bool = False,
                  threshold: float | None = None, cam_layer: str | None = None) -> None:
-        self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, tta=tta, threshold=threshold,
-                                                   precision=precision)
+        loaded = load_classifier(ckpt_path)
+        self.predictor = Predictor.from_loaded(loaded, device=device, tta=tta, threshold=threshold, precision=precision)
+        # which parameters train in the stage the checkpoint was saved in, for the inside view (described, not
+        # applied: freezing switches BatchNorm's running statistics off)
+        schedule, stage = loaded.config.schedule, saved_stage_index(ckpt_path, loaded.config)
+        groups = loaded.net.layer_groups()
+        self.trainable = trainable_parameter_ids(groups, schedule.stages[stage].get("freeze_to", 0), schedule.train_bn)
+        self.state = describe_stage(schedule, stage, len(groups), "(the stage the checkpoint was saved in)")
         self.classes = self.predictor.classes
         self.multi_label = self.predictor.multi_label
         self.threshold = self.predictor.threshold
@@ -47,6 +56,7 @@ class TorchBackend:
                              f"(null: the deepest whose map is at least {MIN_CAM_CELLS} x {MIN_CAM_CELLS} at the training size)")
         if cam_layer is None:
             cam_layer = default_cam_layer(self.predictor.net.net.backbone, self.predictor.transform.size)
+        self.cam_layer_name = cam_layer
         self.cam_layer = layers[cam_layer]
 
     @staticmethod
@@ -61,6 +71,17 @@ class TorchBackend:
         tensor = self.predictor.transform(image).to(self.predictor.device)
         return grad_cam(self.predictor.net, self.cam_layer, tensor, target=index)[0].cpu()
 
+    def inside(self, image: Image.Image, kernel: int | None) -> tuple[dict, Prediction]:
+        """The "Inside the model" view of ``image`` (:func:`~src.visualize.walkthrough.inside_view`): the served
+        network, at its precision, in one forward pass; and the prediction, from that pass (with TTA, from
+        the usual passes: the view shows the plain one)."""
+        view = inside_view(self.predictor.net.net, self.predictor.transform, image, classes=self.classes,
+                           forward=self.predictor.net, cam_layer=self.cam_layer_name, kernel=kernel,
+                           trainable=self.trainable, state=self.state, multi_label=self.multi_label)
+        if self.predictor.tta:
+            return view, self.predict([image])[0]
+        return view, prediction_of(torch.tensor(view["probabilities"]), self.classes, self.multi_label, self.threshold)
+
 
 class OnnxBackend:
     """The model exported by ``src.export`` (uint8 images in, probabilities out) in onnxruntime, fed the
@@ -69,6 +90,7 @@ class OnnxBackend:
 
     name = "onnx"
     cam_available = False
+    inside_available = False
     precision = FULL_PRECISION
 
     def __init__(self, ckpt_path: str, device: str, onnx_path: str, threshold: float | None = None) -> None:

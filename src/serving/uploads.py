@@ -167,36 +167,66 @@ async def uploaded_files(scope: Scope, body: bytes, limits: UploadLimits) -> lis
         await form.close()
 
 
+def _flag(params: dict[str, list[str]], key: str, what: str) -> bool:
+    value = params.get(key, ["false"])[-1].lower()
+    if value not in ("true", "false", "1", "0"):
+        raise UploadError(400, f"{key}={value!r}; use {key}=true for {what}, or {key}=false")
+    return value in ("true", "1")
+
+
 class UploadGuard:
     """ASGI middleware: checks each ``POST`` to ``path`` (see the module docstring) and hands LitServe
-    ``{"images": [{"name", "size", "rgb" (the decoded pixels, base64)}], "topk": k, "cam": bool}``."""
+    ``{"images": [{"name", "size", "rgb" (the decoded pixels, base64)}], "topk": k, "cam": bool,
+    "inside": null or {"kernel": k or null}}``.
 
-    def __init__(self, app: ASGIApp, *, path: str, limits: UploadLimits, classes: int, min_size: int | None) -> None:
+    ``inside`` says whether the backend can answer ``?inside=true`` (the "Inside the model" view of one
+    image) and ``kernels`` how many kernels its first layer has (``?kernel=`` is checked against it).
+    """
+
+    def __init__(self, app: ASGIApp, *, path: str, limits: UploadLimits, classes: int, min_size: int | None,
+                 inside: bool = False, kernels: int | None = None) -> None:
         self.app = app
         self.path = path
         self.limits = limits
         self.classes = classes
         self.min_size = min_size
+        self.inside = inside
+        self.kernels = kernels
 
-    def _options(self, query: bytes) -> tuple[int | None, bool]:
+    def _options(self, query: bytes) -> tuple[int | None, bool, dict | None]:
         params = parse_qs(query.decode("latin-1"))
         topk = params.get("topk", [None])[-1]
         if topk is not None and not (topk.isdigit() and 1 <= int(topk) <= self.classes):
             raise UploadError(400, f"topk={topk!r}; the model has {self.classes} classes, so use 1 to {self.classes}")
-        cam = params.get("cam", ["false"])[-1].lower()
-        if cam not in ("true", "false", "1", "0"):
-            raise UploadError(400, f"cam={cam!r}; use cam=true for a Grad-CAM map of the top class, or cam=false")
-        return (None if topk is None else int(topk)), cam in ("true", "1")
+        cam = _flag(params, "cam", "a Grad-CAM map of the top class")
+        inside = _flag(params, "inside", 'the "Inside the model" view of the image')
+        kernel = params.get("kernel", [None])[-1]
+        if kernel is not None and not inside:
+            raise UploadError(400, f"kernel={kernel!r} is a setting of the inside view; add inside=true")
+        if inside and not self.inside:
+            raise UploadError(400, "inside=true needs the torch backend (the ONNX model has no layers to look into); "
+                                   "serve with backend=torch")
+        if kernel is not None and self.kernels is None:
+            raise UploadError(400, f"kernel={kernel!r}, but the model's body has no convolution to follow; leave "
+                                   "kernel out")
+        if kernel is not None and not (kernel.isdigit() and int(kernel) < self.kernels):
+            raise UploadError(400, f"kernel={kernel!r}; the first layer has {self.kernels} kernels, so use 0 to "
+                                   f"{self.kernels - 1}")
+        return (None if topk is None else int(topk)), cam, ({"kernel": None if kernel is None else int(kernel)}
+                                                             if inside else None)
 
     async def _payload(self, scope: Scope, receive: Receive) -> bytes:
-        topk, cam = self._options(scope.get("query_string", b""))
+        topk, cam, inside = self._options(scope.get("query_string", b""))
         declared = dict(scope["headers"]).get(b"content-length")
         body = await read_body(receive, self.limits, int(declared) if declared and declared.isdigit() else None)
+        files = await uploaded_files(scope, body, self.limits)
+        if inside and len(files) > 1:
+            raise UploadError(400, f"inside=true looks into one image, and the request holds {len(files)}; send one")
         images = []
-        for name, data in await uploaded_files(scope, body, self.limits):
+        for name, data in files:
             image = await run_in_threadpool(decode_image, data, name, self.limits.max_image_pixels, self.min_size)
             images.append(pixels_payload(name, image))
-        return json.dumps({"images": images, "topk": topk, "cam": cam}).encode()
+        return json.dumps({"images": images, "topk": topk, "cam": cam, "inside": inside}).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":

@@ -50,13 +50,19 @@ def grad_cam(net: nn.Module, layer: nn.Module, image: torch.Tensor, target: int 
         net.train(was_training)
         net.zero_grad(set_to_none=True)
     activations = stored["activations"]
-    gradients = activations.grad.float()  # bf16 under autocast: the map is computed in fp32
+    return cam_map(activations, activations.grad, image.shape[-2:]), logits.detach().float()
+
+
+def cam_map(activations: torch.Tensor, gradients: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Grad-CAM's (H, W) map in [0, 1] from a stage's (1, C, h, w) activations and the class score's gradient
+    with respect to them, upsampled to ``size``."""
+    gradients = gradients.float()  # bf16 under autocast: the map is computed in fp32
     activations = activations.detach().float()
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activations).sum(dim=1, keepdim=True)).detach()
-    cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
     cam = cam - cam.min()
-    return cam / cam.max().clamp_min(1e-12), logits.detach().float()
+    return cam / cam.max().clamp_min(1e-12)
 
 
 def cam_figure(

@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let info = null;
+let photo = null;  // the photo on the page: the inside view (inside.js) sends it again
 
 async function loadInfo() {
   const response = await fetch("/info");
@@ -45,6 +46,8 @@ async function classify(file) {
   $("cam").removeAttribute("src");
   $("preview").src = URL.createObjectURL(file);
   $("view").hidden = false;
+  photo = file;
+  if (window.insidePhotoChanged) window.insidePhotoChanged(info);
   const form = new FormData();
   form.append("file", file, file.name);
   const response = await fetch(`/predict?cam=${info && info.cam ? "true" : "false"}`, { method: "POST", body: form });
