@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from src.data.balanced_sampler import SAMPLERS, BalancedSampler
 from src.data.dataset import ImageDataset, batch_size_problems
+from src.data.decisions import apply_decisions
 from src.data.device_batches import DeviceBatchHooks, placed_transforms
 from src.data.image_reader import MAX_IMAGE_PIXELS, load_rgb
 from src.data.index_payload import index_from_payload, index_payload
@@ -91,6 +92,8 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         format: ``folder`` (images under ``root``) or ``litdata`` (shards of ``src.prepare`` at ``root``,
             a folder or ``s3://bucket/prefix``; its labels and split are the shards').
         shard_cache_dir: where litdata keeps chunks downloaded from ``s3://`` (None: litdata's default).
+        decisions: a decisions file of ``python -m src.audit`` (``path,action,new_label,reason``): its drops
+            and relabels are applied to the index after the split (:mod:`src.data.decisions`); None: none.
 
     The constructor raises :class:`~src.checks.problems.ConfigError` with every problem of :meth:`problems`.
     """
@@ -123,8 +126,10 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         shard_cache_dir: str | None = None,
         decode_on: str = "workers",
         worker_nice: int = 0,
+        decisions: str | Path | None = None,
     ) -> None:
         super().__init__()
+        self.decisions = Path(decisions).expanduser() if decisions else None
         self.label_source = FolderLabels() if labels is None else labels
         raise_problems(self.problems(root, self.label_source, valid_pct, batch_size, size, on_bad_file,
                                      sampler=sampler, format=format))
@@ -223,13 +228,18 @@ class ImageFolderDataModule(StageSizedLoaders, DeviceBatchHooks, L.LightningData
         else:
             index = self.label_source.index(self.root, self.valid_pct, self.seed, self.scan)
             self.scan.save_cache()  # the verdicts hold whether or not on_bad_file=error stops the run next
+            if self.decisions is not None:
+                subsets = apply_decisions({"train": index.train, "valid": index.valid, "test": index.test},
+                                          index.classes, self.root, self.decisions, self.label_source.label_delim)
+                index = FolderIndex(index.layout, index.classes, subsets["train"], subsets["valid"], subsets["test"])
         self._report_bad_files()
         return index
 
     def _index_settings(self) -> dict[str, Any]:
         """What the index depends on, checked by the processes that receive rank 0's scan."""
         return {"root": str(self.root), "labels": repr(self.label_source), "valid_pct": self.valid_pct,
-                "seed": self.seed, "max_image_pixels": self.scan.max_pixels}
+                "seed": self.seed, "max_image_pixels": self.scan.max_pixels,
+                "decisions": str(self.decisions) if self.decisions else None}
 
     def index_payload(self) -> dict[str, Any]:
         """The scanned index as JSON values, for the DDP processes rank 0 launches (:mod:`src.runs.launch_handoff`)."""
