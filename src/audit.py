@@ -20,7 +20,7 @@ from typing import Any
 
 import hydra
 import numpy as np
-
+import torch
 from omegaconf import DictConfig
 
 from src.auditing.body import load_body
@@ -52,10 +52,10 @@ def audit_problems(cfg: DictConfig) -> list[Problem]:
     if not (is_number(threshold) and 0 < threshold <= 1):
         found.append(Problem("duplicates.threshold", threshold, "a cosine similarity in (0, 1]",
                              "e.g. duplicates.threshold=0.97; higher finds fewer, closer copies"))
-    for key in ("duplicates.neighbours", "outliers.neighbours", "duplicates.block"):
+    for key in ("duplicates.mutual", "outliers.neighbours", "duplicates.block"):
         group, name = key.split(".")
         if not is_whole_number(cfg[group][name], minimum=1):
-            found.append(Problem(key, cfg[group][name], "a whole number >= 1", f"e.g. {key}=10"))
+            found.append(Problem(key, cfg[group][name], "a whole number >= 1", f"e.g. {key}=2"))
     return found
 
 
@@ -81,6 +81,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     timer = StepTimer()
+    if cfg.get("seed") is not None:  # a body of random weights (model.backbone.weights=null) is then repeatable
+        torch.manual_seed(cfg.seed)
     body = load_body(cfg)  # a damaged or foreign checkpoint fails before the folder is scanned
     # The scan and the split training would make (same data config and seed); one class or no images are
     # refused there. Unreadable files are reported and left out whatever data.on_bad_file says.
@@ -130,10 +132,10 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         timer.done("out-of-fold probabilities")
         issues = find_issues(label_array, probabilities)
         timer.done("label issues")
-    k = max(cfg.duplicates.neighbours, cfg.outliers.neighbours)
+    k = max(cfg.duplicates.mutual, cfg.outliers.neighbours)
     sims, neighbours = nearest_neighbours(centred(embeddings), k, block=cfg.duplicates.block, device=device)
     timer.done("nearest neighbours")
-    pairs = duplicate_pairs(digests, sims[:, :cfg.duplicates.neighbours], neighbours, cfg.duplicates.threshold)
+    pairs = duplicate_pairs(digests, sims, neighbours, cfg.duplicates.threshold, cfg.duplicates.mutual)
     groups = group_duplicates(pairs, digests, labels, subsets)
     timer.done("duplicates")
     ood = ood_scores(sims, cfg.outliers.neighbours)

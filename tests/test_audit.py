@@ -13,7 +13,7 @@ import pytest
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import PROJECT_ROOT, compose_config, copy_sample
+from tests.conftest import PROJECT_ROOT, compose_config, copy_sample, headless_chromium
 
 pytest.importorskip("cleanlab", reason='the audit extra: pip install -e ".[audit]"')
 
@@ -191,17 +191,11 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver")
 def test_the_page_shows_a_duplicate_group_side_by_side_in_chromium(audited, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives Chromium")
+    pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives Chromium")
     from selenium.webdriver.common.by import By
 
     root, planted, first, _ = audited
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    browser = headless_chromium(tmp_path / "chromium-profile")
     try:
         browser.set_window_size(1280, 900)
         browser.get(Path(first["report"]).as_uri())
@@ -220,3 +214,18 @@ def test_the_page_shows_a_duplicate_group_side_by_side_in_chromium(audited, tmp_
             shutil.copy(tmp_path / "audit-report.png", Path(os.environ["SCREENSHOT_DIR"]) / "audit-report.png")
     finally:
         browser.quit()
+
+
+def test_blocked_nearest_neighbours_are_those_of_the_whole_similarity_matrix():
+    import numpy as np
+
+    from src.auditing.neighbours import nearest_neighbours
+
+    vectors = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims, index = nearest_neighbours(vectors, 4, block=64)  # blocks that do not divide 300
+    whole = vectors @ vectors.T
+    np.fill_diagonal(whole, -np.inf)
+    expected = np.argsort(-whole, axis=1)[:, :4]
+    assert (index == expected).all()
+    assert np.allclose(sims, np.take_along_axis(whole, expected, axis=1), atol=1e-5)

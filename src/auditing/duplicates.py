@@ -1,7 +1,7 @@
 """Copies of one photo: exact (the same bytes) and near (embeddings nearly parallel), grouped.
 
-Pairs come from the content hashes and from each image's nearest neighbours
-(:mod:`src.auditing.neighbours`) at cosine similarity ``threshold`` or more; a union-find joins them into
+Pairs come from the content hashes and from mutual nearest neighbours (:mod:`src.auditing.neighbours`)
+at cosine similarity ``threshold`` or more; a union-find joins them into
 groups (a copy of a copy is in the group too). A group is flagged by what it does to training:
 
 - ``within class``: copies with one label (they weigh that photo twice);
@@ -55,8 +55,13 @@ class DuplicateGroup:
 
 
 def duplicate_pairs(digests: Sequence[str], sims: np.ndarray, neighbours: np.ndarray,
-                    threshold: float) -> dict[tuple[int, int], float]:
-    """(i, j) with i < j -> similarity, for exact copies (1.0) and neighbours at ``threshold`` or more."""
+                    threshold: float, mutual: int = 2) -> dict[tuple[int, int], float]:
+    """(i, j) with i < j -> similarity, for exact copies (1.0) and for images at ``threshold`` or more that
+    are among each other's ``mutual`` nearest neighbours.
+
+    Mutual: in a dense region (a body trained on the folder puts every photo of a plain class close
+    together) a threshold alone joins one pair after another into one group of thousands; a copy is
+    its original's nearest neighbour and the reverse, distinct look-alikes mostly are not."""
     pairs: dict[tuple[int, int], float] = {}
     by_digest: dict[str, list[int]] = defaultdict(list)
     for i, digest in enumerate(digests):
@@ -65,9 +70,11 @@ def duplicate_pairs(digests: Sequence[str], sims: np.ndarray, neighbours: np.nda
     for rows in by_digest.values():
         for j in rows[1:]:
             pairs[(rows[0], j)] = 1.0
-    close = np.argwhere(sims >= threshold)
+    close = np.argwhere(sims[:, :mutual] >= threshold)
     for i, column in close:
         j = int(neighbours[i, column])
+        if i not in neighbours[j, :mutual]:
+            continue
         key = (min(int(i), j), max(int(i), j))
         pairs.setdefault(key, float(sims[i, column]))
     return pairs
