@@ -229,3 +229,15 @@ def test_blocked_nearest_neighbours_are_those_of_the_whole_similarity_matrix():
     expected = np.argsort(-whole, axis=1)[:, :4]
     assert (index == expected).all()
     assert np.allclose(sims, np.take_along_axis(whole, expected, axis=1), atol=1e-5)
+
+
+def test_exact_copies_pair_by_their_bytes_whatever_their_embeddings_say():
+    import numpy as np
+
+    from src.auditing.duplicates import duplicate_pairs, group_duplicates
+
+    neighbours = np.array([[1, 2], [0, 2], [0, 1], [0, 1]])
+    pairs = duplicate_pairs(["a", "b", "a", ""], np.zeros((4, 2)), neighbours, threshold=0.97)
+    assert pairs == {(0, 2): 1.0}  # same bytes; 3 could not be read (no digest)
+    (group,) = group_duplicates(pairs, ["a", "b", "a", ""], [0, 0, 1, 0], ["train", "train", "valid", "train"])
+    assert group.members == (0, 2) and group.exact and group.flags == ("leak", "label conflict")
