@@ -65,7 +65,7 @@ def names(findings, rows) -> set[str]:
 
 
 def test_exact_and_resized_copies_are_grouped_and_a_second_audit_embeds_nothing(audited):
-    root, planted, first, again = audited
+    _, planted, first, again = audited
     findings = first["findings"]
     groups = [names(findings, g.members) for g in findings.groups]
     assert {planted["exact"], planted["exact copy"]} in groups
@@ -79,7 +79,7 @@ def test_exact_and_resized_copies_are_grouped_and_a_second_audit_embeds_nothing(
 
 
 def test_a_moved_label_is_ranked_first_with_the_true_class_suggested(audited):
-    root, planted, first, _ = audited
+    _, planted, first, _ = audited
     findings = first["findings"]
     top = findings.label_issues[0]
     assert names(findings, [top.index]) == {planted["moved"]}
@@ -194,7 +194,7 @@ def test_the_page_shows_a_duplicate_group_side_by_side_in_chromium(audited, tmp_
     pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives Chromium")
     from selenium.webdriver.common.by import By
 
-    root, planted, first, _ = audited
+    _, planted, first, _ = audited
     browser = headless_chromium(tmp_path / "chromium-profile")
     try:
         browser.set_window_size(1280, 900)

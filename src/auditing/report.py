@@ -50,9 +50,9 @@ def summary_lines(findings: Findings) -> list[str]:
         f"({findings.subsets.count('train')} training, {valid} validation)"
         + (f"; {len(findings.unreadable)} unreadable (bad_files.csv)" if findings.unreadable else ""),
         f"label issues: {len(findings.label_issues)}",
-        f"duplicate groups: {len(findings.groups)} ({sum(len(g.members) for g in findings.groups)} images; "
-        f"{sum(g.exact for g in findings.groups)} exact): {kinds[LEAK]} leak, {kinds[CONFLICT]} label conflict, "
-        f"{kinds[WITHIN]} within one class",
+        (f"duplicate groups: {len(findings.groups)} ({sum(len(g.members) for g in findings.groups)} images; "
+         f"{sum(g.exact for g in findings.groups)} exact): {kinds[LEAK]} leak, {kinds[CONFLICT]} label conflict, "
+         f"{kinds[WITHIN]} within one class"),
     ]
     if kinds[LEAK]:
         lines.append(f"leaks: {findings.valid_in_leaks} validation image(s) have a copy in training: the validation "

@@ -71,9 +71,9 @@ def write_page(path: Path, findings: Findings, summary: list[str], *, max_items:
         members = "".join(_figure(findings, i, f"{label(i)}, {findings.subsets[i]}", side) for i in group.members)
         groups.append(f'<div class="group {css}" data-group="{number}"><div class="title">{html.escape(title)}</div>'
                       f'<div class="members">{members}</div></div>')
-    outliers = [f'<div class="item">' + _figure(findings, i, f"{label(i)}, score {findings.ood[i]:.3f}", side) + "</div>"
+    outliers = ['<div class="item">' + _figure(findings, i, f"{label(i)}, score {findings.ood[i]:.3f}", side) + "</div>"
                 for i in findings.outliers[:max_items]]
-    odd = [f'<div class="item">' + _figure(findings, i, f"{label(i)}: {', '.join(flags)}", side) + "</div>"
+    odd = ['<div class="item">' + _figure(findings, i, f"{label(i)}: {', '.join(flags)}", side) + "</div>"
            for i, flags in list(findings.odd.items())[:max_items]]
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Audit of {html.escape(str(findings.root))}'
             f"</title><style>{STYLE}</style></head><body><h1>Audit of {html.escape(str(findings.root))}</h1>"
