@@ -180,6 +180,19 @@ def started(monkeypatch) -> list[str]:
     return events
 
 
+def headless_chromium(profile: Path):
+    """Debian's Chromium, headless, driven by Selenium (the serving page's and the audit report's tests)."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _scan_cache_under_tmp(tmp_path_factory: pytest.TempPathFactory):
     """Scan caches (``paths.cache_dir``, from $XDG_CACHE_HOME) go under pytest's temporary folder, not ~/.cache;

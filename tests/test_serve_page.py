@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import headless_chromium
 from tests.test_serve import CLASSES, photos, predictor_probabilities, running_server, trained  # noqa: F401 (fixtures)
 
 pytest.importorskip("litserve", reason="the serve extra: pip install -e '.[serve]'")
@@ -22,13 +23,7 @@ DESKTOP, PHONE = (1280, 900), (390, 844)  # CSS pixels: a laptop window and an i
 
 @pytest.fixture
 def browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver = headless_chromium(tmp_path / "chromium-profile")
     driver.set_window_size(*DESKTOP)
     yield driver
     driver.quit()

@@ -80,6 +80,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         format: ``folder`` (images under ``root``) or ``litdata`` (shards of ``src.prepare`` at ``root``,
             a folder or ``s3://bucket/prefix``; its labels and split are the shards').
         shard_cache_dir: where litdata keeps chunks downloaded from ``s3://`` (None: litdata's default).
+        decisions: a decisions file of ``python -m src.audit`` (``path,action,new_label,reason``): its drops and
+            relabels are applied to the index after the split (:mod:`src.data.labels.decisions`); None: none.
 
     The constructor raises :class:`~src.core.problems.ConfigError` with every problem of :meth:`problems`.
     """
@@ -112,6 +114,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         shard_cache_dir: str | None = None,
         decode_on: str = "workers",
         worker_nice: int = 0,
+        decisions: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.label_source = FolderLabels() if labels is None else labels
@@ -137,7 +140,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.source = data_source(format, root=root, label_source=self.label_source, valid_pct=valid_pct, seed=seed,
                                   scan=FileScan(max_pixels=max_image_pixels, workers=scan_workers, cache=cache),
                                   on_bad_file=on_bad_file, bad_files_csv=Path(bad_files_csv) if bad_files_csv else None,
-                                  shard_cache_dir=shard_cache_dir)
+                                  shard_cache_dir=shard_cache_dir,
+                                  decisions=Path(decisions).expanduser() if decisions else None)
         augment = dict(augment or {})
         self.placement = DataPlacement.resolve(augment.pop("on", "auto"), decode_on)
         self.device_batches = DeviceBatches(self.placement.augment_on, self.loader_seed)

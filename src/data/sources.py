@@ -30,6 +30,7 @@ from src.core.image_size import image_size_problems
 from src.core.problems import Problem, raise_problems
 from src.data.files.listing import Sample, data_root_problems
 from src.data.files.scan import FileScan
+from src.data.labels.decisions import apply_decisions
 from src.data.labels.index_payload import index_from_payload, index_payload
 from src.data.labels.sources import SampleIndex, LabelSource
 from src.data.labels.split import read_split_csv, valid_pct_problems, write_split_csv
@@ -75,13 +76,14 @@ class FolderSource:
     """
 
     def __init__(self, root: str | Path, label_source: LabelSource, valid_pct: float, seed: int, scan: FileScan,
-                 on_bad_file: str, bad_files_csv: Path | None) -> None:
+                 on_bad_file: str, bad_files_csv: Path | None, decisions: Path | None = None) -> None:
         self.root = Path(root).expanduser()
         self.label_source = label_source
         self.valid_pct, self.seed = valid_pct, seed
         self.scan = scan
         self.on_bad_file = on_bad_file
         self.bad_files_csv = bad_files_csv
+        self.decisions = decisions
 
     @staticmethod
     def problems(root: Any, labels: Any, valid_pct: Any, size: Any, on_bad_file: Any, sampler: Any) -> list[Problem]:
@@ -123,13 +125,18 @@ class FolderSource:
         else:
             index = self.label_source.index(self.root, self.valid_pct, self.seed, self.scan)
             self.scan.save_cache()  # the verdicts hold whether or not on_bad_file=error stops the run next
+            if self.decisions is not None:  # after the split: every image keeps its subset
+                subsets = apply_decisions({"train": index.train, "valid": index.valid, "test": index.test},
+                                          index.classes, self.root, self.decisions, self.label_source.label_delim)
+                index = SampleIndex(index.layout, index.classes, subsets["train"], subsets["valid"], subsets["test"])
         self._report_bad_files()
         return index
 
     def index_settings(self) -> dict[str, Any]:
         """What the index depends on, checked by the processes that receive rank 0's scan."""
         return {"root": str(self.root), "labels": repr(self.label_source), "valid_pct": self.valid_pct,
-                "seed": self.seed, "max_image_pixels": self.scan.max_pixels}
+                "seed": self.seed, "max_image_pixels": self.scan.max_pixels,
+                "decisions": str(self.decisions) if self.decisions else None}
 
     def handoff(self) -> dict[str, Any]:
         """What the DDP processes rank 0 launches receive instead of scanning again: the scanned index."""
@@ -328,10 +335,10 @@ DATA_SOURCES: dict[str, type[FolderSource] | type[ShardSource]] = {"folder": Fol
 
 
 def data_source(format: str, *, root: str | Path, label_source: LabelSource, valid_pct: float, seed: int,
-                scan: FileScan, on_bad_file: str, bad_files_csv: Path | None,
-                shard_cache_dir: str | None) -> FolderSource | ShardSource:
+                scan: FileScan, on_bad_file: str, bad_files_csv: Path | None, shard_cache_dir: str | None,
+                decisions: Path | None = None) -> FolderSource | ShardSource:
     """The source of ``data.format`` with the settings it takes (a folder: labels, split, scan; shards: where
     downloaded chunks are kept)."""
     if DATA_SOURCES[format] is ShardSource:
         return ShardSource(root, shard_cache_dir, seed)
-    return FolderSource(root, label_source, valid_pct, seed, scan, on_bad_file, bad_files_csv)
+    return FolderSource(root, label_source, valid_pct, seed, scan, on_bad_file, bad_files_csv, decisions)

@@ -1,0 +1,115 @@
+"""Copies of one photo: exact (the same bytes) and near (embeddings nearly parallel), grouped.
+
+Pairs come from the content hashes and from mutual nearest neighbours (:mod:`src.auditing.neighbours`)
+at cosine similarity ``threshold`` or more; a union-find joins them into
+groups (a copy of a copy is in the group too). A group is flagged by what it does to training:
+
+- ``within class``: copies with one label (they weigh that photo twice);
+- ``label conflict``: copies with different labels (at least one label is wrong);
+- ``leak``: copies in training and in validation (or test): the model is scored on a photo it trained
+  on, so the validation error is too low. ``valid_in_leaks`` counts the validation images that have a
+  copy in training: the error can be too low by at most that many images.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+WITHIN, CONFLICT, LEAK = "within class", "label conflict", "leak"
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1 with path halving and union by size."""
+
+    def __init__(self, n: int) -> None:
+        self.parent, self.size = list(range(n)), [1] * n
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            if self.size[a] < self.size[b]:
+                a, b = b, a
+            self.parent[b], self.size[a] = a, self.size[a] + self.size[b]
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    members: tuple[int, ...]  # image rows, sorted
+    exact: bool  # every member has the same bytes
+    similarity: float  # the lowest similarity of the pairs that joined it (1.0 for exact copies)
+    flags: tuple[str, ...]  # LEAK and/or CONFLICT, or WITHIN
+
+    @property
+    def kind(self) -> str:
+        return ", ".join(self.flags)
+
+
+def duplicate_pairs(digests: Sequence[str], sims: np.ndarray, neighbours: np.ndarray,
+                    threshold: float, mutual: int = 2) -> dict[tuple[int, int], float]:
+    """(i, j) with i < j -> similarity, for exact copies (1.0) and for images at ``threshold`` or more that
+    are among each other's ``mutual`` nearest neighbours.
+
+    Mutual: in a dense region (a body trained on the folder puts every photo of a plain class close
+    together) a threshold alone joins one pair after another into one group of thousands; a copy is
+    its original's nearest neighbour and the reverse, distinct look-alikes mostly are not."""
+    pairs: dict[tuple[int, int], float] = {}
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for i, digest in enumerate(digests):
+        if digest:
+            by_digest[digest].append(i)
+    for rows in by_digest.values():
+        for j in rows[1:]:
+            pairs[(rows[0], j)] = 1.0
+    close = np.argwhere(sims[:, :mutual] >= threshold)
+    for i, column in close:
+        j = int(neighbours[i, column])
+        if i not in neighbours[j, :mutual]:
+            continue
+        key = (min(int(i), j), max(int(i), j))
+        pairs.setdefault(key, float(sims[i, column]))
+    return pairs
+
+
+def group_duplicates(pairs: dict[tuple[int, int], float], digests: Sequence[str], labels: Sequence,
+                     subsets: Sequence[str]) -> list[DuplicateGroup]:
+    """Groups of the connected pairs, leaks and label conflicts first, then by size."""
+    found = UnionFind(len(digests))
+    for a, b in pairs:
+        found.union(a, b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for a, b in pairs:
+        members[found.find(a)]  # every root with a pair
+    for i in range(len(digests)):
+        root = found.find(i)
+        if root in members:
+            members[root].append(i)
+    lowest: dict[int, float] = {}
+    for (a, _), sim in pairs.items():
+        root = found.find(a)
+        lowest[root] = min(lowest.get(root, 1.0), sim)
+    groups = []
+    for root, rows in members.items():
+        flags = []
+        subset_set = {subsets[i] for i in rows}
+        if "train" in subset_set and len(subset_set) > 1:
+            flags.append(LEAK)
+        if len({labels[i] for i in rows}) > 1:
+            flags.append(CONFLICT)
+        groups.append(DuplicateGroup(tuple(rows), len({digests[i] for i in rows}) == 1, lowest[root],
+                                     tuple(flags) or (WITHIN,)))
+    return sorted(groups, key=lambda g: (WITHIN in g.flags, -len(g.flags), -len(g.members), g.members))
+
+
+def valid_in_leaks(groups: Sequence[DuplicateGroup], subsets: Sequence[str]) -> int:
+    """Validation images with a copy in training."""
+    return sum(1 for g in groups if LEAK in g.flags for i in g.members if subsets[i] == "valid")

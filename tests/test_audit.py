@@ -1,0 +1,243 @@
+"""``python -m src.audit``: known answers on real Fashion-MNIST photos with problems planted in them."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+from PIL import Image
+
+from tests.conftest import PROJECT_ROOT, compose_config, copy_sample, headless_chromium
+
+pytest.importorskip("cleanlab", reason='the audit extra: pip install -e ".[audit]"')
+
+# A random ResNet18 at 32 px (nothing to download): its centred embeddings separate these three classes
+# well enough for a moved label, and copies of one photo stay near 1.
+BODY = ["model.backbone.name=resnet18", "model.backbone.weights=null", "data.size=32", "data.num_workers=0",
+        "data.batch_size=32"]
+CLASSES = 3
+PER_CLASS = 20
+
+
+def audit_config(root: Path, output_dir: Path, *overrides: str):
+    cfg = compose_config([*BODY, f"data.root={root}", *overrides], config_name="audit")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def plant_problems(root: Path) -> dict[str, str]:
+    """An exact copy, a resized copy (x1.5) and a label moved to another class; their paths under ``root``."""
+    first, second, third = sorted(p for p in root.iterdir() if p.is_dir())
+    photos = sorted(first.glob("*.png"))
+    shutil.copy(photos[0], first / "exact copy.png")
+    image = Image.open(photos[1])
+    image.resize((42, 42), Image.Resampling.BICUBIC).save(first / "resized copy.png")
+    moved = sorted(second.glob("*.png"))[3]
+    moved.rename(third / "moved.png")
+    return {"exact": f"{first.name}/{photos[0].name}", "exact copy": f"{first.name}/exact copy.png",
+            "resized": f"{first.name}/{photos[1].name}", "resized copy": f"{first.name}/resized copy.png",
+            "moved": f"{third.name}/moved.png", "true label": second.name, "given label": third.name}
+
+
+@pytest.fixture(scope="module")
+def audited(module_tmp_path):
+    """One audit of a folder with planted problems, and a second audit of the same folder."""
+    from src.audit import audit
+
+    root = copy_sample(module_tmp_path / "images", classes=CLASSES, per_class=PER_CLASS)
+    planted = plant_problems(root)
+    for path in root.rglob("*.png"):  # older than the caches' racy window (a file written this second may change)
+        os.utime(path, (path.stat().st_atime - 60, path.stat().st_mtime - 60))
+    first = audit(audit_config(root, module_tmp_path / "audit"))
+    again = audit(audit_config(root, module_tmp_path / "again"))
+    return root, planted, first, again
+
+
+def names(findings, rows) -> set[str]:
+    return {findings.paths[i].relative_to(findings.root).as_posix() for i in rows}
+
+
+def test_exact_and_resized_copies_are_grouped_and_a_second_audit_embeds_nothing(audited):
+    _, planted, first, again = audited
+    findings = first["findings"]
+    groups = [names(findings, g.members) for g in findings.groups]
+    assert {planted["exact"], planted["exact copy"]} in groups
+    assert any({planted["resized"], planted["resized copy"]} <= g for g in groups)
+    exact = next(g for g in findings.groups if names(findings, g.members) == {planted["exact"], planted["exact copy"]})
+    assert exact.exact and exact.similarity == 1.0
+    with open(first["csvs"]["duplicates"], newline="") as f:
+        assert {planted["exact copy"], planted["resized copy"]} <= {row["path"] for row in csv.DictReader(f)}
+    assert first["embedded"] == CLASSES * PER_CLASS + 2 and again["embedded"] == 0
+    assert again["summary"] == first["summary"]
+
+
+def test_a_moved_label_is_ranked_first_with_the_true_class_suggested(audited):
+    _, planted, first, _ = audited
+    findings = first["findings"]
+    top = findings.label_issues[0]
+    assert names(findings, [top.index]) == {planted["moved"]}
+    assert findings.classes[top.given] == planted["given label"]
+    assert findings.classes[top.suggested] == planted["true label"]
+    with open(first["csvs"]["label_issues"], newline="") as f:
+        row = next(csv.DictReader(f))
+    assert (row["path"], row["suggested_label"]) == (planted["moved"], planted["true label"])
+
+
+def test_a_copy_across_train_and_valid_is_flagged_as_a_leak(tmp_path):
+    from src.audit import audit
+
+    root = tmp_path / "split"
+    copy_sample(root / "train", classes=CLASSES, per_class=PER_CLASS)
+    copy_sample(root / "valid", classes=CLASSES, per_class=PER_CLASS)  # the same photos: keep the first 5 only
+    for folder in (root / "valid").iterdir():
+        for photo in sorted(folder.glob("*.png"))[5:]:
+            photo.unlink()
+    leaked = sorted((root / "valid").iterdir())[0]
+    photo = sorted(leaked.glob("*.png"))[0]
+    shutil.copy(photo, root / "valid" / leaked.name / "only in valid.png")  # a copy within valid: not a leak
+    result = audit(audit_config(root, tmp_path / "audit"))
+    findings = result["findings"]
+    by_members = {frozenset(names(findings, g.members)): g for g in findings.groups}
+    pair = frozenset({f"train/{leaked.name}/{photo.name}", f"valid/{leaked.name}/{photo.name}",
+                      f"valid/{leaked.name}/only in valid.png"})
+    assert pair in by_members and "leak" in by_members[pair].flags
+    assert findings.valid_in_leaks == CLASSES * 5 + 1  # every validation photo is also in train/
+    assert any("validation error rate can be too low" in line for line in result["summary"])
+
+
+def datamodule_index(root: Path, decisions: Path | None):
+    from src.runs.builder import build_datamodule
+
+    cfg = compose_config(["data.num_workers=0", f"data.root={root}"]
+                         + ([f"data.decisions={decisions}"] if decisions else []))
+    return build_datamodule(cfg.data, split_csv=None, bad_files_csv=None).index
+
+
+def test_the_decisions_file_changes_what_a_run_trains_on(audited, tmp_path):
+    root, planted, first, _ = audited
+    raw = datamodule_index(root, None)
+    with open(first["decisions"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    drops = {r["path"] for r in rows if r["action"] == "drop"}
+    assert planted["exact copy"] in drops or planted["exact"] in drops
+    assert {r["path"]: r["new_label"] for r in rows if r["action"] == "relabel"}[planted["moved"]] == planted["true label"]
+    cleaned = datamodule_index(root, Path(first["decisions"]))
+    assert len(cleaned.train) + len(cleaned.valid) == len(raw.train) + len(raw.valid) - len(drops)
+    label_of = {s.path.relative_to(root).as_posix(): cleaned.classes[s.label] for s in cleaned.train + cleaned.valid}
+    assert label_of[planted["moved"]] == planted["true label"]
+    assert not drops & set(label_of)
+    # the split is training's: every image left keeps its subset
+    raw_subset = {s.path: "train" for s in raw.train} | {s.path: "valid" for s in raw.valid}
+    assert all(raw_subset[s.path] == "train" for s in cleaned.train)
+
+    edited = tmp_path / "decisions.csv"
+    edited.write_text("path,action,new_label,reason\nnot/there.png,drop,,\n")
+    with pytest.raises(ValueError, match="not/there.png"):
+        datamodule_index(root, edited)
+    edited.write_text(f"path,action,new_label,reason\n{planted['moved']},relabel,unicorn,\n")
+    with pytest.raises(ValueError, match="unicorn"):
+        datamodule_index(root, edited)
+
+
+def test_bad_input_is_refused_clearly_and_unreadable_files_are_reported(tmp_path):
+    from src.audit import audit
+
+    one = copy_sample(tmp_path / "one", classes=1, per_class=5)
+    with pytest.raises(ValueError, match="only one class"):
+        audit(audit_config(one, tmp_path / "a"))
+    (tmp_path / "none" / "empty").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images under"):
+        audit(audit_config(tmp_path / "none", tmp_path / "b"))
+    not_a_checkpoint = tmp_path / "weights.ckpt"
+    not_a_checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="weights.ckpt"):
+        audit(audit_config(one, tmp_path / "c", f"ckpt_path={not_a_checkpoint}"))
+    import torch
+    import torchvision
+
+    other = tmp_path / "resnet34.pth"  # another architecture's weights for the resnet18 body
+    torch.save(torchvision.models.resnet34().state_dict(), other)
+    root = copy_sample(tmp_path / "messy", classes=2, per_class=8)
+    (root / sorted(os.listdir(root))[0] / "truncated.png").write_bytes(
+        next((root / sorted(os.listdir(root))[0]).glob("*.png")).read_bytes()[:60])
+    with pytest.raises(ValueError, match="resnet34.pth"):
+        audit(audit_config(root, tmp_path / "d", f"model.backbone.weights={other}"))
+    result = audit(audit_config(root, tmp_path / "e"))
+    assert result["images"] == 16
+    bad = (tmp_path / "e" / "bad_files.csv").read_text()
+    assert "truncated.png" in bad and "truncated or corrupt" in bad
+
+
+def test_without_the_audit_extra_the_command_ends_in_one_line_naming_it(tmp_path):
+    block = ("import sys, runpy; sys.modules['cleanlab'] = None; "
+             f"sys.argv = ['src.audit', 'data.root={tmp_path}', 'hydra.run.dir={tmp_path / 'run'}']; "
+             "runpy.run_module('src.audit', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", block], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith('python -m src.audit needs the audit extra (cleanlab): '
+                                                           'pip install -e ".[audit]"')
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver")
+def test_the_page_shows_a_duplicate_group_side_by_side_in_chromium(audited, tmp_path):
+    pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives Chromium")
+    from selenium.webdriver.common.by import By
+
+    _, planted, first, _ = audited
+    browser = headless_chromium(tmp_path / "chromium-profile")
+    try:
+        browser.set_window_size(1280, 900)
+        browser.get(Path(first["report"]).as_uri())
+        groups = browser.find_elements(By.CSS_SELECTOR, "#duplicates .group")
+        shown = {frozenset(f.get_attribute("data-path") for f in g.find_elements(By.CSS_SELECTOR, "figure")): g
+                 for g in groups}
+        group = shown[frozenset({planted["exact"], planted["exact copy"]})]
+        images = group.find_elements(By.CSS_SELECTOR, "img")
+        assert all(int(img.get_attribute("naturalWidth")) == 28 for img in images)
+        assert images[0].location["y"] == images[1].location["y"]  # side by side
+        assert images[1].location["x"] > images[0].location["x"]
+        issue = browser.find_element(By.CSS_SELECTOR, "#label-issues .item figure")
+        assert issue.get_attribute("data-path") == planted["moved"]
+        browser.save_screenshot(str(tmp_path / "audit-report.png"))
+        if os.environ.get("SCREENSHOT_DIR"):
+            shutil.copy(tmp_path / "audit-report.png", Path(os.environ["SCREENSHOT_DIR"]) / "audit-report.png")
+    finally:
+        browser.quit()
+
+
+def test_blocked_nearest_neighbours_are_those_of_the_whole_similarity_matrix():
+    import numpy as np
+
+    from src.auditing.neighbours import nearest_neighbours
+
+    vectors = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims, index = nearest_neighbours(vectors, 4, block=64)  # blocks that do not divide 300
+    whole = vectors @ vectors.T
+    np.fill_diagonal(whole, -np.inf)
+    expected = np.argsort(-whole, axis=1)[:, :4]
+    assert (index == expected).all()
+    assert np.allclose(sims, np.take_along_axis(whole, expected, axis=1), atol=1e-5)
+
+
+def test_exact_copies_pair_by_their_bytes_whatever_their_embeddings_say():
+    import numpy as np
+
+    from src.auditing.duplicates import duplicate_pairs, group_duplicates
+
+    neighbours = np.array([[1, 2], [0, 2], [0, 1], [0, 1]])
+    pairs = duplicate_pairs(["a", "b", "a", ""], np.zeros((4, 2)), neighbours, threshold=0.97)
+    assert pairs == {(0, 2): 1.0}  # same bytes; 3 could not be read (no digest)
+    (group,) = group_duplicates(pairs, ["a", "b", "a", ""], [0, 0, 1, 0], ["train", "train", "valid", "train"])
+    assert group.members == (0, 2) and group.exact and group.flags == ("leak", "label conflict")
