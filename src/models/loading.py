@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.labels.sources import upgrade_label_config
@@ -137,6 +136,8 @@ def saved_stage_index(path: str | Path, config: DictConfig) -> int:
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if key.startswith("StagedFineTuning") and isinstance(state, dict) and state.get("stage_index") is not None:
             return int(state["stage_index"])
+    from hydra.utils import instantiate  # the schedule's own classes; here so that predicting does not import Hydra
+
     return instantiate(config.schedule).stage_index_at_epoch(max(epochs_finished(path) - 1, 0))
 
 
