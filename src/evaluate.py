@@ -35,6 +35,7 @@ from src.runs.run_files import write_json
 from src.visualize.figure_files import save_figure
 from src.visualize.interpretation_figures import confusion_matrix_figure, top_losses_figure
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
@@ -148,6 +149,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "output_dir": str(output_dir), "precision": precision}
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     metrics = evaluate(cfg)

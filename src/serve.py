@@ -38,6 +38,7 @@ from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.serving.api import ClassifierAPI
 from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
@@ -127,6 +128,7 @@ def serve(cfg: DictConfig) -> None:
     server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level=cfg.log_level)
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     serve(cfg)

@@ -389,6 +389,33 @@ def test_predict_into_an_existing_folder_writes_predictions_csv_there(trained, t
         predictions_path(str(tmp_path / "results" / "predictions.csv" / "x.csv"), tmp_path / "out")
 
 
+def test_predict_gives_a_symlink_loop_and_a_dangling_link_of_a_folder_their_error_rows(trained, tmp_path):
+    from src.predict import input_files, predict
+
+    folder = _folder_with_bad_files(tmp_path)
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (folder / "linked folder").symlink_to(folder, target_is_directory=True)  # not followed: it loops
+    assert {"loop.jpg", "gone.jpg"} <= {p.name for p in input_files(folder)}
+    assert not any("linked folder" in p.parts for p in input_files(folder))
+    summary = predict(task_cfg("predict", tmp_path / "out", [
+        f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", f"input={folder}",
+    ]))
+    failed = {Path(r["path"]).name: r["error"] for r in read_rows(tmp_path / "out" / "predictions.csv") if r["error"]}
+    assert {"loop.jpg", "gone.jpg", "corrupt.png", "notes.txt"} == set(failed) and summary["failed"] == 4
+    assert all(failed[name] for name in ("loop.jpg", "gone.jpg"))
+
+
+def test_an_output_without_a_suffix_is_a_folder_for_predictions_csv(tmp_path):
+    from src.predict import predictions_path
+
+    assert predictions_path(str(tmp_path / "new" / "dir"), tmp_path / "run") == tmp_path / "new" / "dir" / "predictions.csv"
+    assert (tmp_path / "new" / "dir").is_dir()
+    assert predictions_path(str(tmp_path / "preds.csv"), tmp_path / "run") == tmp_path / "preds.csv"
+    (tmp_path / "plain").write_text("")  # an existing file without a suffix is written over, as asked
+    assert predictions_path(str(tmp_path / "plain"), tmp_path / "run") == tmp_path / "plain"
+
+
 def test_predict_one_image_then_a_list_file_from_the_cli_with_its_exit_status(trained, tmp_path):
     import subprocess
     import sys
