@@ -4,7 +4,7 @@ By default the images are the validation split of the run that wrote the checkpo
 ``split.csv``); ``subset=test`` takes that split's test images instead (a ``test/`` folder of the
 split-folders layout); with ``data.root`` every image in a folder of class folders is evaluated. The run
 directory receives ``metrics.json``, ``predictions.csv``, ``most_confused.txt``,
-``confusion_matrix.png`` and ``top_losses.png`` (fastai's ``ClassificationInterpretation``). A
+``confusion_matrix.csv``, ``confusion_matrix.png`` and ``top_losses.png`` (fastai's ``ClassificationInterpretation``). A
 multi-label model gets its metrics (accuracy_thresh, F-beta, per-class precision/recall/F1) and
 ``predictions.csv``; the single-label pictures are skipped, with a note in ``metrics.json``.
 """
@@ -35,6 +35,7 @@ from src.runs.run_files import write_json
 from src.visualize.figure_files import save_figure
 from src.visualize.interpretation_figures import confusion_matrix_figure, top_losses_figure
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
@@ -88,11 +89,15 @@ def write_predictions(path: Path, images: EvaluationImages, interpretation, labe
 
 def write_single_label_pictures(cfg: DictConfig, output_dir: Path, interpretation: Interpretation,
                                 dataset: ImageDataset, data: DictConfig) -> list:
-    """most_confused.txt, confusion_matrix.png and top_losses.png; return the most confused pairs."""
+    """most_confused.txt, confusion_matrix.csv (every class), confusion_matrix.png (the most confused
+    part above :data:`~src.visualize.interpretation_figures.MAX_DRAWN_CLASSES` classes) and
+    top_losses.png; return the most confused pairs."""
     most_confused = interpretation.most_confused()
     (output_dir / "most_confused.txt").write_text(
         "".join(f"{actual}\t{predicted}\t{count}\n" for actual, predicted, count in most_confused)
     )
+    header, *rows = interpretation.confusion_matrix_rows()
+    write_predictions_csv(output_dir / "confusion_matrix.csv", header, rows)
     save_figure(confusion_matrix_figure(interpretation.confusion_matrix(), interpretation.classes,
                                         normalize=cfg.normalize_confusion_matrix), output_dir / "confusion_matrix.png")
     save_figure(top_losses_figure(interpretation, dataset, cfg.top_losses, data.mean, data.std),
@@ -144,6 +149,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "output_dir": str(output_dir), "precision": precision}
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     metrics = evaluate(cfg)

@@ -37,6 +37,7 @@ from src.visualize.show_batch import denormalize, normalized_and_denormalized_fi
 from src.visualize.summary import summary_table
 from src.visualize.tensor_report import tensor_report
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
@@ -198,6 +199,7 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     return paths
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inspect")
 def main(cfg: DictConfig) -> None:
     paths = inspect_model(cfg)

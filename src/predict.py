@@ -22,6 +22,7 @@ from src.runs.config_checks import check_inference_config
 from src.inference.predictions_csv import prediction_cells, write_predictions_csv
 from src.inference.predictor import FileResult, Predictor
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
@@ -31,12 +32,18 @@ LIST_SUFFIXES = (".txt", ".lst")
 
 
 def input_files(path: str | Path) -> list[Path]:
-    """The files named by ``input``: the image itself, every non-hidden file of a folder, or a list's paths."""
+    """The files named by ``input``: the image itself, every non-hidden file of a folder, or a list's paths
+    (relative ones from the list's folder).
+
+    A folder's symlinks that lead to no file (a loop, a dangling link) are listed too, so that each
+    gets its error row instead of vanishing; symlinked folders are not followed (they may loop).
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         return sorted(
             p for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            if (p.is_file() or (p.is_symlink() and not p.is_dir()))
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         lines = (line.strip() for line in path.read_text().splitlines())
@@ -51,9 +58,14 @@ def input_files(path: str | Path) -> list[Path]:
 
 def predictions_path(output: str | None, output_dir: str | Path) -> Path:
     """Where the CSV goes: ``output`` (a file, or a folder that receives ``predictions.csv``), else this
-    run's directory. Its folder is created and probed here, so a bad ``output`` fails before any prediction."""
+    run's directory. Its folder is created and probed here, so a bad ``output`` fails before any prediction.
+
+    ``output`` is a folder when it is one, ends with a slash, or is a new name without a suffix
+    (``output=/new/dir``): a CSV path has one (``output=preds.csv``).
+    """
     path = Path(output).expanduser() if output else Path(output_dir)
-    if not output or path.is_dir() or str(output).endswith(("/", "\\")):
+    as_folder = path.is_dir() or str(output).endswith(("/", "\\")) or (not path.suffix and not path.exists())
+    if not output or as_folder:
         path = path / "predictions.csv"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +125,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "precision": predictor.precision}
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     summary = predict(cfg)

@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from src.runs.config_checks import data_config_problems
 from src.core.problems import Problem, is_whole_number, raise_problems
 from src.core.image_size import image_size_problems
-from src.data.shards.manifest import is_remote
+from src.data.shards.manifest import is_remote, litdata_problems
 from src.data.shards.writer import write_shards
 from src.runs.builder import build_datamodule
 from src.core.hardware import resolve_num_workers
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
@@ -40,6 +41,8 @@ def prepare_problems(cfg: DictConfig) -> list[Problem]:
     if not output or is_remote(output):
         found.append(Problem("output", output, "a new or empty local folder for the shards",
                              "e.g. output=/data/shards/photos-256; upload it to s3:// afterwards"))
+    # Before anything is written: without litdata the folder would hold split.csv and a plan, no shards.
+    found += litdata_problems("output", output, alternative="")
     found += image_size_problems("max_side", cfg.max_side, "the largest data.size you will train at, e.g. max_side=256")
     if not is_whole_number(cfg.jpeg_quality, minimum=1) or cfg.jpeg_quality > 100:
         found.append(Problem("jpeg_quality", cfg.jpeg_quality, "a whole number from 1 to 100", "e.g. jpeg_quality=95"))
@@ -74,6 +77,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return {**manifest, "output": str(output)}
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     manifest = prepare(cfg)

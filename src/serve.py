@@ -19,8 +19,11 @@ exported to ONNX in onnxruntime. See docs/serving.md.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 try:  # LitServe and FastAPI come with the serve extra
     import litserve as ls
@@ -42,6 +45,7 @@ from src.models.network import build_network
 from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
 from src.visualize.walkthrough import first_conv
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
@@ -136,16 +140,34 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
     return server
 
 
+def _sigterm_handler(server_pid: int) -> Callable[[int, FrameType | None], None]:
+    """SIGTERM (docker stop, kill, systemd) as Ctrl+C in the server's own process: LitServe shuts its
+    workers down on KeyboardInterrupt only.
+
+    LitServe forks its HTTP and inference processes, and they inherit this handler. Each is stopped with
+    SIGTERM, and uvicorn raises the signal again after its clean shutdown: a KeyboardInterrupt there
+    printed each child's traceback (~30 lines). A child ends as SIGTERM ends a process instead, quietly.
+    """
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != server_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    return stop
+
+
 def serve(cfg: DictConfig) -> None:
     """Build the server and run it until interrupted (Ctrl+C or SIGTERM)."""
     server = build_server(cfg)
-    # LitServe shuts its workers down on KeyboardInterrupt only; make SIGTERM (docker stop, kill, systemd) do the same
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     log.info("serving %s on http://%s:%d/ (the page), POST %s, docs at /docs", cfg.ckpt_path, cfg.host, cfg.port,
              API_PATH)
     server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level=cfg.log_level)
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     serve(cfg)

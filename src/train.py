@@ -17,10 +17,12 @@ from omegaconf import DictConfig
 
 from src.runs.training import train, train_or_record_failure
 from src.optim.fine_tune import register_resolvers
+from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -65,8 +65,15 @@ def test_evaluate_reproduces_the_metrics_training_logged(trained, tmp_path):
     assert set(written["per_class"]) == set(json.loads((trained / "metrics.json").read_text())["classes"])
     assert {"precision", "recall", "f1", "support"} == set(written["per_class"]["bag"])
     assert sum(c["support"] for c in written["per_class"].values()) == len(predictions)
-    for name in ["confusion_matrix.png", "top_losses.png", "most_confused.txt"]:
+    for name in ["confusion_matrix.png", "confusion_matrix.csv", "top_losses.png", "most_confused.txt"]:
         assert (tmp_path / name).is_file(), name
+    [header, *matrix] = list(csv.reader((tmp_path / "confusion_matrix.csv").open()))
+    classes = header[1:]
+    assert [row[0] for row in matrix] == classes and len(classes) == CLASSES
+    for row in predictions:
+        matrix[classes.index(row["label"])][1 + classes.index(row["prediction"])] = str(
+            int(matrix[classes.index(row["label"])][1 + classes.index(row["prediction"])]) - 1)
+    assert all(cell == "0" for row in matrix for cell in row[1:])  # every prediction counted once
     confused = (tmp_path / "most_confused.txt").read_text().splitlines()
     assert sum(int(line.split("\t")[2]) for line in confused) == errors
 
@@ -169,6 +176,42 @@ def test_normalised_confusion_matrix_shows_the_fraction_of_each_actual_class():
     assert torch.equal(_drawn_matrix(plain), counts.double()) and _cell_texts(plain)[(0, 0)] == "3"
     plt.close(normalised)
     plt.close(plain)
+
+
+def test_a_confusion_matrix_of_many_classes_draws_its_most_confused_part_and_keeps_the_whole_as_csv(tmp_path, caplog):
+    import matplotlib.pyplot as plt
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from src.evaluate import write_single_label_pictures
+    from src.visualize.interpretation_figures import MAX_DRAWN_CLASSES, confusion_matrix_figure
+
+    classes = [f"class {i:03d}" for i in range(200)]
+    targets = torch.arange(200).repeat(2)
+    predictions = targets.clone()
+    predictions[:40] = (targets[:40] + 1) % 40  # classes 0..39 confused with their neighbours
+    predictions[200:210] = (targets[200:210] + 1) % 10  # classes 0..9 twice as often
+    log_probs = torch.full((400, 200), -20.0)
+    log_probs[torch.arange(400), predictions] = 0.0
+    interpretation = Interpretation(classes, log_probs, targets)
+    dataset = [(torch.zeros(3, 8, 8),)] * 400
+    with caplog.at_level("INFO"):
+        most_confused = write_single_label_pictures(
+            OmegaConf.create({"normalize_confusion_matrix": False, "top_losses": 4}), tmp_path, interpretation,
+            dataset, OmegaConf.create({"mean": [0.5] * 3, "std": [0.5] * 3}))
+    assert most_confused[0] == ("class 000", "class 001", 2)
+    assert f"drawing the confusion matrix's part between the {MAX_DRAWN_CLASSES} of 200 classes" in caplog.text
+    width, height = Image.open(tmp_path / "confusion_matrix.png").size
+    assert width <= 2000 and height <= 2000  # 12200 pixels square if all 200 were drawn
+    [header, *rows] = list(csv.reader((tmp_path / "confusion_matrix.csv").open()))
+    assert header == ["actual/predicted", *classes] and [row[0] for row in rows] == classes
+    assert torch.equal(torch.tensor([[int(v) for v in row[1:]] for row in rows]), interpretation.confusion_matrix())
+
+    figure = confusion_matrix_figure(interpretation.confusion_matrix(), classes)
+    assert f"part: the {MAX_DRAWN_CLASSES} of 200 classes in the most confusions" in figure.axes[0].get_title()
+    shown = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    assert shown[:10] == classes[:10] and set(shown) <= set(classes[:40])  # the classes in the most confusions
+    plt.close(figure)
 
 
 def test_evaluate_draws_the_normalised_confusion_matrix_when_asked(trained, tmp_path, monkeypatch):
@@ -344,6 +387,33 @@ def test_predict_into_an_existing_folder_writes_predictions_csv_there(trained, t
 
     with pytest.raises(OSError, match=r"output=.*cannot write .*expected a CSV path or a folder"):
         predictions_path(str(tmp_path / "results" / "predictions.csv" / "x.csv"), tmp_path / "out")
+
+
+def test_predict_gives_a_symlink_loop_and_a_dangling_link_of_a_folder_their_error_rows(trained, tmp_path):
+    from src.predict import input_files, predict
+
+    folder = _folder_with_bad_files(tmp_path)
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (folder / "linked folder").symlink_to(folder, target_is_directory=True)  # not followed: it loops
+    assert {"loop.jpg", "gone.jpg"} <= {p.name for p in input_files(folder)}
+    assert not any("linked folder" in p.parts for p in input_files(folder))
+    summary = predict(task_cfg("predict", tmp_path / "out", [
+        f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", f"input={folder}",
+    ]))
+    failed = {Path(r["path"]).name: r["error"] for r in read_rows(tmp_path / "out" / "predictions.csv") if r["error"]}
+    assert {"loop.jpg", "gone.jpg", "corrupt.png", "notes.txt"} == set(failed) and summary["failed"] == 4
+    assert all(failed[name] for name in ("loop.jpg", "gone.jpg"))
+
+
+def test_an_output_without_a_suffix_is_a_folder_for_predictions_csv(tmp_path):
+    from src.predict import predictions_path
+
+    assert predictions_path(str(tmp_path / "new" / "dir"), tmp_path / "run") == tmp_path / "new" / "dir" / "predictions.csv"
+    assert (tmp_path / "new" / "dir").is_dir()
+    assert predictions_path(str(tmp_path / "preds.csv"), tmp_path / "run") == tmp_path / "preds.csv"
+    (tmp_path / "plain").write_text("")  # an existing file without a suffix is written over, as asked
+    assert predictions_path(str(tmp_path / "plain"), tmp_path / "run") == tmp_path / "plain"
 
 
 def test_predict_one_image_then_a_list_file_from_the_cli_with_its_exit_status(trained, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import lightning as L
+from lightning.pytorch.plugins.environments import LightningEnvironment
 import pytest
 
 from src.data.datamodule import ImageFolderDataModule
@@ -49,3 +50,24 @@ def test_a_single_process_run_hands_nothing_over(monkeypatch):
 
     with launch_handoff.handed_over(trainer, payload):
         assert launch_handoff.received() is None
+
+
+class _ExternalLauncher(LightningEnvironment):
+    """A cluster environment that starts every process itself (as torchrun and SLURM's srun do)."""
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("kwargs, launches", [
+    ({"strategy": "ddp", "devices": 2}, True),  # Lightning runs this command again for rank 1
+    ({"strategy": "ddp_spawn", "devices": 2}, True),  # new interpreters too
+    ({"strategy": "ddp_fork", "devices": 2}, False),  # forked: they have rank 0's memory
+    ({"strategy": "ddp", "devices": 2, "plugins": [_ExternalLauncher()]}, False),  # all started already
+    ({"devices": 1}, False),
+])
+def test_a_handoff_is_written_only_for_processes_that_trainer_fit_starts(kwargs, launches, tmp_path):
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        **kwargs)
+    assert launch_handoff.launches_processes(trainer) is launches

@@ -169,8 +169,9 @@ def test_a_refused_ckpt_path_leaves_no_run_directory_behind(tmp_path, image_root
     refused = subprocess.run(
         [sys.executable, "-m", "src.train", *OVERRIDES, f"data.root={image_root}", f"paths.log_dir={outputs}",
          "ckpt_path=last"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a user error: one message, no traceback
     assert "FileNotFoundError: ckpt_path=last resumes from" in refused.stderr and "hydra.run.dir=" in refused.stderr
+    assert "Traceback" not in refused.stderr
     assert not outputs.exists()  # neither the run directory nor the outputs/train/runs/ Hydra made for it
 
     # A directory that was there before (a run killed before its first checkpoint) is kept as it was.
@@ -178,7 +179,7 @@ def test_a_refused_ckpt_path_leaves_no_run_directory_behind(tmp_path, image_root
     (earlier / ".hydra").mkdir(parents=True)
     (earlier / "train.log").write_text("the earlier run's log\n")
     refused = _train(earlier, image_root, "ckpt_path=last")
-    assert refused.returncode == 1 and "ckpt_path=last resumes from" in refused.stderr
+    assert refused.returncode == 2 and "ckpt_path=last resumes from" in refused.stderr
     assert (earlier / "train.log").read_text().startswith("the earlier run's log\n")
 
 

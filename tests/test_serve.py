@@ -381,3 +381,15 @@ def test_bad_settings_are_named_before_anything_starts(trained, tmp_path):
         build_server(cfg("backend=onnx", f"backend.onnx_path={tmp_path / 'nope.onnx'}"))
     server = build_server(cfg())  # built, not started: the page replaces LitServe's "/"
     assert [r.endpoint.__name__ for r in server.app.router.routes if getattr(r, "path", None) == "/"] == ["page"]
+
+
+def test_sigterm_stops_the_server_and_its_processes_quietly(trained, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    with running_server(trained, tmp_path) as (client, process):
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)  # to the main process alone, as `docker stop` sends it
+        assert process.wait(timeout=60) is not None
+        psutil.wait_procs(children, timeout=30)
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log  # each child's traceback, before

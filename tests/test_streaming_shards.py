@@ -224,6 +224,16 @@ def test_data_format_is_checked(tmp_path):
         check_train_config(train_cfg(tmp_path, ["data.format=litdata", f"data.root={tmp_path}"]))
 
 
+def test_prepare_without_litdata_names_the_extra_before_writing_anything(tmp_path, monkeypatch):
+    from src.prepare import prepare
+
+    monkeypatch.setitem(sys.modules, "litdata", None)  # hidden from the importer, as if not installed
+    out = tmp_path / "shards"
+    with pytest.raises(ConfigError, match=r"output=.*the litdata package \(not installed\).*pip install -e \"\.\[litdata\]\""):
+        prepare(prepare_cfg(photo_folder(tmp_path / "images", per_class=2), out))
+    assert not out.exists()  # no split.csv, no plan: nothing half-written
+
+
 # slow (`make test-slow`): 33 s on a 2-core CPU without native bf16, where CI's whole run reached 20.5 minutes
 @pytest.mark.slow
 def test_prepare_finishes_after_being_killed_and_refuses_other_settings(tmp_path):

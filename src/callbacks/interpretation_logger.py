@@ -83,6 +83,9 @@ class InterpretationFigures(L.Callback):
             log.info("multi-label model: %s", MULTI_LABEL_SKIPPED)
             return
         reused = self._reusable_outputs(trainer, len(datamodule.datasets["valid"]))
+        log.info("interpretation of the final model on the %d validation images (%d classes): %s",
+                 len(datamodule.datasets["valid"]), datamodule.num_classes,
+                 "the last validation's outputs" if reused is not None else "running the validation set again")
         if reused is not None:
             log_probs, targets = reused
         else:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,20 @@ def received() -> dict[str, Any] | None:
 
 
 def launches_processes(trainer: L.Trainer) -> bool:
-    """Whether ``trainer.fit`` will start the other processes by running this command again."""
-    return trainer.world_size > 1 and isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
+    """Whether ``trainer.fit`` will start the other processes in new interpreters, which scan unless handed
+    rank 0's findings.
+
+    Lightning's public API only: the strategy's ``launcher``, whose ``is_interactive_compatible`` is
+    False for the launchers that start new interpreters (the script launcher of ``strategy=ddp``, which
+    runs this command again, and a ``spawn`` start method) and True for ``fork`` and XLA; and the
+    cluster environment's ``creates_processes_externally`` (torchrun, SLURM's srun: the processes are
+    all started already, and none is launched). Lightning keeps its launcher classes private
+    (``_SubprocessScriptLauncher``), so they are not named here.
+    """
+    launcher = getattr(trainer.strategy, "launcher", None)
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return (trainer.world_size > 1 and launcher is not None and not launcher.is_interactive_compatible
+            and environment is not None and not environment.creates_processes_externally)
 
 
 @contextmanager

@@ -107,6 +107,12 @@ class Interpretation:
         """Counts (classes, classes): rows are the actual classes, columns the predicted ones."""
         return multiclass_confusion_matrix(self.log_probabilities, self.targets, num_classes=self.num_classes)
 
+    def confusion_matrix_rows(self) -> list[list[object]]:
+        """The whole confusion matrix as CSV rows (evaluate's ``confusion_matrix.csv``): the header
+        ``actual/predicted, class, ...`` and one row of counts per actual class."""
+        return [["actual/predicted", *self.classes],
+                *([name, *row] for name, row in zip(self.classes, self.confusion_matrix().tolist()))]
+
     def most_confused(self, min_count: int = 1) -> list[tuple[str, str, int]]:
         """(actual, predicted, count) of the off-diagonal cells, most frequent first."""
         matrix = self.confusion_matrix()

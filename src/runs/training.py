@@ -25,7 +25,13 @@ from src.optim.lr_finder import SUGGESTIONS
 from src.runs.builder import Run, build_run
 from src.runs.interruption import exit_status_of_signals
 from src.core.launch_handoff import handed_over, received
-from src.runs.run_files import check_room_for_checkpoints, check_writable, write_json, write_resolved_config
+from src.runs.run_files import (
+    check_room_for_checkpoints,
+    check_writable,
+    checkpoint_files,
+    write_json,
+    write_resolved_config,
+)
 from src.runs.held_out_test import evaluate_test_subset
 
 log = logging.getLogger(__name__)
@@ -80,7 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)
-    check_room_for_checkpoints(output_dir, run.module.net)
+    check_room_for_checkpoints(output_dir, run.module.net, checkpoint_files(cfg.get("callbacks")))
     if ckpt_path is not None:  # e.g. shards written again since, with other classes
         run.datamodule.source.check_classes_of(checkpoint_classes(ckpt_path), f"ckpt_path={ckpt_path!r}")
     handoff = {}  # what the DDP processes that trainer.fit launches receive instead of doing it again

@@ -88,11 +88,13 @@ def size_problems(manifest: dict[str, Any], root: str | Path, size: Any) -> list
     return []
 
 
-def litdata_problems() -> list[Problem]:
-    """``data.format=litdata`` needs the ``litdata`` extra."""
+def litdata_problems(key: str = "data.format", value: Any = "litdata",
+                     alternative: str = "or use data.format=folder") -> list[Problem]:
+    """Reading shards (``data.format=litdata``) or writing them (``src.prepare``, ``key="output"``) needs the
+    ``litdata`` extra; ``alternative``: what else the user may do, after the install command."""
     if importlib.util.find_spec("litdata") is None:
-        return [Problem("data.format", "litdata", "the litdata package (not installed)",
-                        'pip install -e ".[litdata]" (litdata and boto3), or use data.format=folder')]
+        return [Problem(key, value, "the litdata package (not installed)",
+                        f'pip install -e ".[litdata]" (litdata and boto3){", " + alternative if alternative else ""}')]
     return []
 
 

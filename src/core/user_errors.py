@@ -1,0 +1,99 @@
+"""One line for a user's mistake, a traceback for a bug: the wrapper of every entry point's Hydra main.
+
+Hydra's ``hydra.main`` catches whatever the task raises and prints a traceback (its own frames
+stripped) and exits 1, unless ``HYDRA_FULL_ERROR=1``, when it raises the exception again
+(``hydra._internal.utils.run_and_report``). :func:`one_line_user_errors` wraps the function that
+``hydra.main`` returns, runs it with ``HYDRA_FULL_ERROR=1`` so that the exception reaches it, and
+tells the two kinds apart:
+
+- a user's error: a ``ValueError`` (``ConfigError`` among them) or an ``OSError``
+  (``FileNotFoundError``, a full disk) raised by the project's own code in ``src/`` (the innermost
+  frame of its traceback), or a Hydra error about the command line (a missing config group option,
+  an override it cannot parse). It becomes its own message on stderr and exit status 2, as a bad
+  command line gets from ``argparse``;
+- anything else (a bug, or an error raised inside a library) goes on as a traceback, exit status 1.
+
+Hydra still sees the exception first, so its job callbacks run as before (``RemoveRunDirOfRefusedStart``).
+``HYDRA_FULL_ERROR=1`` set by the user keeps every traceback, user errors included.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra.errors import CompactHydraException
+
+USER_ERROR_STATUS = 2
+PROJECT_CODE = Path(__file__).resolve().parents[1]  # src/
+
+# Config groups that a Hydra plugin of an optional extra provides: (the plugin's module, the extra).
+PLUGIN_EXTRAS = {
+    "hydra/sweeper/optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hydra/launcher/submitit": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+
+Main = TypeVar("Main", bound=Callable[..., Any])
+
+
+def raised_in_project(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is a file of ``src/``."""
+    innermost = error.__traceback__
+    if innermost is None:
+        return False
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return Path(innermost.tb_frame.f_code.co_filename).resolve().is_relative_to(PROJECT_CODE)
+
+
+def _is_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or hidden (None in sys.modules)
+        return False
+
+
+def missing_plugin_hint(message: str) -> str:
+    """The install command, when ``message`` (Hydra's) is about a config group that an extra's plugin
+    provides and that plugin is not installed; else an empty string."""
+    for group, (module, extra) in PLUGIN_EXTRAS.items():
+        if f"'{group}" in message and not _is_installed(module):
+            return f' ({group} comes with the {extra} extra, not installed: pip install -e ".[{extra}]")'
+    return ""
+
+
+def user_error_message(error: Exception) -> str | None:
+    """What to print for ``error`` when it is a user's error (see the module), else None."""
+    if isinstance(error, CompactHydraException):
+        message = str(error)
+        return message + missing_plugin_hint(message)
+    if isinstance(error, (ValueError, OSError)) and raised_in_project(error):
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def one_line_user_errors(main: Main) -> Main:
+    """Wrap an entry point's ``@hydra.main`` function (put this decorator above ``@hydra.main``)."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return main(*args, **kwargs)
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return main(*args, **kwargs)
+        except Exception as error:
+            message = user_error_message(error)
+            if message is None:
+                raise
+            sys.stderr.write(message + "\n")
+            raise SystemExit(USER_ERROR_STATUS) from None
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+    return run  # type: ignore[return-value]

@@ -1,0 +1,82 @@
+"""Every entry point: a user's error is its own message on stderr and exit status 2; a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import src.evaluate
+import src.export
+from src.core.user_errors import missing_plugin_hint, user_error_message
+
+ENTRY_POINTS = ["train", "evaluate", "predict", "export", "serve", "inspect", "lr_find", "prepare", "bench/__main__"]
+
+
+def as_command(module, monkeypatch, tmp_path: Path, *overrides: str) -> None:
+    """``python -m module overrides``, in this process."""
+    monkeypatch.setattr(sys, "argv", [module.__name__, *overrides, f"hydra.run.dir={tmp_path / 'run'}"])
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # conf/ found from the file, as under python -m
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+
+def run_main(module, monkeypatch, tmp_path: Path, *overrides: str) -> SystemExit:
+    as_command(module, monkeypatch, tmp_path, *overrides)
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert "HYDRA_FULL_ERROR" not in os.environ  # put back as it was
+    return stopped.value
+
+
+@pytest.mark.parametrize("module, overrides, message", [
+    (src.evaluate, ["ckpt_path=missing.ckpt"], "FileNotFoundError: ckpt_path='missing.ckpt' is missing; expected"),
+    (src.export, ["ckpt_path=missing.ckpt", "format=torchscript"], "ValueError: "),
+])
+def test_a_users_error_is_one_message_on_stderr_and_exit_status_2(module, overrides, message, monkeypatch,
+                                                                   tmp_path, capsys):
+    stopped = run_main(module, monkeypatch, tmp_path, *overrides)
+    err = capsys.readouterr().err
+    assert stopped.code == 2, err
+    assert "Traceback" not in err and message in err
+    assert len([line for line in err.splitlines() if not line.startswith("Error executing job")]) == 1
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    def broken(cfg):
+        return json.loads("{")  # a ValueError, raised inside a library: not the user's input
+
+    monkeypatch.setattr(src.evaluate, "evaluate", broken)
+    as_command(src.evaluate, monkeypatch, tmp_path, "ckpt_path=x.ckpt")
+    with pytest.raises(json.JSONDecodeError):
+        src.evaluate.main()
+
+
+def test_a_hydra_command_line_error_is_one_line_too(monkeypatch, tmp_path, capsys):
+    stopped = run_main(src.evaluate, monkeypatch, tmp_path, "no_such_group=x")
+    err = capsys.readouterr().err
+    assert stopped.code == 2 and "Traceback" not in err and "no_such_group" in err
+
+
+def test_a_sweeper_or_launcher_of_a_missing_extra_names_the_install_command(monkeypatch):
+    from hydra.errors import MissingConfigException
+
+    # Hydra's words when the plugin is not installed (its config group option is then unknown).
+    optuna = MissingConfigException("In 'hparams_search/optuna': Could not find 'hydra/sweeper/optuna'\n\n"
+                                    "Available options in 'hydra/sweeper':\n\tbasic")
+    slurm = MissingConfigException("Could not find 'hydra/launcher/submitit_slurm'")
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_optuna_sweeper", None)  # hidden, as if not installed
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)
+    assert 'the optuna extra, not installed: pip install -e ".[optuna]"' in user_error_message(optuna)
+    assert 'the slurm extra, not installed: pip install -e ".[slurm]"' in user_error_message(slurm)
+    monkeypatch.undo()  # installed: the message stays Hydra's
+    assert missing_plugin_hint(str(optuna)) == ""
+
+
+def test_every_entry_point_is_wrapped():
+    root = Path(src.evaluate.__file__).parent
+    for name in ENTRY_POINTS:
+        text = (root / f"{name}.py").read_text()
+        assert "@one_line_user_errors\n@hydra.main(" in text, name
