@@ -35,9 +35,10 @@ from src.auditing.outliers import PropertyLimits, modified_z, ood_scores, proper
 from src.auditing.report import summary_lines, write_csvs
 from src.auditing.report_page import write_page
 from src.core.problems import Problem, is_number, is_whole_number, raise_problems
-from src.inference.predictor import resolve_device
+
 from src.runs.builder import build_datamodule
-from src.core.hardware import resolve_num_workers
+from src.core.hardware import resolve_device, resolve_num_workers
+from src.core.user_errors import one_line_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
             "steps": timer.steps, "device": str(device)}
 
 
+@one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
 def main(cfg: DictConfig) -> None:
     try:

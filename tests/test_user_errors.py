@@ -13,7 +13,9 @@ import src.evaluate
 import src.export
 from src.core.user_errors import missing_plugin_hint, user_error_message
 
-ENTRY_POINTS = ["train", "evaluate", "predict", "export", "serve", "inspect", "lr_find", "prepare", "bench/__main__"]
+# every python -m src.X: the modules at the top of src/ with a Hydra main, and src/bench/__main__.py
+ENTRY_POINTS = sorted(p.stem for p in Path(src.evaluate.__file__).parent.glob("*.py")
+                      if "@hydra.main(" in p.read_text()) + ["bench/__main__"]
 
 
 def as_command(module, monkeypatch, tmp_path: Path, *overrides: str) -> None:
