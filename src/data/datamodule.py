@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.loading.balanced_sampler import BalancedSampler
-from src.data.loading.dataset import ImageDataset, batch_size_problems
+from src.data.loading.dataset import ImageDataset
 from src.data.placement.device_batches import DeviceBatches, placed_transforms
 from src.data.files.image_reader import MAX_IMAGE_PIXELS, load_rgb
 from src.data.labels.sources import SampleIndex, FolderLabels, LabelSource, index_folder  # noqa: F401 (index_folder: API)
@@ -164,14 +164,12 @@ class ImageFolderDataModule(L.LightningDataModule):
     @staticmethod
     def problems(root: str | Path | None, labels: Any, valid_pct: Any, batch_size: Any, size: Any,
                  on_bad_file: Any, sampler: Any = "random", format: Any = "folder") -> list[Problem]:
-        """The problems of these settings (the ``data.*`` keys): the batch size's and those of the source of
-        ``format`` (:mod:`src.data.sources`; ``labels=None``: a label source that could not be built, named by
-        the caller)."""
+        """The problems of these settings (the ``data.*`` keys): those of the source of ``format``
+        (:mod:`src.data.sources`; ``labels=None``: a label source that could not be built, named by the caller)."""
         if format not in DATA_SOURCES:
             return [Problem("data.format", format, " or ".join(DATA_SOURCES),
                             "folder reads images under data.root; litdata reads shards written by src.prepare")]
-        return (batch_size_problems(batch_size, "data.batch_size")
-                + DATA_SOURCES[format].problems(root, labels, valid_pct, size, on_bad_file, sampler))
+        return DATA_SOURCES[format].problems(root, labels, valid_pct, batch_size, size, on_bad_file, sampler)
 
     @property
     def index(self) -> SampleIndex:

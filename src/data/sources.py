@@ -35,7 +35,7 @@ from src.data.labels.index_payload import index_from_payload, index_payload
 from src.data.labels.sources import SampleIndex, LabelSource
 from src.data.labels.split import read_split_csv, valid_pct_problems, write_split_csv
 from src.data.loading.balanced_sampler import SAMPLERS
-from src.data.loading.dataset import ImageDataset
+from src.data.loading.dataset import ImageDataset, batch_size_problems
 from src.data.shards.manifest import (check_classes, is_remote, litdata_problems, local_shards_problems, read_bytes,
                                       read_manifest, size_problems)
 
@@ -86,7 +86,8 @@ class FolderSource:
         self.decisions = decisions
 
     @staticmethod
-    def problems(root: Any, labels: Any, valid_pct: Any, size: Any, on_bad_file: Any, sampler: Any) -> list[Problem]:
+    def problems(root: Any, labels: Any, valid_pct: Any, batch_size: Any, size: Any, on_bad_file: Any,
+                 sampler: Any) -> list[Problem]:
         """The problems of the ``data.*`` settings of a folder (the label source's among them; ``labels=None``:
         a source that could not be built, named by the caller)."""
         if labels is None:
@@ -97,6 +98,7 @@ class FolderSource:
             found = [Problem("data.labels", labels, "a label source: folder, csv or regex, chosen as a config group",
                              "write data/labels=csv (a slash) and its settings as data.labels.csv_path=...")]
         found += valid_pct_problems(valid_pct)
+        found += batch_size_problems(batch_size, "data.batch_size")
         found += image_size_problems("data.size", size, "e.g. data.size=224")
         if on_bad_file not in ON_BAD_FILE:
             found.append(Problem("data.on_bad_file", on_bad_file, " or ".join(ON_BAD_FILE),
@@ -231,12 +233,15 @@ class ShardSource:
         self.scan = FileScan()
 
     @staticmethod
-    def problems(root: Any, labels: Any, valid_pct: Any, size: Any, on_bad_file: Any, sampler: Any) -> list[Problem]:
+    def problems(root: Any, labels: Any, valid_pct: Any, batch_size: Any, size: Any, on_bad_file: Any,
+                 sampler: Any) -> list[Problem]:
         """Labels and split are the shards'; a local root is checked now, an ``s3://`` one when it is read."""
-        found = [] if sampler == "random" else [Problem(
-            "data.sampler", sampler, "random with data.format=litdata (shards stream in their own shuffled order)",
-            "set data.sampler=random, or train from the image folder (data.format=folder) to balance classes")]
-        return litdata_problems() + found + ([] if root is None or is_remote(root) else local_shards_problems(root, size))
+        found = batch_size_problems(batch_size, "data.batch_size") + litdata_problems()
+        if sampler != "random":
+            found.append(Problem("data.sampler", sampler, "random with data.format=litdata (shards stream in their own "
+                                 "shuffled order)", "set data.sampler=random, or train from the image folder "
+                                 "(data.format=folder) to balance classes"))
+        return found + ([] if root is None or is_remote(root) else local_shards_problems(root, size))
 
     @staticmethod
     def root_problems(root: Any) -> list[Problem]:
