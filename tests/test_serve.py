@@ -393,3 +393,38 @@ def test_sigterm_stops_the_server_and_its_processes_quietly(trained, tmp_path):
         assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log  # each child's traceback, before
+
+
+def test_an_upload_is_decoded_once_and_the_worker_gets_its_pixels(photos, monkeypatch):
+    """The upload check decodes each image (with the reader of training) and hands the worker the decoded
+    pixels: no second decode in the worker, and the pixels it predicts on are the ones the check read."""
+    import asyncio
+
+    from src.data.files.image_reader import load_rgb
+    from src.serving import uploads
+    from src.serving.api import ClassifierAPI
+
+    decodes = []
+    monkeypatch.setattr(uploads, "load_rgb", lambda *args, **kwargs: decodes.append(1) or load_rgb(*args, **kwargs))
+    forwarded = {}
+
+    async def app(scope, receive, send):  # stands in for LitServe: keeps the JSON the guard hands on
+        forwarded["body"] = (await receive())["body"]
+
+    guard = uploads.UploadGuard(app, path="/predict", limits=uploads.UploadLimits(10, 4, 50_000_000, 30),
+                                classes=CLASSES, min_size=32)
+    photo = photos[0].read_bytes()
+    scope = {"type": "http", "path": "/predict", "method": "POST", "query_string": b"",
+             "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(photo)).encode())]}
+    messages = iter([{"type": "http.request", "body": photo, "more_body": False}])
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        raise AssertionError(f"the guard answered instead of handing the upload on: {message}")
+
+    asyncio.run(guard(scope, receive, send))
+    request = ClassifierAPI(backend={}, ckpt_path="", model={}, topk=1).decode_request(json.loads(forwarded["body"]))
+    assert len(decodes) == 1
+    assert request.images[0].tobytes() == load_rgb(photos[0], min_size=32).tobytes()
