@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
+from src.core.hardware import has_native_bf16  # noqa: E402
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 QUADRATIC = {"nearest neighbours"}
 
@@ -98,6 +100,9 @@ def main() -> None:
     warm = measure(args.root, args.ckpt, args.work / "warm", args.overrides)
     report = {
         "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": platform.processor() or platform.machine(),
+        "native_bf16": has_native_bf16("cpu"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average_at_end": os.getloadavg()},
         "images": cold["images"], "device": cold["device"],
