@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from lightning.pytorch.callbacks import BaseFinetuning
 from omegaconf import DictConfig
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+
+# The BatchNorm layers (torch's public classes; their private base class _BatchNorm is what Lightning's
+# BaseFinetuning tests, and these are all its subclasses that a body holds).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 def first_trainable_group(freeze_to: int, num_groups: int) -> int:
     """The index of the first trainable layer group: groups before it are frozen.
@@ -41,7 +44,7 @@ def trainable_parameter_ids(layer_groups: Sequence[nn.Module], freeze_to: int, t
     trainable = {id(p) for group in layer_groups[first:] for p in group.parameters()}
     if train_bn:
         trainable |= {id(p) for group in layer_groups[:first] for m in group.modules()
-                      if isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)}
+                      if isinstance(m, BATCH_NORMS) for p in m.parameters(recurse=False)}
     return trainable
 
 
