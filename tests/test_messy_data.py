@@ -154,9 +154,10 @@ def test_train_evaluate_and_predict_on_the_messy_folder(messy_root, tmp_path):
                                                             f"output={output}"]))
     rows = _rows(output)
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
-    # truncated x2 (one since training), zero bytes, text .jpg, the bomb, Thumbs.db, readme.txt;
-    # hidden files and broken links are not listed as inputs
-    assert predicted["failed"] == len(errors) == 7
+    # truncated x2 (one since training), zero bytes, text .jpg, the bomb, Thumbs.db, readme.txt, the broken
+    # link and the two links of the loop (each an error row, not dropped); hidden files are not inputs
+    assert predicted["failed"] == len(errors) == 10
+    assert {"gone.png", "loop a.png", "loop b.png"} <= set(errors)
     assert "bomb.png" in errors and "over the limit" in errors["bomb.png"]
     assert {r["prediction"] for r in rows if not r["error"]} <= set(summary["classes"])
 
