@@ -12,6 +12,7 @@ DataModule's ``on_before_batch_transfer`` turns it into one uint8 batch on the G
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -69,7 +70,7 @@ class DeviceDecodeReader:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
         with self.fallbacks.get_lock():
             self.fallbacks.value += 1
-        return load_rgb(path, max_pixels=self.max_pixels, min_size=min_size)
+        return load_rgb(io.BytesIO(data), max_pixels=self.max_pixels, min_size=min_size)  # the bytes read above
 
     def summary(self) -> str | None:
         """One log line when some files were decoded by the workers, else None."""
