@@ -31,6 +31,7 @@ from src.core.hardware import FULL_PRECISION, normalize_precision
 from src.visualize.cam import cam_figure, cam_layers, default_cam_layer, grad_cam
 from src.visualize.figure_files import save_figure
 from src.visualize.features import features_figure, stage_outputs
+from src.visualize.interpretation_figures import TOP_LOSS_TITLE_KEY, top_loss_title
 from src.visualize.kernels import kernels_figure
 from src.visualize.pooling import pooling_figure
 from src.visualize.show_batch import denormalize, normalized_and_denormalized_figure
@@ -179,20 +180,20 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
     cam, logits = grad_cam(net, layer, image)
     probability, predicted = logits.softmax(0).max(0)
     pictures, cams = [unnormalized], [cam]
-    titles = [f"{image_path.name}\npred {classes[predicted]} ({probability:.2f})" + (f"\ntrue {label}" if label else "")]
+    titles = [f"{image_path.name}\npred {classes[predicted]}, p(pred) {probability:.2f}" + (f"\nactual {label}" if label else "")]
     # Top losses by cross-entropy are single-label (see src.inference.interpretation.MULTI_LABEL_SKIPPED).
     if subject.trained and datamodule is not None and cfg.top_losses > 0 and not datamodule.multi_label:
         valid = datamodule.datasets["valid"]
         for index, loss in _top_losses(net, datamodule, cfg.top_losses):
             valid_image, valid_label = valid[index]
             cam_i, logits_i = grad_cam(net, layer, valid_image)
-            p, pred = logits_i.softmax(0).max(0)
+            probabilities = logits_i.softmax(0)
             pictures.append(denormalize(valid_image.unsqueeze(0), mean, std)[0])
             cams.append(cam_i)
-            titles.append(f"{classes[pred]} / {classes[valid_label]}\nloss {loss:.2f} / p {p:.2f}")
+            titles.append(top_loss_title(classes[int(probabilities.argmax())], classes[valid_label], loss,
+                                         float(probabilities[valid_label])))
     suptitle = (f"Grad-CAM at {cam_name} of the predicted class"
-                + (": the chosen image, then the top losses (predicted / actual, loss / probability)"
-                   if len(pictures) > 1 else ""))
+                + (f": the chosen image, then the top losses ({TOP_LOSS_TITLE_KEY})" if len(pictures) > 1 else ""))
     paths["cam"] = save_figure(cam_figure(pictures, cams, titles, suptitle), output_dir / "cam.png")
     log.info("inspected %s on %s at precision %s: %s", "checkpoint" if subject.trained else "untrained model",
              image_path, subject.precision, ", ".join(str(p) for p in paths.values()))

@@ -152,6 +152,19 @@ def test_interpretation_numbers():
     assert interp.top_losses(2) == [2, 3]
 
 
+def test_top_losses_name_the_prediction_the_actual_class_and_its_probability():
+    from src.visualize.interpretation_figures import TOP_LOSS_TITLE_KEY, top_losses_figure
+
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.2, 0.6]])
+    interp = Interpretation(["a", "b", "c"], probs.log(), torch.tensor([0, 1, 1, 2, 2]))
+    images = [(torch.rand(3, 8, 8), 0) for _ in range(5)]
+    figure = top_losses_figure(interp, images, 2, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    # sample 2: predicted a at 0.6, actually b at 0.3; sample 3: predicted a at 0.5, actually c at 0.4
+    assert titles == ["pred a / actual b\nloss 1.20, p(actual) 0.30", "pred a / actual c\nloss 0.92, p(actual) 0.40"]
+    assert figure.get_suptitle() == TOP_LOSS_TITLE_KEY
+
+
 def _drawn_matrix(figure) -> torch.Tensor:
     """The values a confusion-matrix figure shows, as the (actual, predicted) grid it colours."""
     return torch.from_numpy(np.asarray(figure.axes[0].images[0].get_array(), dtype=np.float64))

@@ -123,9 +123,21 @@ def test_inspect_before_training_writes_every_artefact(tmp_path, image_root):
     assert shapes["cam"][1] < 800
 
 
-def test_inspect_a_checkpoint_shows_the_last_stage_and_the_top_losses(tmp_path, checkpoint):
+def test_inspect_a_checkpoint_shows_the_last_stage_and_the_top_losses(tmp_path, checkpoint, monkeypatch):
+    import src.inspect
+
+    drawn_titles = []
+    real_cam_figure = src.inspect.cam_figure
+    monkeypatch.setattr(src.inspect, "cam_figure", lambda pictures, cams, titles, suptitle: (
+        drawn_titles.extend(titles), real_cam_figure(pictures, cams, titles, suptitle))[1])
     cfg = compose_inspect([f"ckpt_path={checkpoint}", "cam_layer=layer3", "top_losses=3", "batch_count=4"], tmp_path)
     paths = inspect_model(cfg)
+    # Each top loss names the probability of the actual class: its cross-entropy is -log of it.
+    assert re.search(r"\npred \S+, p\(pred\) [01]\.\d\d", drawn_titles[0])
+    for title in drawn_titles[1:]:
+        loss, probability = map(float, re.fullmatch(r"pred \S+ / actual \S+\nloss (\S+), p\(actual\) (\S+)",
+                                                    title).groups())
+        assert probability == pytest.approx(np.exp(-loss), abs=0.01), title
     assert sorted(p.name for p in paths.values()) == sorted(ARTEFACTS)
     summary = paths["summary"].read_text()
     total = totals(summary)[0]

@@ -239,6 +239,28 @@ def test_bad_label_tables_are_named_with_the_fix(labelled, table, source, messag
         CsvLabels(csv_path="labels.csv", **source).index(labelled, valid_pct=0.2, seed=0)
 
 
+def test_a_table_whose_every_file_is_missing_names_one_and_why(labelled):
+    from src.data.files.scan import FileScan
+
+    write_rows(labelled / "labels.csv", ["name", "label"], [["img/900.png", "a"], ["img/901.png", "b"]])
+    # Said in the error itself: the run directory that would hold bad_files.csv may be removed with the failed run.
+    with pytest.raises(ValueError, match=r"none of the 2 image\(s\) labelled by data/labels=csv under data.root=.* "
+                                         r"can be read \(kept 0 image\(s\), skipped 2 .*\), e\.g\. 'img/900\.png' "
+                                         r"\(\w+: .+\); fix the paths in the labels or the files"):
+        CsvLabels(csv_path="labels.csv").index(labelled, valid_pct=0.2, seed=0, scan=FileScan())
+
+
+def test_a_class_whose_every_file_is_missing_is_named_in_a_warning(labelled, caplog):
+    from src.data.files.scan import FileScan
+
+    rows = [[f"img/00{i}.png", "ab"[i % 2]] for i in range(6)] + [["img/900.png", "ghost"], ["img/901.png", "ghost"]]
+    write_rows(labelled / "labels.csv", ["name", "label"], rows)
+    index = CsvLabels(csv_path="labels.csv").index(labelled, valid_pct=0.34, seed=0, scan=FileScan())
+    assert index.classes == ["a", "b"] and len(index.train) + len(index.valid) == 6
+    assert "1 class(es) lost every file to unreadable or missing entries and are left out of the model: 'ghost'" \
+        in caplog.text
+
+
 def test_a_tsv_with_the_tab_written_as_backslash_t(labelled):
     (labelled / "labels.tsv").write_text("file\tbreed\n" + "".join(f"img/00{i}.png\t{'ab'[i % 2]}\n" for i in range(6)))
     index = CsvLabels(csv_path="labels.tsv", path_column="file", label_column="breed",

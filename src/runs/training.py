@@ -99,6 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              datamodule.num_classes, schedule.total_epochs, len(schedule.stages))
     with exit_status_of_signals(trainer, output_dir), handed_over(trainer, lambda: {**handoff, **datamodule.handoff()}):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    stopped_after = _say_when_early_stopping_ended_the_run(trainer, schedule.total_epochs)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}
     checkpoint = _monitoring_checkpoint(trainer)
@@ -116,6 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best": {"val/error_rate": metrics.get("val/error_rate_best", math.nan)},
         "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
         "epochs": trainer.current_epoch,
+        "stopped_early_after_epoch": stopped_after,
         "classes": datamodule.classes,
         "multi_label": datamodule.multi_label,
     }
@@ -129,6 +131,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log_run_end(trainer.loggers, summary["final"], summary["best"], trainer.global_step)
     return {**metrics, "output_dir": str(output_dir), "skipped_during_training": skipped,
             "test_images": (summary["test"] or {}).get("images", 0)}
+
+
+def _say_when_early_stopping_ended_the_run(trainer: L.Trainer, planned_epochs: int) -> int | None:
+    """Log which epoch early stopping ended the run at, and why; the epoch (1-based) or None.
+
+    Lightning stops without a word by default; a user reading the log would otherwise take a
+    6-epoch plan that ran 2 epochs for a crash or a bug.
+    """
+    for callback in trainer.early_stopping_callbacks:
+        if callback.stopped_epoch > 0:
+            epoch = callback.stopped_epoch + 1
+            log.warning("early stopping ended the run after epoch %d of the %d planned: %s did not improve by more "
+                        "than min_delta=%s in %d validation(s) (best %s); the one-cycle schedule stopped before "
+                        "its learning rate came down", epoch, planned_epochs, callback.monitor, callback.min_delta,
+                        callback.patience, f"{float(callback.best_score):.4f}")
+            return epoch
+    return None
 
 
 def _use_lr_finder_suggestion(run: Run) -> float | list[float]:

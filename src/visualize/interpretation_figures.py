@@ -72,6 +72,14 @@ def confusion_matrix_figure(matrix: torch.Tensor, classes: Sequence[str], normal
     return fig
 
 
+TOP_LOSS_TITLE_KEY = "predicted / actual class, loss, probability the model gave the actual class"
+
+
+def top_loss_title(predicted: str, actual: str, loss: float, probability_of_actual: float) -> str:
+    """One top-loss picture's title; the top losses of ``src.evaluate`` and ``src.inspect`` share it."""
+    return f"pred {predicted} / actual {actual}\nloss {loss:.2f}, p(actual) {probability_of_actual:.2f}"
+
+
 def top_losses_figure(
     interpretation: Interpretation,
     dataset: Dataset,
@@ -81,7 +89,7 @@ def top_losses_figure(
 ) -> Figure:
     """fastai's ``plot_top_losses``: the images (as the model saw them) with the highest loss.
 
-    Titles read ``prediction/actual/loss/probability of the actual class``. ``dataset[i]`` must
+    Titles read as :data:`TOP_LOSS_TITLE_KEY` says. ``dataset[i]`` must
     return the normalised image of the ``i``-th evaluated sample first.
     """
     indices = interpretation.top_losses(k)
@@ -97,8 +105,8 @@ def top_losses_figure(
         image = denormalize(dataset[i][0].unsqueeze(0).float(), mean, std)[0]
         ax.imshow(image.permute(1, 2, 0).numpy())
         actual = int(targets[i])
-        ax.set_title(f"{classes[int(predictions[i])]}/{classes[actual]}\n"
-                     f"{float(losses[i]):.2f}/{float(probs[i, actual]):.2f}", fontsize=8)
-    fig.suptitle("prediction/actual/loss/probability")
+        ax.set_title(top_loss_title(classes[int(predictions[i])], classes[actual], float(losses[i]),
+                                    float(probs[i, actual])), fontsize=8)
+    fig.suptitle(TOP_LOSS_TITLE_KEY, fontsize=9)
     fig.tight_layout()
     return fig

@@ -116,8 +116,25 @@ class _RowLabels(LabelSource):
         rows = self.rows(root, scan)
         if scan is not None:
             readable = set(scan.keep_readable([row.path for row in rows]))
+            left_out = [bad for bad in scan.bad if not bad.ignored]
+            if rows and not readable:  # said here in full: a run directory holding bad_files.csv may be removed
+                example = left_out[0]
+                raise ValueError(f"none of the {len(rows)} image(s) labelled by data/labels={self.name} under "
+                                 f"data.root={str(root)!r} can be read ({scan.summary()}), e.g. "
+                                 f"{relative_posix(example.path, root)!r} ({example.kind}: {example.reason}); "
+                                 "fix the paths in the labels or the files")
+            self._warn_lost_classes(rows, readable)
             rows = [row for row in rows if row.path in readable]
         return _index_rows(rows, self, valid_pct, seed, root)
+
+    def _warn_lost_classes(self, rows: list[LabelledFile], readable: set[Path]) -> None:
+        """Name each class whose every file was left out: the model would otherwise lose it without a word."""
+        labelled = {name for row in rows for name in _split_label(row, self.label_delim)}
+        kept = {name for row in rows if row.path in readable for name in _split_label(row, self.label_delim)}
+        lost = sorted(labelled - kept)
+        if lost:
+            log.warning("%d class(es) lost every file to unreadable or missing entries and are left out of the "
+                        "model: %s (see the scan summary for why)", len(lost), ", ".join(map(repr, lost)))
 
 
 @dataclass(frozen=True, kw_only=True)
