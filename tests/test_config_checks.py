@@ -248,3 +248,40 @@ def test_an_experiment_picks_a_schedule_that_schedule_fine_tune_replaces():
     stages = OmegaConf.to_container(tuned.schedule.stages, resolve=True)
     assert [(stage["name"], stage["epochs"], stage["freeze_to"]) for stage in stages] == [
         ("frozen", 1, -1), ("unfrozen", 3, 0)]
+
+
+def test_problems_by_name_reads_each_setting_by_its_parameter_name():
+    from src.core.problems import Problem, problems_by_name
+
+    def problems(size, batch_size, sampler="random"):
+        return [Problem("data", (size, batch_size, sampler), "", "")]
+
+    # The settings' order and extra keys do not matter; given values win; a default may be left out.
+    assert problems_by_name(problems, {"batch_size": 8, "other": 1, "size": 64}) == [Problem("data", (64, 8, "random"), "", "")]
+    assert problems_by_name(problems, {"batch_size": 8, "size": 64}, size=32, sampler="balanced")[0].value == \
+        (32, 8, "balanced")
+    with pytest.raises(TypeError, match="takes 'size', which neither the settings nor the caller give"):
+        problems_by_name(problems, {"batch_size": 8})
+
+
+def test_each_stage_is_checked_by_the_config_check_and_by_the_schedule_not_again_for_its_freeze_target(monkeypatch):
+    from src.optim.stages import Stage
+
+    calls = []
+    real = Stage.problems
+    monkeypatch.setattr(Stage, "problems", lambda self, *args, **kwargs: (calls.append(self.name), real(self, *args, **kwargs))[1])
+    cfg = compose_config(TINY_OVERRIDES)
+    check_train_config(cfg, num_layer_groups=3)
+    schedule = instantiate(cfg.schedule)
+    schedule.check_freeze_targets(3)
+    assert sorted(calls) == sorted([s.name for s in schedule.stages] * 2)
+    with pytest.raises(ConfigError, match=r"schedule.stages\[0\].freeze_to=-5: expected a layer group of the model, "
+                                          "which has 3: -2 to 2"):
+        instantiate(cfg.schedule, stages=[{"name": "head", "epochs": 1, "lr": [1e-3], "freeze_to": -5}]
+                    ).check_freeze_targets(3)
+
+
+def test_shards_are_decoded_where_they_are_read_not_on_the_device(tmp_path):
+    cfg = compose_config([*TINY_OVERRIDES, "data.format=litdata", f"data.root={tmp_path}", "data.decode_on=device"])
+    with pytest.raises(ConfigError, match=r"data.decode_on='device': expected workers with data.format=litdata"):
+        check_train_config(cfg, num_layer_groups=3)

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from src.runs.lr_finding import lr_find, with_max_lr
-from src.optim.lr_finder import LRFinderResult, find_lr, minimum, steep, valley
+from src.optim.lr_finder import LRFinderResult, lr_find_on_batches, minimum, steep, valley
 from src.runs.builder import build_datamodule, build_module
 from src.runs.training import train
 
@@ -66,7 +66,7 @@ def test_finder_ramps_exponentially_stops_on_divergence_and_restores_the_model(t
     # seed stops at step 6, and by the last steps (lr 1e5) no loss could stay within 4x its minimum.
     # the batches as src.lr_find gives them: augmented and normalised on the device (augment.on=auto)
     batches = datamodule.model_batches(datamodule.train_dataloader(), torch.device("cpu"), train=True)
-    result = find_lr(model, batches, stage_index=0, start_lr=1e-2, end_lr=1e6, num_steps=20,
+    result = lr_find_on_batches(model, batches, stage_index=0, start_lr=1e-2, end_lr=1e6, num_steps=20,
                      beta=tiny_cfg.lr_finder.beta, stop_factor=tiny_cfg.lr_finder.stop_factor)
     n = len(result.lrs)
     assert 2 < n < 20 and len(result.losses) == n  # stopped early
@@ -79,7 +79,7 @@ def test_finder_ramps_exponentially_stops_on_divergence_and_restores_the_model(t
     assert [p.requires_grad for p in model.parameters()] == trainable
     assert torch.equal(torch.get_rng_state(), generator_before)  # the run after it draws as without it
     with pytest.raises(ValueError, match="stage=5 but the schedule has 2 stage"):
-        find_lr(model, batches, stage_index=5, start_lr=1e-3, end_lr=1e3, num_steps=20,
+        lr_find_on_batches(model, batches, stage_index=5, start_lr=1e-3, end_lr=1e3, num_steps=20,
                 beta=0.98, stop_factor=4.0)
 
 

@@ -8,7 +8,8 @@ listing three problems. This module sits below all of them and imports nothing o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,3 +51,21 @@ def is_number(value: Any) -> bool:
 def is_whole_number(value: Any, minimum: int | None = None) -> bool:
     """An int (not a bool), at least ``minimum`` when given."""
     return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def problems_by_name(problems: Callable[..., list[Problem]], settings: Mapping[str, Any], **given: Any) -> list[Problem]:
+    """``problems`` called with each of its parameters taken by name from ``given``, else from ``settings``.
+
+    A component's ``problems`` names its parameters as its config keys, so a check reads each setting
+    by that name and no argument list is written a second time (where a new parameter would be
+    passed in the wrong place). A parameter with a default may be absent from both.
+    """
+    arguments = {}
+    for name, parameter in inspect.signature(problems).parameters.items():
+        if name in given:
+            arguments[name] = given[name]
+        elif name in settings:
+            arguments[name] = settings[name]
+        elif parameter.default is inspect.Parameter.empty:
+            raise TypeError(f"{problems.__qualname__} takes {name!r}, which neither the settings nor the caller give")
+    return problems(**arguments)

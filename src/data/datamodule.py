@@ -35,7 +35,7 @@ from src.data.loading.stage_data import EpochData, StageSizes
 from src.data.placement.choice import DataPlacement
 from src.data.transforms.batch_augment import ModelBatches
 from src.data.transforms.presets import EvalTransform
-from src.core.problems import Problem, raise_problems
+from src.core.problems import Problem, problems_by_name, raise_problems
 from src.data.loading.worker_priority import LowerWorkerPriority
 from src.core.hardware import resolve_num_workers
 
@@ -119,7 +119,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         super().__init__()
         self.label_source = FolderLabels() if labels is None else labels
         raise_problems(self.problems(root, self.label_source, valid_pct, batch_size, size, on_bad_file,
-                                     sampler=sampler, format=format))
+                                     sampler=sampler, format=format, decode_on=decode_on))
         self.sampler = sampler
         self.root = Path(root).expanduser()
         self.seed = seed
@@ -163,13 +163,16 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     @staticmethod
     def problems(root: str | Path | None, labels: Any, valid_pct: Any, batch_size: Any, size: Any,
-                 on_bad_file: Any, sampler: Any = "random", format: Any = "folder") -> list[Problem]:
+                 on_bad_file: Any, sampler: Any = "random", format: Any = "folder",
+                 decode_on: Any = "workers") -> list[Problem]:
         """The problems of these settings (the ``data.*`` keys): those of the source of ``format``
         (:mod:`src.data.sources`; ``labels=None``: a label source that could not be built, named by the caller)."""
         if format not in DATA_SOURCES:
             return [Problem("data.format", format, " or ".join(DATA_SOURCES),
                             "folder reads images under data.root; litdata reads shards written by src.prepare")]
-        return DATA_SOURCES[format].problems(root, labels, valid_pct, batch_size, size, on_bad_file, sampler)
+        settings = {"root": root, "labels": labels, "valid_pct": valid_pct, "batch_size": batch_size, "size": size,
+                    "on_bad_file": on_bad_file, "sampler": sampler, "decode_on": decode_on}
+        return problems_by_name(DATA_SOURCES[format].problems, settings)  # each source takes the settings it reads
 
     @property
     def index(self) -> SampleIndex:

@@ -233,10 +233,12 @@ class ShardSource:
         self.scan = FileScan()
 
     @staticmethod
-    def problems(root: Any, labels: Any, valid_pct: Any, batch_size: Any, size: Any, on_bad_file: Any,
-                 sampler: Any) -> list[Problem]:
+    def problems(root: Any, batch_size: Any, size: Any, sampler: Any, decode_on: Any = "workers") -> list[Problem]:
         """Labels and split are the shards'; a local root is checked now, an ``s3://`` one when it is read."""
         found = batch_size_problems(batch_size, "data.batch_size") + litdata_problems()
+        if decode_on == "device":
+            found.append(Problem("data.decode_on", decode_on, "workers with data.format=litdata (shards are decoded "
+                                 "where they are read)", "set data.decode_on=workers"))
         if sampler != "random":
             found.append(Problem("data.sampler", sampler, "random with data.format=litdata (shards stream in their own "
                                  "shuffled order)", "set data.sampler=random, or train from the image folder "

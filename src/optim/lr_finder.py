@@ -100,7 +100,7 @@ def _forever(batches: Iterable) -> Iterator:
             raise ValueError("the learning-rate finder got no training batches: check data.root and data.batch_size")
 
 
-def find_lr(
+def lr_find_on_batches(
     model: torch.nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,

@@ -116,12 +116,17 @@ class Stage:
             problems.append(Problem(f"{key}.epochs", self.epochs, "a whole number >= 1", f"set {key}.epochs=1 or more"))
         if not is_whole_number(self.freeze_to):
             problems.append(Problem(f"{key}.freeze_to", self.freeze_to, "a whole number", FREEZE_TO_FIX))
-        elif num_layer_groups is not None and not -num_layer_groups < self.freeze_to < num_layer_groups:
-            last = num_layer_groups - 1
-            problems.append(Problem(f"{key}.freeze_to", self.freeze_to,
-                                    f"a layer group of the model, which has {num_layer_groups}: -{last} to {last}",
-                                    FREEZE_TO_FIX))
+        elif num_layer_groups is not None:
+            problems += self.freeze_to_problems(key, num_layer_groups)
         return problems
+
+    def freeze_to_problems(self, key: str, num_layer_groups: int) -> list[Problem]:
+        """Whether ``freeze_to`` (a whole number) names one of the model's ``num_layer_groups`` groups."""
+        if -num_layer_groups < self.freeze_to < num_layer_groups:
+            return []
+        last = num_layer_groups - 1
+        return [Problem(f"{key}.freeze_to", self.freeze_to,
+                        f"a layer group of the model, which has {num_layer_groups}: -{last} to {last}", FREEZE_TO_FIX)]
 
 
 class StageSchedule:
@@ -208,9 +213,10 @@ class StageSchedule:
         return sum(s.epochs for s in self.stages[:index])
 
     def check_freeze_targets(self, num_groups: int) -> None:
-        """Fail before training when a stage's ``freeze_to`` names a group the model does not have."""
+        """Fail before training when a stage's ``freeze_to`` names a group the model does not have (the
+        stages' other settings were checked when the schedule was built)."""
         raise_problems(problem for index, stage in enumerate(self.stages)
-                       for problem in stage.problems(f"schedule.stages[{index}]", num_groups))
+                       for problem in stage.freeze_to_problems(f"schedule.stages[{index}]", num_groups))
 
 
 def as_stage(stage: Stage | Mapping) -> Stage:

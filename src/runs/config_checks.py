@@ -4,13 +4,15 @@
 at the top of ``src.evaluate`` and ``src.predict``. The rules are not written here: each
 component lists its own problems (:meth:`ImageFolderDataModule.problems` with its label
 source's, :meth:`StageSchedule.problems`, :func:`batch_size_problems`, :func:`data_root_problems`)
-and its constructor raises the same ones. This module only collects them, so a run with three
-typos fails once, listing three. Its own: the precisions the Trainer accepts, ``optimizer.lr``.
+and its constructor raises the same ones. This module only collects them, passing each component
+the config keys its ``problems`` names (:func:`~src.core.problems.problems_by_name`), so a run with
+three typos fails once, listing three. Its own: the precisions the Trainer accepts, ``optimizer.lr``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -28,7 +30,7 @@ from src.data.placement.choice import DataPlacement
 from src.data.files.scan_cache import ScanCache
 from src.data.sources import DATA_SOURCES
 from src.optim.stages import StageSchedule
-from src.core.problems import ConfigError, Problem, is_number, raise_problems
+from src.core.problems import ConfigError, Problem, is_number, problems_by_name, raise_problems
 
 __all__ = ["PRECISIONS", "ConfigError", "Problem", "check_inference_config", "check_train_config", "data_config_problems",
            "model_layer_groups"]
@@ -60,6 +62,26 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+class _Settings(Mapping):
+    """A config node read key by key as plain values (a mandatory ``???`` reads None), for
+    :func:`~src.core.problems.problems_by_name`: only the keys a component names are resolved."""
+
+    def __init__(self, node: DictConfig) -> None:
+        self.node = node
+
+    def __getitem__(self, key: str) -> Any:
+        return _plain(OmegaConf.select(self.node, key, throw_on_missing=False))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.node.keys())
+
+    def __len__(self) -> int:
+        return len(self.node)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.node.keys()
+
+
 def _label_source(data: DictConfig) -> tuple[Any, list[Problem]]:
     """The configured label source, built (its construction only stores settings), or why it cannot be."""
     if not OmegaConf.is_dict(data.get("labels")):
@@ -73,13 +95,11 @@ def _label_source(data: DictConfig) -> tuple[Any, list[Problem]]:
 
 def _data_problems(data: DictConfig) -> list[Problem]:
     labels, problems = _label_source(data)
-    data_format = data.get("format", "folder")
-    problems += ImageFolderDataModule.problems(data.root, labels, data.valid_pct, data.batch_size, data.size,
-                                               data.on_bad_file, sampler=data.get("sampler", "random"),
-                                               format=data_format)
-    problems += ScanCache.problems(data.get("rescan", False))
-    return problems + DataPlacement.problems((data.get("augment") or {}).get("on", "auto"),
-                                             data.get("decode_on", "workers"), data_format=data_format)
+    settings = _Settings(data)
+    problems += problems_by_name(ImageFolderDataModule.problems, settings, labels=labels)
+    problems += problems_by_name(ScanCache.problems, settings)
+    return problems + DataPlacement.problems(augment_on=(data.get("augment") or {}).get("on", "auto"),
+                                             decode_on=settings.get("decode_on", "workers"))
 
 
 def data_config_problems(data: DictConfig) -> list[Problem]:
@@ -110,10 +130,9 @@ def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> 
         except (InstantiationException, ValueError) as error:  # named here; the stages are checked too
             problems.append(Problem("model.backbone", OmegaConf.to_container(cfg.model.backbone),
                                     "a backbone that can be built", f"fix it: {error}"))
-    model = cfg.model
-    problems += ImageClassifierModule.problems(model.get("label_smoothing", 0.0), _plain(model.get("mixup")),
-                                               _plain(model.get("class_weights")))
-    problems += StageSchedule.problems(schedule.get("stages"), schedule.div_factor, schedule.final_div_factor,
-                                       schedule.pct_start, schedule.moms, num_layer_groups)
+    # The classes are not known before the data are read: their count is checked when the module is built.
+    problems += problems_by_name(ImageClassifierModule.problems, _Settings(cfg.model), num_classes=None,
+                                 multi_label=False)
+    problems += problems_by_name(StageSchedule.problems, _Settings(schedule), num_layer_groups=num_layer_groups)
     problems += last_stage_size_problems(schedule.get("stages"), cfg.data.size)
     raise_problems(problems)

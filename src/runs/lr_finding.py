@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from src.data.datamodule import ImageFolderDataModule
 from src.models.classifier_module import ImageClassifierModule
-from src.optim.lr_finder import find_lr
+from src.optim.lr_finder import lr_find_on_batches
 from src.optim.stages import LearningRate
 from src.runs.builder import build_datamodule, build_module
 from src.core.hardware import device_type
@@ -48,7 +48,7 @@ def suggest_lr(
     datamodule.setup("fit")
     settings = cfg.lr_finder
     device = device_type(cfg.trainer.accelerator)
-    result = find_lr(
+    result = lr_find_on_batches(
         module, datamodule.model_batches(datamodule.train_dataloader(), torch.device(device), train=True),
         stage_index=stage_index, device=device,
         start_lr=settings.start_lr, end_lr=settings.end_lr, num_steps=settings.num_steps,

@@ -82,7 +82,7 @@ class ScanCache:
     _started_ns: int = field(default_factory=time.time_ns)
 
     @staticmethod
-    def problems(rescan: object) -> list[Problem]:
+    def problems(rescan: object = False) -> list[Problem]:
         """The problems of ``data.rescan`` (a string such as "yes" would be truthy: a silent full scan)."""
         if isinstance(rescan, bool):
             return []

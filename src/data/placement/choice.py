@@ -35,10 +35,9 @@ class DataPlacement:
     decode_on: str
 
     @staticmethod
-    def problems(augment_on: Any, decode_on: Any, cuda: bool | None = None,
-                 data_format: str = "folder") -> list[Problem]:
+    def problems(augment_on: Any, decode_on: Any, cuda: bool | None = None) -> list[Problem]:
         """The problems of ``data.augment.on`` and ``data.decode_on`` (``cuda``: whether a GPU is
-        there; None asks torch; ``data_format``: ``data.format``)."""
+        there; None asks torch). What a data source cannot decode on the device, it says itself."""
         found = []
         if augment_on not in AUGMENT_ON:
             found.append(Problem("data.augment.on", augment_on, " | ".join(AUGMENT_ON),
@@ -51,9 +50,6 @@ class DataPlacement:
             if not cuda:
                 found.append(Problem("data.decode_on", decode_on, "a CUDA GPU (nvJPEG decodes on it); none is available",
                                      "set data.decode_on=workers, or run on a machine with a GPU"))
-            if data_format != "folder":
-                found.append(Problem("data.decode_on", decode_on, f"workers with data.format={data_format} (shards "
-                                     "are decoded where they are read)", "set data.decode_on=workers"))
             if augment_on == "workers":
                 found.append(Problem("data.augment.on", augment_on, "device or auto with data.decode_on=device (the "
                                      "images are decoded on the GPU, after the workers)",
