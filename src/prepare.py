@@ -20,6 +20,7 @@ from src.runs.config_checks import data_config_problems
 from src.core.problems import Problem, is_whole_number, raise_problems
 from src.core.image_size import image_size_problems
 from src.data.shards.manifest import is_remote, litdata_problems
+from src.data.sources import DATA_SOURCES
 from src.data.shards.writer import write_shards
 from src.runs.builder import build_datamodule
 from src.core.hardware import resolve_num_workers
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 def prepare_problems(cfg: DictConfig) -> list[Problem]:
     """Every problem of a prepare config: the data's (as training checks them) and this command's keys."""
     found = data_config_problems(cfg.data)
-    if cfg.data.get("format", "folder") != "folder":
+    source = DATA_SOURCES.get(cfg.data.get("format", "folder"))  # an unknown format is a data problem above
+    if source is not None and not source.holds_image_files:
         found.append(Problem("data.format", cfg.data.format, "folder: src.prepare reads a folder of images",
                              "leave data.format out; data.root is the image folder to write as shards"))
     output = None if OmegaConf.is_missing(cfg, "output") else cfg.output

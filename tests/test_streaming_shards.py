@@ -390,3 +390,12 @@ def test_progressive_resizing_decodes_the_shards_at_each_stages_size(tmp_path):
     assert shapes(records, "valid", 0) <= {(4, 3, 32, 32), (2, 3, 32, 32)}
     assert shapes(records, "train", 1) == {(6, 3, 64, 64)}
     assert shapes(records, "valid", 1) == {(6, 3, 64, 64)}
+
+
+def test_prepare_reads_a_folder_of_images_not_shards(tmp_path):
+    from src.prepare import prepare_problems
+
+    problems = prepare_problems(prepare_cfg(tmp_path, tmp_path / "out", ["data.format=litdata"]))
+    assert [p.key for p in problems if p.key == "data.format"] == ["data.format"]
+    assert "src.prepare reads a folder of images" in str(next(p for p in problems if p.key == "data.format"))
+    assert not [p for p in prepare_problems(prepare_cfg(tmp_path, tmp_path / "out")) if p.key == "data.format"]

@@ -75,6 +75,8 @@ class FolderSource:
     stop the run (``error``).
     """
 
+    holds_image_files = True  # what src.prepare can write as shards
+
     def __init__(self, root: str | Path, label_source: LabelSource, valid_pct: float, seed: int, scan: FileScan,
                  on_bad_file: str, bad_files_csv: Path | None, decisions: Path | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -225,6 +227,8 @@ class ShardSource:
     """Shards written by ``python -m src.prepare`` at ``root`` (a folder or ``s3://`` prefix): its manifest gives
     the classes, labels and split; nothing is scanned (the shards hold only images that passed ``src.prepare``'s
     scan, so ``scan`` stays empty)."""
+
+    holds_image_files = False
 
     def __init__(self, root: str | Path, cache_dir: str | None, seed: int) -> None:
         self.root = str(root)  # a URL stays a URL (Path would fold s3:// into s3:/)
