@@ -27,6 +27,7 @@ from src.inference.precision_net import PrecisionNet
 from src.optim.freezing import freeze_for_stage
 from src.models.loading import eval_transform_for, load_classifier
 from src.runs.builder import build_datamodule, build_module
+from src.serving.served_model import BEFORE_TRAINING, ServedModel
 from src.core.hardware import FULL_PRECISION, normalize_precision
 from src.visualize.cam import cam_figure, cam_layers, default_cam_layer, grad_cam
 from src.visualize.figure_files import save_figure
@@ -74,7 +75,7 @@ def load_subject(cfg: DictConfig, classes: list[str] | None = None) -> Subject:
     if classes is None:
         classes = build_datamodule(cfg.data, split_csv=None).classes
     net = build_module(cfg, classes=classes, multi_label=False).net  # the same network for either
-    state = freeze_for_stage(net, cfg.schedule, 0, "(before training: the first stage of schedule.stages)")
+    state = freeze_for_stage(net, cfg.schedule, 0, BEFORE_TRAINING)
     precision = normalize_precision(cfg.get("precision") or FULL_PRECISION)
     return Subject(net, classes, cfg.data, state, trained=False, precision=precision)
 
@@ -127,6 +128,24 @@ def _top_losses(net: torch.nn.Module, datamodule: ImageFolderDataModule, count: 
             losses.append(F.cross_entropy(net(images), labels, reduction="none"))
     values, indices = torch.cat(losses).topk(min(count, len(datamodule.datasets["valid"])))
     return list(zip(indices.tolist(), values.tolist()))
+
+
+def serve_inspected(cfg: DictConfig) -> None:
+    """Serve the network ``inspect_model`` would inspect (``serve=true``) until interrupted (Ctrl+C or SIGTERM).
+
+    A checkpoint is served as ``python -m src.serve`` serves it; before training, the seeded network built from
+    the config (its classes from the data folder) is handed to the server's worker as it is.
+    """
+    from src.serving.server import run_server, serve_settings  # the serve extra (LitServe), only when serving
+
+    torch.manual_seed(cfg.seed)
+    if cfg.get("ckpt_path"):
+        served = ServedModel.from_checkpoint(cfg.ckpt_path)
+    else:
+        subject = load_subject(cfg)
+        served = ServedModel.before_training(subject.net, subject.classes, cfg, subject.precision)
+    run_server(serve_settings(cfg.paths, host=cfg.host, port=cfg.port, **{"backend.precision": cfg.get("precision")}),
+               served)
 
 
 def inspect_model(cfg: DictConfig) -> dict[str, Path]:
@@ -203,6 +222,9 @@ def inspect_model(cfg: DictConfig) -> dict[str, Path]:
 @one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inspect")
 def main(cfg: DictConfig) -> None:
+    if cfg.serve:
+        serve_inspected(cfg)
+        return
     paths = inspect_model(cfg)
     # The command's result: the summary table, then where everything went.
     print(paths["summary"].read_text())

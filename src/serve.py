@@ -13,158 +13,26 @@ device and dynamic batching (``max_batch_size`` requests, waiting at most ``batc
 
 It listens on 127.0.0.1 (this machine only) unless ``host=0.0.0.0`` is asked for. Bad uploads get
 a 4xx JSON ``{"detail": ...}`` (:mod:`src.serving.uploads`). ``backend=onnx`` serves the model
-exported to ONNX in onnxruntime. See docs/serving.md.
+exported to ONNX in onnxruntime. The server is built in :mod:`src.serving.server`, which
+``python -m src.inspect serve=true`` uses too. See docs/serving.md.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-from collections.abc import Callable
-from pathlib import Path
-from types import FrameType
-
-try:  # LitServe and FastAPI come with the serve extra
-    import litserve as ls
-    from fastapi.responses import FileResponse
-    from fastapi.staticfiles import StaticFiles
-except ModuleNotFoundError as error:  # an optional extra: say which
-    raise ModuleNotFoundError(f"{error}: python -m src.serve needs the serve extra; pip install -e '.[serve]'") from None
-
 import hydra
-import torch
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from src.core.hardware import inference_precision, resolve_device
-from src.models.loading import check_checkpoint_path, read_checkpoint
-from src.models.multi_label_metrics import DEFAULT_THRESHOLD
-from src.serving.api import ClassifierAPI
-from src.models.network import build_network
-from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
-from src.visualize.walkthrough import first_conv
-from src.optim.fine_tune import register_resolvers
 from src.core.user_errors import one_line_user_errors
+from src.optim.fine_tune import register_resolvers
+from src.serving.served_model import ServedModel
+from src.serving.server import run_server
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
-log = logging.getLogger(__name__)
-
-PAGE_DIR = Path(__file__).resolve().parent / "serving" / "page"
-API_PATH = "/predict"
-
-
-def _add_page(app) -> None:
-    """``GET /`` is the page (LitServe's own ``/`` answers "litserve running"); its files under /page/."""
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
-    app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
-
-    async def page() -> FileResponse:
-        return FileResponse(PAGE_DIR / "index.html")
-
-    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
-
-
-def _document_predict(app) -> None:
-    """What ``POST /predict`` takes, for the OpenAPI page (the route reads the raw request, so FastAPI cannot see it)."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    for route in app.router.routes:
-        if getattr(route, "path", None) == API_PATH:
-            route.summary = "Classify one or several images"
-            route.description = ("One image as the raw body (Content-Type image/jpeg, image/png ... or "
-                                 "application/octet-stream), or multipart/form-data files (any field name).")
-            route.openapi_extra = {
-                "parameters": [
-                    {"name": "topk", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
-                     "description": "classes per image in the answer (default: the server's topk)"},
-                    {"name": "cam", "in": "query", "required": False, "schema": {"type": "boolean"},
-                     "description": "add a Grad-CAM map (PNG data URL) of the top class (torch backend)"},
-                    {"name": "inside", "in": "query", "required": False, "schema": {"type": "boolean"},
-                     "description": "add the 'Inside the model' view of the one image sent (torch backend; "
-                                    "docs/inspect.md)"},
-                    {"name": "kernel", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
-                     "description": "with inside=true: the first-layer kernel to follow (default: the most active)"},
-                ],
-                "requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": {"type": "object", "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-                    **{f"{kind}*" if kind.endswith("/") else kind: binary for kind in RAW_TYPES},
-                }},
-            }
-
-
-def first_layer_kernels(model_config: DictConfig, num_classes: int) -> int | None:
-    """How many kernels the network's first convolution has (``?kernel=`` is checked against it before the
-    worker sees the request), read from the network built on the meta device: no memory, no weights."""
-    with torch.device("meta"):
-        found = first_conv(build_network(model_config, num_classes=num_classes).backbone)
-    return None if found is None else found[1].out_channels
-
-
-def build_server(cfg: DictConfig) -> ls.LitServer:
-    """The LitServer for ``cfg`` (see conf/serve.yaml), not yet running; raises on a bad setting."""
-    ckpt_path = check_checkpoint_path(cfg.ckpt_path)
-    limits = UploadLimits(cfg.max_upload_mb, cfg.max_files, cfg.max_image_pixels, cfg.upload_timeout_s)
-    problems = limits.problems()
-    if not isinstance(cfg.topk, int) or cfg.topk < 1:
-        problems.append(f"topk={cfg.topk!r}; expected an integer >= 1 (it is capped at the model's class count)")
-    if problems:
-        raise ValueError("conf/serve.yaml: " + "; ".join(problems))
-    hparams = read_checkpoint(ckpt_path, mmap=True)["hyper_parameters"]
-    run = OmegaConf.create(hparams["run_config"])
-    classes = list(hparams["classes"])
-    backend_class = get_class(cfg.backend._target_)
-    backend = backend_class.prepare(cfg.backend, str(ckpt_path), Path(cfg.paths.output_dir))
-    precision = getattr(backend_class, "precision", None) or inference_precision(
-        run.trainer.get("precision"), cfg.backend.get("precision"), resolve_device(cfg.accelerator))
-    model = {"name": run.model.backbone.name, "checkpoint": str(ckpt_path), "backend": backend_class.name,
-             "precision": precision}
-    multi_label = bool(hparams.get("multi_label", False))
-    inside = getattr(backend_class, "inside_available", False)
-    info = {**model, "classes": classes, "multi_label": multi_label, "topk": min(cfg.topk, len(classes)),
-            "threshold": float(hparams.get("threshold", DEFAULT_THRESHOLD)) if multi_label else None,
-            "size": run.data.size, "cam": backend_class.cam_available, "inside": inside, "max_upload_mb": cfg.max_upload_mb,
-            "max_files": cfg.max_files, "max_batch_size": cfg.max_batch_size, "batch_timeout": cfg.batch_timeout}
-    api = ClassifierAPI(OmegaConf.to_container(backend, resolve=True), str(ckpt_path), model, info["topk"],
-                        max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout, api_path=API_PATH)
-    server = ls.LitServer(
-        api, accelerator=cfg.accelerator, devices=cfg.devices, workers_per_device=1, timeout=cfg.timeout_s,
-        model_metadata=info,
-        middlewares=[(UploadGuard, {"path": API_PATH, "limits": limits, "classes": len(classes),
-                                    "min_size": run.data.size, "inside": inside,
-                                    "kernels": first_layer_kernels(run.model, len(classes)) if inside else None})],
-    )
-    _add_page(server.app)
-    _document_predict(server.app)
-    return server
-
-
-def _sigterm_handler(server_pid: int) -> Callable[[int, FrameType | None], None]:
-    """SIGTERM (docker stop, kill, systemd) as Ctrl+C in the server's own process: LitServe shuts its
-    workers down on KeyboardInterrupt only.
-
-    LitServe forks its HTTP and inference processes, and they inherit this handler. Each is stopped with
-    SIGTERM, and uvicorn raises the signal again after its clean shutdown: a KeyboardInterrupt there
-    printed each child's traceback (~30 lines). A child ends as SIGTERM ends a process instead, quietly.
-    """
-    def stop(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != server_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt
-
-    return stop
-
 
 def serve(cfg: DictConfig) -> None:
-    """Build the server and run it until interrupted (Ctrl+C or SIGTERM)."""
-    server = build_server(cfg)
-    signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
-    log.info("serving %s on http://%s:%d/ (the page), POST %s, docs at /docs", cfg.ckpt_path, cfg.host, cfg.port,
-             API_PATH)
-    server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level=cfg.log_level)
+    """Serve the checkpoint ``cfg.ckpt_path`` until interrupted (Ctrl+C or SIGTERM)."""
+    run_server(cfg, ServedModel.from_checkpoint(cfg.ckpt_path))
 
 
 @one_line_user_errors

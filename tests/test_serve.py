@@ -23,7 +23,7 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config, train_tiny_run
+from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config, copy_sample, train_tiny_run
 
 pytest.importorskip("litserve", reason="the serve extra: pip install -e '.[serve]'")
 
@@ -90,12 +90,18 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
 @contextmanager
 def running_server(ckpt: Path, run_dir: Path, overrides: list[str] = ()) -> Iterator[tuple[Client, subprocess.Popen]]:
     """``python -m src.serve`` on a free port until the block ends; then stopped (its whole process group)."""
+    with running(["src.serve", f"ckpt_path={ckpt}", "log_level=warning", *overrides], run_dir) as started:
+        yield started
+
+
+@contextmanager
+def running(command: list[str], run_dir: Path) -> Iterator[tuple[Client, subprocess.Popen]]:
+    """``python -m COMMAND...`` serving on a free 127.0.0.1 port (``port=``) until the block ends; then stopped."""
     port = free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (run_dir / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "src.serve", f"ckpt_path={ckpt}", f"port={port}", f"hydra.run.dir={run_dir}",
-         "log_level=warning", *overrides],
+        [sys.executable, "-m", *command, f"port={port}", f"hydra.run.dir={run_dir}"],
         cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     client = Client(port)
@@ -363,7 +369,11 @@ def test_the_onnx_backend_serves_the_exported_model(trained, photos, tmp_path):
 
 
 def test_bad_settings_are_named_before_anything_starts(trained, tmp_path):
-    from src.serve import build_server
+    from src.serving.served_model import ServedModel
+    from src.serving.server import build_server as build_for_settings
+
+    def build_server(cfg):  # as src.serve builds it
+        return build_for_settings(cfg, ServedModel.from_checkpoint(cfg.ckpt_path))
 
     def cfg(*overrides: str):
         composed = compose_config([f"ckpt_path={trained}", *overrides], config_name="serve")
@@ -425,6 +435,55 @@ def test_an_upload_is_decoded_once_and_the_worker_gets_its_pixels(photos, monkey
         raise AssertionError(f"the guard answered instead of handing the upload on: {message}")
 
     asyncio.run(guard(scope, receive, send))
-    request = ClassifierAPI(backend={}, ckpt_path="", model={}, topk=1).decode_request(json.loads(forwarded["body"]))
+    request = ClassifierAPI(backend={}, served=None, model={}, topk=1).decode_request(json.loads(forwarded["body"]))
     assert len(decodes) == 1
     assert request.images[0].tobytes() == load_rgb(photos[0], min_size=32).tobytes()
+
+
+def test_inspect_serve_true_serves_the_untrained_network_it_inspects(tmp_path):
+    """``python -m src.inspect serve=true`` before training: src.serve's page and inside view, of the seeded network
+    built from the config (its classes from the data folder); SIGTERM stops it and every process it started."""
+    import numpy as np
+
+    from src.data.files.image_reader import load_rgb
+    from src.inspect import load_subject
+    from src.models.loading import eval_transform_for
+
+    psutil = pytest.importorskip("psutil")
+    root = copy_sample(tmp_path / "images", classes=CLASSES, per_class=4)
+    overrides = ["model.backbone.name=resnet18", "model.backbone.weights=null", f"data.root={root}", "data.size=32",
+                 "seed=7"]
+    photo = sorted((root / sorted(p.name for p in root.iterdir())[1]).iterdir())[0]
+    with running(["src.inspect", "serve=true", *overrides], tmp_path / "run") as (client, process):
+        info = client.get_json("/info")["model"]
+        status, page = client.request("GET", "/")
+        status_inside, answer = client.post(photo.read_bytes(), "image/png", query="?inside=true&kernel=5")
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)  # to the main process alone, as `docker stop` sends it
+        assert process.wait(timeout=60) is not None
+        psutil.wait_procs(children, timeout=30)
+        assert children and not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert status == 200 and b"Inside the model" in page
+    assert info["checkpoint"] is None and info["inside"] is True and info["backend"] == "torch"
+    assert info["classes"] == sorted(p.name for p in root.iterdir()) and info["size"] == 32
+    assert status_inside == 200, answer
+    prediction = answer["predictions"][0]
+    inside = prediction["inside"]
+
+    # The inspected network, built here as inspect builds it: the same config and seed give the same weights.
+    cfg = compose_config(overrides, config_name="inspect")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "here")
+    torch.manual_seed(cfg.seed)
+    net = load_subject(cfg).net.eval()
+    image = eval_transform_for(cfg)(load_rgb(photo))
+    with torch.no_grad():
+        logits = net(image.unsqueeze(0))[0]
+    weights = np.frombuffer(base64.b64decode(inside["kernel"]["weights"]), dtype="<f4").reshape(64, 3, 7, 7)
+    assert torch.equal(torch.from_numpy(weights.copy()), net.backbone[0].weight.detach())
+    assert inside["classes"] and all(c["logit"] == pytest.approx(float(logits[c["index"]]), abs=1e-5)
+                                     for c in inside["classes"])
+    assert (torch.tensor(inside["probabilities"]) - logits.softmax(0)).abs().max() < 1e-6
+    assert (torch.tensor(prediction["probabilities"]) - logits.softmax(0)).abs().max() < 1e-6  # the same pass
+    assert "(before training: the first stage of schedule.stages)" in inside["state"]
+    assert "Traceback" not in (tmp_path / "run" / "server.log").read_text()

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import litserve as ls
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
 from src.inference.predictor import Prediction
+from src.models.network import call_target
+from src.serving.served_model import ServedModel
 from src.serving.uploads import image_from_payload
 from src.visualize.data_urls import heatmap_png
 
@@ -38,25 +38,26 @@ class ClassifierAPI(ls.LitAPI):
     """Predictions of the backend ``backend`` (a ``conf/backend/`` config, built in the worker).
 
     Args:
-        backend: the backend's config (``_target_`` and its arguments other than ``ckpt_path``/``device``).
-        ckpt_path: the checkpoint.
+        backend: the backend's config (``_target_`` and its arguments other than ``served``/``device``).
+        served: the served model (a checkpoint, or a network before training), pickled to the worker with the API.
         model: what every answer says about the model (name, checkpoint ...).
         topk: classes per image in the answer unless the request asks for another count.
     """
 
-    def __init__(self, backend: dict, ckpt_path: str, model: dict, topk: int, max_batch_size: int = 1,
+    def __init__(self, backend: dict, served: ServedModel | None, model: dict, topk: int, max_batch_size: int = 1,
                  batch_timeout: float = 0.0, api_path: str = "/predict") -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
         self.backend_config = backend
-        self.ckpt_path = ckpt_path
+        self.served = served
         self.model = model
         self.topk = topk
 
     def setup(self, device: str) -> None:
-        self.backend = instantiate(OmegaConf.create(self.backend_config), ckpt_path=self.ckpt_path, device=device)
+        # called, not instantiated: Hydra would take the served model (a dataclass) for a config and copy its network
+        self.backend = call_target(self.backend_config, served=self.served, device=device)
         self.forward_passes = 0
         self.model = {**self.model, "precision": self.backend.precision}  # what the worker really runs at
-        log.info("serving %s with the %s backend on %s at %s", self.ckpt_path, self.backend.name, device,
+        log.info("serving %s with the %s backend on %s at %s", self.served.describe(), self.backend.name, device,
                  self.backend.precision)
 
     def decode_request(self, request: dict) -> ImagesRequest:

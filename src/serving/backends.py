@@ -1,8 +1,9 @@
-"""What runs the network behind the API: the checkpoint in PyTorch (:class:`TorchBackend`, through
-:class:`~src.inference.predictor.Predictor`, at the precision the run trained with) or the exported
-ONNX model in onnxruntime (:class:`OnnxBackend`). ``conf/backend/`` picks one by ``_target_``.
+"""What runs the network behind the API: the served model in PyTorch (:class:`TorchBackend`, through
+:class:`~src.inference.predictor.Predictor`, at the precision the run trained with) or the checkpoint's
+exported ONNX model in onnxruntime (:class:`OnnxBackend`). ``conf/backend/`` picks one by ``_target_``.
 
-Each is built in LitServe's inference worker, on the device LitServe gives it, and answers
+Each is built in LitServe's inference worker, on the device LitServe gives it, from the
+:class:`~src.serving.served_model.ServedModel` the API carries, and answers
 ``predict(images) -> list[Prediction]`` in one forward pass.
 """
 
@@ -19,8 +20,8 @@ from PIL import Image
 from src.core.hardware import FULL_PRECISION
 from src.inference.predictor import Prediction, Predictor, prediction_of
 from src.optim.freezing import describe_stage, trainable_parameter_ids
-from src.models.loading import eval_transform_for, load_classifier, read_checkpoint, saved_stage_index
-from src.models.multi_label_metrics import DEFAULT_THRESHOLD
+from src.models.loading import eval_transform_for
+from src.serving.served_model import ServedModel
 from src.visualize.cam import MIN_CAM_CELLS, cam_layers, default_cam_layer, grad_cam
 from src.visualize.walkthrough import inside_view
 
@@ -30,22 +31,22 @@ EXPORT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "export.yaml"
 
 
 class TorchBackend:
-    """The checkpoint's network in PyTorch; Grad-CAM and the "Inside the model" view available."""
+    """The served network in PyTorch; Grad-CAM and the "Inside the model" view available."""
 
     name = "torch"
     cam_available = True
     inside_available = True
 
-    def __init__(self, ckpt_path: str, device: str, precision: str | None = None, tta: bool = False,
+    def __init__(self, served: ServedModel, device: str, precision: str | None = None, tta: bool = False,
                  threshold: float | None = None, cam_layer: str | None = None) -> None:
-        loaded = load_classifier(ckpt_path)
+        loaded = served.load()
         self.predictor = Predictor.from_loaded(loaded, device=device, tta=tta, threshold=threshold, precision=precision)
-        # which parameters train in the stage the checkpoint was saved in, for the inside view (described, not
-        # applied: freezing switches BatchNorm's running statistics off)
-        schedule, stage = loaded.config.schedule, saved_stage_index(ckpt_path, loaded.config)
+        # which parameters train in the stage the checkpoint was saved in (before training: the first), for the
+        # inside view (described, not applied: freezing switches BatchNorm's running statistics off)
+        schedule, (stage, when) = loaded.config.schedule, served.stage()
         groups = loaded.net.layer_groups()
         self.trainable = trainable_parameter_ids(groups, schedule.stages[stage].get("freeze_to", 0), schedule.train_bn)
-        self.state = describe_stage(schedule, stage, len(groups), "(the stage the checkpoint was saved in)")
+        self.state = describe_stage(schedule, stage, len(groups), when)
         self.classes = self.predictor.classes
         self.multi_label = self.predictor.multi_label
         self.threshold = self.predictor.threshold
@@ -60,7 +61,7 @@ class TorchBackend:
         self.cam_layer = layers[cam_layer]
 
     @staticmethod
-    def prepare(backend: DictConfig, ckpt_path: str, output_dir: Path) -> DictConfig:
+    def prepare(backend: DictConfig, served: ServedModel, output_dir: Path) -> DictConfig:
         return backend
 
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
@@ -93,23 +94,25 @@ class OnnxBackend:
     inside_available = False
     precision = FULL_PRECISION
 
-    def __init__(self, ckpt_path: str, device: str, onnx_path: str, threshold: float | None = None) -> None:
+    def __init__(self, served: ServedModel, device: str, onnx_path: str, threshold: float | None = None) -> None:
         import onnxruntime
 
-        hparams = read_checkpoint(ckpt_path, mmap=True)["hyper_parameters"]
-        config = OmegaConf.create(hparams["run_config"])
-        self.classes = list(hparams["classes"])
-        self.multi_label = bool(hparams.get("multi_label", False))
-        self.threshold = float(hparams.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else threshold
-        self.view = eval_transform_for(config).uint8_view()
+        self.classes = served.classes
+        self.multi_label = served.multi_label
+        self.threshold = served.threshold if threshold is None else threshold
+        self.view = eval_transform_for(served.config).uint8_view()
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         self.session = onnxruntime.InferenceSession(str(onnx_path), providers=providers)
 
     @staticmethod
-    def prepare(backend: DictConfig, ckpt_path: str, output_dir: Path) -> DictConfig:
+    def prepare(backend: DictConfig, served: ServedModel, output_dir: Path) -> DictConfig:
         """Export the checkpoint to ``output_dir/model.onnx`` unless ``onnx_path`` names an exported model."""
+        if served.checkpoint is None:
+            raise ValueError(f"backend=onnx serves a checkpoint exported to ONNX, and {served.describe()} has no "
+                             "checkpoint; use the torch backend (backend=torch) or train first")
+        ckpt_path = str(served.checkpoint)
         if backend.onnx_path is not None:
             if not Path(backend.onnx_path).is_file():
                 raise FileNotFoundError(f"backend.onnx_path={backend.onnx_path!r} does not exist; export the checkpoint "

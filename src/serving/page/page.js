@@ -9,7 +9,9 @@ let photo = null;  // the photo on the page: the inside view (inside.js) sends i
 async function loadInfo() {
   const response = await fetch("/info");
   info = (await response.json()).model;
-  $("model").textContent = `${info.name} · ${info.backend} backend · ${info.precision} · ` +
+  // no checkpoint: a network before training (python -m src.inspect serve=true), its weights as initialised
+  $("model").textContent = `${info.name}` + (info.checkpoint ? "" : " (before training)") +
+    ` · ${info.backend} backend · ${info.precision} · ` +
     `${info.classes.length} classes` + (info.multi_label ? ` · multi-label (threshold ${info.threshold})` : "");
   $("classes").replaceChildren(...info.classes.map((name) => {
     const item = document.createElement("li");
