@@ -235,6 +235,15 @@ def test_the_grad_cam_map_comes_with_the_answer(server, photos):
     assert client.post(photos[1].read_bytes(), "image/png")[0] == 200
 
 
+def first_conv_as_served(image: torch.Tensor, weight: torch.Tensor, precision: str) -> torch.Tensor:
+    """conv1's output channels for ``image`` as the served network computes them: under bf16 autocast
+    when it serves ``bf16-mixed`` (the tiny run's ``auto`` on a CPU with native bf16), else in float32."""
+    import torch.nn.functional as F
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        return F.conv2d(image.unsqueeze(0), weight, stride=2, padding=3)[0].float()
+
+
 def test_the_inside_view_is_the_served_models_own_numbers(server, trained, photos):
     """?inside=true: one image's walk through the served network; its numbers equal the checkpoint's."""
     import numpy as np
@@ -261,8 +270,7 @@ def test_the_inside_view_is_the_served_models_own_numbers(server, trained, photo
                                                          + torch.tensor(loaded.config.data.mean).view(3, 1, 1))
                        .mul(255).round().to(torch.uint8))
     conv = loaded.net.backbone[0]
-    with torch.no_grad():
-        channel = F.conv2d(image.unsqueeze(0), conv.weight, stride=2, padding=3)[0, 3]
+    channel = first_conv_as_served(image, conv.weight, client.get_json("/info")["model"]["precision"])[3]
     sent = np.frombuffer(base64.b64decode(inside["kernel"]["output"]["values"]), dtype="<f4").reshape(16, 16)
     assert inside["kernel"]["index"] == 3 and (torch.from_numpy(sent.copy()) - channel).abs().max() < 1e-4
     assert [s["shape"] for s in inside["stages"]] == [[64, 8, 8], [64, 8, 8], [128, 4, 4], [256, 2, 2], [512, 1, 1]]
