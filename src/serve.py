@@ -24,13 +24,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-
-try:  # LitServe and FastAPI come with the serve extra
-    import litserve as ls
-    from fastapi.responses import FileResponse
-    from fastapi.staticfiles import StaticFiles
-except ModuleNotFoundError as error:  # an optional extra: say which
-    raise ModuleNotFoundError(f"{error}: python -m src.serve needs the serve extra; pip install -e '.[serve]'") from None
+from typing import TYPE_CHECKING
 
 import hydra
 import torch
@@ -40,14 +34,16 @@ from omegaconf import DictConfig, OmegaConf
 from src.core.hardware import inference_precision, resolve_device
 from src.models.loading import check_checkpoint_path, read_checkpoint
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
-from src.serving.api import ClassifierAPI
 from src.models.network import build_network
-from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
 from src.visualize.walkthrough import first_conv
 from src.optim.fine_tune import register_resolvers
+from src.core.extras import require_extra
 from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
+
+if TYPE_CHECKING:  # the serve extra, imported by build_server once it is known to be installed
+    import litserve
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +53,9 @@ API_PATH = "/predict"
 
 def _add_page(app) -> None:
     """``GET /`` is the page (LitServe's own ``/`` answers "litserve running"); its files under /page/."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
 
@@ -68,6 +67,8 @@ def _add_page(app) -> None:
 
 def _document_predict(app) -> None:
     """What ``POST /predict`` takes, for the OpenAPI page (the route reads the raw request, so FastAPI cannot see it)."""
+    from src.serving.uploads import RAW_TYPES
+
     binary = {"schema": {"type": "string", "format": "binary"}}
     for route in app.router.routes:
         if getattr(route, "path", None) == API_PATH:
@@ -102,8 +103,15 @@ def first_layer_kernels(model_config: DictConfig, num_classes: int) -> int | Non
     return None if found is None else found[1].out_channels
 
 
-def build_server(cfg: DictConfig) -> ls.LitServer:
+def build_server(cfg: DictConfig) -> litserve.LitServer:
     """The LitServer for ``cfg`` (see conf/serve.yaml), not yet running; raises on a bad setting."""
+    # LitServe, FastAPI and Starlette come with the serve extra: imported once it is known to be there.
+    require_extra("serve", "python -m src.serve")
+    import litserve as ls
+
+    from src.serving.api import ClassifierAPI
+    from src.serving.uploads import UploadGuard, UploadLimits
+
     ckpt_path = check_checkpoint_path(cfg.ckpt_path)
     limits = UploadLimits(cfg.max_upload_mb, cfg.max_files, cfg.max_image_pixels, cfg.upload_timeout_s)
     problems = limits.problems()

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from src.core.hardware import FULL_PRECISION
+from src.core.extras import require_extra
 from src.inference.predictor import Prediction, Predictor, prediction_of
 from src.optim.freezing import describe_stage, trainable_parameter_ids
 from src.models.loading import eval_transform_for, load_classifier, read_checkpoint, saved_stage_index
@@ -110,6 +111,7 @@ class OnnxBackend:
     @staticmethod
     def prepare(backend: DictConfig, ckpt_path: str, output_dir: Path) -> DictConfig:
         """Export the checkpoint to ``output_dir/model.onnx`` unless ``onnx_path`` names an exported model."""
+        require_extra("export", "backend=onnx")  # onnxruntime runs it; onnx and onnxscript export it
         if backend.onnx_path is not None:
             if not Path(backend.onnx_path).is_file():
                 raise FileNotFoundError(f"backend.onnx_path={backend.onnx_path!r} does not exist; export the checkpoint "
