@@ -99,10 +99,12 @@ def test_a_heic_photo_without_the_heif_extra_is_an_error_row_naming_the_install_
     Image.new("RGB", (32, 32), "red").save(photos / "phone.heic")
     Image.new("RGB", (32, 32), "blue").save(photos / "camera.png")
     output = tmp_path / "predictions.csv"
-    # predictions go on for the other files: one HEIC photo does not stop a folder's predictions
+    # predictions go on for the other files (a photo that cannot be read is a row with its reason, and
+    # the status is 1, as for any file that failed): one HEIC photo does not stop a folder's predictions
     done = run_without("heif", "src.predict", f"ckpt_path={ckpt}", f"input={photos}", f"output={output}",
                        f"hydra.run.dir={tmp_path / 'run'}")
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
     rows = {Path(r["path"]).name: r for r in csv.DictReader(output.open())}
     assert rows["camera.png"]["error"] == "" and rows["camera.png"]["prediction"]
     assert "the heif extra" in rows["phone.heic"]["error"] and install_command("heif") in rows["phone.heic"]["error"]
