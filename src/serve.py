@@ -166,9 +166,22 @@ def _sigterm_handler(server_pid: int) -> Callable[[int, FrameType | None], None]
     return stop
 
 
+class ManagerGoneAtShutdown(logging.Filter):
+    """Drops LitServe's "Monitoring worker crashed" traceback when its cause is the multiprocessing manager
+    being gone: on Ctrl+C or SIGTERM LitServe shuts its manager down while its monitoring thread still polls
+    the manager's shutdown event (set only on the other ways it stops), and that poll then fails with a
+    connection error. The server is stopping as asked; any other error of the monitor is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage() == "Monitoring worker crashed"
+                    and isinstance(error, (ConnectionError, EOFError)))
+
+
 def serve(cfg: DictConfig) -> None:
     """Build the server and run it until interrupted (Ctrl+C or SIGTERM)."""
     server = build_server(cfg)
+    logging.getLogger("litserve.server").addFilter(ManagerGoneAtShutdown())
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     log.info("serving %s on http://%s:%d/ (the page), POST %s, docs at /docs", cfg.ckpt_path, cfg.host, cfg.port,
              API_PATH)

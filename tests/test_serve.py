@@ -461,3 +461,18 @@ def test_an_upload_is_decoded_once_and_the_worker_gets_its_pixels(photos, monkey
     request = ClassifierAPI(backend={}, ckpt_path="", model={}, topk=1).decode_request(json.loads(forwarded["body"]))
     assert len(decodes) == 1
     assert request.images[0].tobytes() == load_rgb(photos[0], min_size=32).tobytes()
+
+
+def test_the_monitors_traceback_of_a_manager_gone_at_shutdown_is_dropped_and_its_other_errors_kept():
+    import logging
+
+    from src.serve import ManagerGoneAtShutdown
+
+    def record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("litserve.server", logging.ERROR, "server.py", 1, "Monitoring worker crashed", (),
+                                 (type(error), error, None))
+
+    quiet = ManagerGoneAtShutdown()
+    assert not quiet.filter(record(ConnectionResetError(104, "Connection reset by peer")))
+    assert not quiet.filter(record(EOFError()))
+    assert quiet.filter(record(RuntimeError("a bug in the monitor")))
