@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from src.auditing.duplicates import duplicate_pairs, group_duplicates, valid_in_
 from src.auditing.embedding_cache import cached_read
 from src.auditing.findings import Findings
 from src.auditing.image_pass import read_images
-from src.auditing.label_issues import MissingExtraError, find_issues, out_of_fold_probabilities, require_cleanlab
+from src.auditing.label_issues import find_issues, out_of_fold_probabilities, require_cleanlab
 from src.auditing.neighbours import centred, nearest_neighbours
 from src.auditing.outliers import PropertyLimits, modified_z, ood_scores, property_flags
 from src.auditing.report import summary_lines, write_csvs
@@ -164,11 +163,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 @one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
 def main(cfg: DictConfig) -> None:
-    try:
-        result = audit(cfg)
-    except MissingExtraError as error:
-        print(error, file=sys.stderr)
-        sys.exit(2)
+    result = audit(cfg)
     print("\n".join(result["summary"]))
     print(f"report: {result['report']}")
     print(f"decisions: {result['decisions']} ({result['decision_rows']} rows; edit, then train with "

@@ -39,6 +39,7 @@ from src.visualize.show_batch import denormalize, normalized_and_denormalized_fi
 from src.visualize.summary import summary_table
 from src.visualize.tensor_report import tensor_report
 from src.optim.fine_tune import register_resolvers
+from src.core.extras import require_extra
 from src.core.user_errors import one_line_user_errors
 
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
@@ -136,8 +137,10 @@ def serve_inspected(cfg: DictConfig) -> None:
     A checkpoint is served as ``python -m src.serve`` serves it; before training, the seeded network built from
     the config (its classes from the data folder) is handed to the server's worker as it is.
     """
-    from src.serving.server import run_server, serve_settings  # the serve extra (LitServe), only when serving
+    from src.serving.server import run_server, serve_settings
 
+    command = "python -m src.inspect serve=true"
+    require_extra("serve", command)  # before the network is built
     torch.manual_seed(cfg.seed)
     if cfg.get("ckpt_path"):
         served = ServedModel.from_checkpoint(cfg.ckpt_path)
@@ -145,7 +148,7 @@ def serve_inspected(cfg: DictConfig) -> None:
         subject = load_subject(cfg)
         served = ServedModel.before_training(subject.net, subject.classes, cfg, subject.precision)
     run_server(serve_settings(cfg.paths, host=cfg.host, port=cfg.port, **{"backend.precision": cfg.get("precision")}),
-               served)
+               served, command)
 
 
 def inspect_model(cfg: DictConfig) -> dict[str, Path]:

@@ -401,9 +401,42 @@ def test_bad_settings_are_named_before_anything_starts(trained, tmp_path):
     assert [r.endpoint.__name__ for r in server.app.router.routes if getattr(r, "path", None) == "/"] == ["page"]
 
 
-def test_sigterm_stops_the_server_and_its_processes_quietly(trained, tmp_path):
+def mixed_uploads(photos: list[Path], tmp_path: Path) -> tuple[list[tuple], list[tuple]]:
+    """Ten good requests (raw PNGs and JPEGs, multipart forms of two) and ten bad ones (each a 4xx at the default
+    limits), as ``Client.post`` arguments."""
+    jpeg = io.BytesIO()
+    Image.open(photos[0]).convert("RGB").save(jpeg, format="JPEG")
+    good = [(p.read_bytes(), "image/png") for p in photos] + [(jpeg.getvalue(), "image/jpeg")] * 3
+    good += [multipart([(p.name, p.read_bytes()), ("copy.png", p.read_bytes())]) for p in photos[:3]]
+    photo = photos[0].read_bytes()
+    _bomb_png(tmp_path / "bomb.png")  # 100 MP: over the default max_image_pixels=50000000
+    bad = [(b"plain text, not a picture\n", "image/png"), (photo[: len(photo) // 2], "image/png"),
+           (b"", "image/png"), (photo, "application/json"), (photo, None),
+           ((tmp_path / "bomb.png").read_bytes(), "image/png"), multipart([("a.png", b"")]),
+           (b"--x--\r\n", "multipart/form-data; boundary=x"), (photo, "image/png", "?inside=maybe"),
+           (photo, "image/png", "?kernel=1")]
+    return good[:10], bad
+
+
+def test_twenty_concurrent_uploads_good_and_bad_then_sigterm_leaves_no_process(trained, photos, tmp_path):
+    """At the default settings: every good upload answered with its prediction, every bad one a 4xx with a
+    message, all twenty in flight at once; then SIGTERM stops the server and every process it started."""
     psutil = pytest.importorskip("psutil")
+    good, bad = mixed_uploads(photos, tmp_path)
+    calls = [("good", call) for call in good] + [("bad", call) for call in bad]
+    calls = calls[::2] + calls[1::2]  # good and bad interleaved
     with running_server(trained, tmp_path) as (client, process):
+        classes = client.get_json("/info")["model"]["classes"]
+        with ThreadPoolExecutor(len(calls)) as pool:  # each request bounded by the client's 60 s timeout
+            answers = list(pool.map(lambda c: client.post(*c[1]), calls))
+        for (kind, call), (status, answer) in zip(calls, answers):
+            if kind == "good":
+                files = 2 if call[1].startswith("multipart/") else 1
+                assert status == 200, answer
+                assert len(answer["predictions"]) == files and answer["predictions"][0]["label"] in classes
+            else:
+                assert 400 <= status < 500 and answer["detail"], (call[1:], status, answer)
+        assert process.poll() is None
         children = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(signal.SIGTERM)  # to the main process alone, as `docker stop` sends it
         assert process.wait(timeout=60) is not None
@@ -495,3 +528,18 @@ def test_inspect_serve_true_serves_the_untrained_network_it_inspects(tmp_path):
     assert (torch.tensor(prediction["probabilities"]) - logits.softmax(0)).abs().max() < 1e-6  # the same pass
     assert "(before training: the first stage of schedule.stages)" in inside["state"]
     assert "Traceback" not in (tmp_path / "run" / "server.log").read_text()
+
+
+def test_the_monitors_traceback_of_a_manager_gone_at_shutdown_is_dropped_and_its_other_errors_kept():
+    import logging
+
+    from src.serving.server import ManagerGoneAtShutdown
+
+    def record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("litserve.server", logging.ERROR, "server.py", 1, "Monitoring worker crashed", (),
+                                 (type(error), error, None))
+
+    quiet = ManagerGoneAtShutdown()
+    assert not quiet.filter(record(ConnectionResetError(104, "Connection reset by peer")))
+    assert not quiet.filter(record(EOFError()))
+    assert quiet.filter(record(RuntimeError("a bug in the monitor")))

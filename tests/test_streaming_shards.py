@@ -229,7 +229,7 @@ def test_prepare_without_litdata_names_the_extra_before_writing_anything(tmp_pat
 
     monkeypatch.setitem(sys.modules, "litdata", None)  # hidden from the importer, as if not installed
     out = tmp_path / "shards"
-    with pytest.raises(ConfigError, match=r"output=.*the litdata package \(not installed\).*pip install -e \"\.\[litdata\]\""):
+    with pytest.raises(ConfigError, match=r"output=.*the litdata extra \(litdata not installed\).*pip install -e \"\.\[litdata\]\""):
         prepare(prepare_cfg(photo_folder(tmp_path / "images", per_class=2), out))
     assert not out.exists()  # no split.csv, no plan: nothing half-written
 

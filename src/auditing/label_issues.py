@@ -15,19 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-EXTRA_HINT = 'python -m src.audit needs the audit extra (cleanlab): pip install -e ".[audit]"'
-
-
-class MissingExtraError(ModuleNotFoundError):
-    """An optional extra the command needs is not installed; the message is the one line to show."""
+from src.core.extras import require_extra
 
 
 def require_cleanlab() -> None:
-    """Raise :class:`MissingExtraError` (before any image is read) when cleanlab is not installed."""
-    try:
-        import cleanlab  # noqa: F401
-    except ModuleNotFoundError as error:
-        raise MissingExtraError(f"{EXTRA_HINT} ({error})") from None
+    """Raise :class:`~src.core.extras.MissingExtraError` (before any image is read) when cleanlab is not installed."""
+    require_extra("audit", "python -m src.audit")
 
 
 @dataclass(frozen=True)

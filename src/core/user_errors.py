@@ -6,7 +6,8 @@ stripped) and exits 1, unless ``HYDRA_FULL_ERROR=1``, when it raises the excepti
 ``hydra.main`` returns, runs it with ``HYDRA_FULL_ERROR=1`` so that the exception reaches it, and
 tells the two kinds apart:
 
-- a user's error: a ``ValueError`` (``ConfigError`` among them) or an ``OSError``
+- a user's error: a missing optional extra (:class:`~src.core.extras.MissingExtraError`, one line naming
+  the install command), a ``ValueError`` (``ConfigError`` among them) or an ``OSError``
   (``FileNotFoundError``, a full disk) raised by the project's own code in ``src/`` (the innermost
   frame of its traceback), or a Hydra error about the command line (a missing config group option,
   an override it cannot parse). It becomes its own message on stderr and exit status 2, as a bad
@@ -20,7 +21,6 @@ Hydra still sees the exception first, so its job callbacks run as before (``Remo
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -29,14 +29,13 @@ from typing import Any, TypeVar
 
 from hydra.errors import CompactHydraException
 
+from src.core.extras import EXTRA_MODULES, MissingExtraError, install_command, is_installed
+
 USER_ERROR_STATUS = 2
 PROJECT_CODE = Path(__file__).resolve().parents[1]  # src/
 
-# Config groups that a Hydra plugin of an optional extra provides: (the plugin's module, the extra).
-PLUGIN_EXTRAS = {
-    "hydra/sweeper/optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-    "hydra/launcher/submitit": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-}
+# Config groups that a Hydra plugin of an optional extra provides, and that extra.
+PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit": "slurm"}
 
 Main = TypeVar("Main", bound=Callable[..., Any])
 
@@ -51,24 +50,19 @@ def raised_in_project(error: BaseException) -> bool:
     return Path(innermost.tb_frame.f_code.co_filename).resolve().is_relative_to(PROJECT_CODE)
 
 
-def _is_installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or hidden (None in sys.modules)
-        return False
-
-
 def missing_plugin_hint(message: str) -> str:
     """The install command, when ``message`` (Hydra's) is about a config group that an extra's plugin
     provides and that plugin is not installed; else an empty string."""
-    for group, (module, extra) in PLUGIN_EXTRAS.items():
-        if f"'{group}" in message and not _is_installed(module):
-            return f' ({group} comes with the {extra} extra, not installed: pip install -e ".[{extra}]")'
+    for group, extra in PLUGIN_EXTRAS.items():
+        if f"'{group}" in message and not all(map(is_installed, EXTRA_MODULES[extra])):
+            return f" ({group} comes with the {extra} extra, not installed: {install_command(extra)})"
     return ""
 
 
 def user_error_message(error: Exception) -> str | None:
     """What to print for ``error`` when it is a user's error (see the module), else None."""
+    if isinstance(error, MissingExtraError):
+        return str(error)
     if isinstance(error, CompactHydraException):
         message = str(error)
         return message + missing_plugin_hint(message)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +42,7 @@ from src.data.shards.manifest import (check_classes, is_remote, litdata_problems
 log = logging.getLogger(__name__)
 
 ON_BAD_FILE = ("skip", "error")
+MAX_NAMED_CLASSES = 10  # a warning about classes names this many, then "..."
 
 
 class ModelClasses(Protocol):
@@ -189,11 +190,28 @@ class FolderSource:
         }
         log.info("%s: %d classes, %d training and %d validation images (%s layout)",
                  self.root, len(index.classes), len(index.train), len(index.valid), index.layout)
+        self._warn_of_classes_without_validation_images()
         if not index.valid:
             fix = (f"mark some rows true in the {self.label_source.valid_column!r} column" if self.label_source.valid_column
                    else "every class has a single image; add images or use a train/ and valid/ layout")
             raise ValueError(f"no validation images under {self.root}: {fix}")
         return datasets
+
+    def _labels_of(self, samples: Sequence[Sample]) -> set[int]:
+        return {label for s in samples for label in (s.label if self.multi_label else (s.label,))}
+
+    def _warn_of_classes_without_validation_images(self) -> None:
+        """Name the classes that are trained on but never validated: a class of a single image (the split
+        keeps it for training), or one missing from valid/. Their error rate is then unknown."""
+        index = self.index
+        unseen = sorted(self._labels_of(index.train) - self._labels_of(index.valid))
+        if not unseen or not index.valid:  # no validation images at all is an error (below)
+            return
+        names = [index.classes[label] for label in unseen]
+        shown = ", ".join(repr(n) for n in names[:MAX_NAMED_CLASSES]) + (", ..." if len(names) > MAX_NAMED_CLASSES else "")
+        log.warning("%d of %d classes have no validation image, so their error rate is not measured: %s. A class "
+                    "needs two images or more to have one in validation (one stays for training); add images",
+                    len(names), len(index.classes), shown)
 
     def streams(self, subset: str) -> bool:
         """Whether ``subset`` is read by its own loader (:meth:`ShardSource.loader`); never for a folder."""

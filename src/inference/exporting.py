@@ -38,6 +38,7 @@ from src.inference.probabilities import class_probabilities
 from src.models.loading import load_classifier
 from src.models.multi_label_metrics import DEFAULT_THRESHOLD
 from src.core.atomic_write import atomic_write_json
+from src.core.extras import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                          "format=torch_export (model.pt2, loads with torch.export.load) or format=onnx")
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r}; choose one of {', '.join(FORMATS)}")
+    if cfg.format == "onnx":  # torch.onnx's exporter imports onnx and onnxscript; checked before the checkpoint is read
+        require_extra("export", "format=onnx")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.format == "body":

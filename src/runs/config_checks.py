@@ -24,11 +24,13 @@ from src.data.datamodule import ImageFolderDataModule
 from src.data.loading.dataset import batch_size_problems
 from src.data.files.listing import data_root_problems
 from src.models.classifier_module import ImageClassifierModule
+from src.models.components.timm_body import timm_problems
 from src.data.loading.stage_data import last_stage_size_problems
 from src.models.init_from import init_from_problems
 from src.data.placement.choice import DataPlacement
 from src.data.files.scan_cache import ScanCache
 from src.data.sources import DATA_SOURCES
+from src.runs.experiment_trackers import tracker_problems
 from src.optim.stages import StageSchedule
 from src.core.problems import ConfigError, Problem, is_number, problems_by_name, raise_problems
 
@@ -116,6 +118,7 @@ def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> 
     """
     problems = data_config_problems(cfg.data)
     problems += init_from_problems(cfg.model.get("init_from"), cfg.get("ckpt_path"))
+    problems += tracker_problems(cfg.get("logger"))
     precision = cfg.trainer.get("precision")
     if str(precision) not in PRECISIONS:
         problems.append(Problem("trainer.precision", precision, "one of " + ", ".join(PRECISIONS),
@@ -124,7 +127,9 @@ def check_train_config(cfg: DictConfig, num_layer_groups: int | None = None) -> 
     if lr is not None and (not is_number(lr) or not math.isfinite(lr) or lr <= 0):
         problems.append(Problem("optimizer.lr", lr, "a positive number", "remove it (the stages set the rates)"))
     schedule = cfg.schedule
-    if schedule.get("stages") and num_layer_groups is None:
+    backbone_extra = timm_problems(OmegaConf.select(cfg, "model.backbone.name"))
+    problems += backbone_extra
+    if schedule.get("stages") and num_layer_groups is None and not backbone_extra:
         try:
             num_layer_groups = model_layer_groups(cfg.model)
         except (InstantiationException, ValueError) as error:  # named here; the stages are checked too

@@ -27,6 +27,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks.tracker_figures import IMAGE_FILE_WRITERS, writer_for
+from src.core.extras import extra_problems
+from src.core.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,22 @@ def use_wandb_offline_without_login() -> None:
         os.environ["WANDB_MODE"] = "offline"
         log.warning("W&B: no login found (WANDB_API_KEY, `wandb login`): logging offline under the run "
                     "directory's wandb/; upload with `wandb sync DIR`, or set WANDB_MODE to choose")
+
+
+# The trackers that come with an optional extra: the logger class's name, the extra (Lightning's logger
+# raises its own ModuleNotFoundError only when it is built, after the scan).
+TRACKER_EXTRAS = {"WandbLogger": "wandb", "MLFlowLogger": "mlflow"}
+
+
+def tracker_problems(logger_cfg: Mapping[str, Any] | None) -> list[Problem]:
+    """Each logger of ``cfg.logger`` whose tracker's extra is not installed, named with the install command."""
+    problems = []
+    for name, config in (logger_cfg or {}).items():
+        target = str((config or {}).get("_target_", ""))
+        extra = TRACKER_EXTRAS.get(target.rpartition(".")[2])
+        if extra is not None:
+            problems += extra_problems(extra, f"logger.{name}", target)
+    return problems
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:

@@ -24,6 +24,7 @@ from src.models.loading import check_resumable, checkpoint_classes, epochs_finis
 from src.optim.lr_finder import SUGGESTIONS
 from src.runs.builder import Run, build_run
 from src.runs.interruption import exit_status_of_signals
+from src.runs.run_lock import run_directory_lock
 from src.core.launch_handoff import handed_over, received
 from src.runs.run_files import (
     check_room_for_checkpoints,
@@ -80,6 +81,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_train_config(cfg)  # every config problem at once, before any data is read
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
+    with run_directory_lock(output_dir):  # a second run into this directory is refused here
+        return _train_in(cfg, output_dir)
+
+
+def _train_in(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """:func:`train` once the run directory is this run's."""
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt_path is not None:
         check_epochs_left(ckpt_path, instantiate(cfg.schedule).total_epochs)

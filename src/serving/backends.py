@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from src.core.hardware import FULL_PRECISION
+from src.core.extras import require_extra
 from src.inference.predictor import Prediction, Predictor, prediction_of
 from src.optim.freezing import describe_stage, trainable_parameter_ids
 from src.models.loading import eval_transform_for
@@ -109,6 +110,7 @@ class OnnxBackend:
     @staticmethod
     def prepare(backend: DictConfig, served: ServedModel, output_dir: Path) -> DictConfig:
         """Export the checkpoint to ``output_dir/model.onnx`` unless ``onnx_path`` names an exported model."""
+        require_extra("export", "backend=onnx")  # onnxruntime runs it; onnx and onnxscript export it
         if served.checkpoint is None:
             raise ValueError(f"backend=onnx serves a checkpoint exported to ONNX, and {served.describe()} has no "
                              "checkpoint; use the torch backend (backend=torch) or train first")

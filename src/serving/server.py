@@ -15,25 +15,20 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-
-try:  # LitServe and FastAPI come with the serve extra
-    import litserve as ls
-    from fastapi.responses import FileResponse
-    from fastapi.staticfiles import StaticFiles
-except ModuleNotFoundError as error:  # an optional extra: say which
-    raise ModuleNotFoundError(f"{error}: serving a model over HTTP needs the serve extra; "
-                              "pip install -e '.[serve]'") from None
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from src.core.extras import require_extra
 from src.core.hardware import inference_precision, resolve_device
 from src.models.network import build_network
-from src.serving.api import ClassifierAPI
 from src.serving.served_model import ServedModel
-from src.serving.uploads import RAW_TYPES, UploadGuard, UploadLimits
 from src.visualize.walkthrough import first_conv
+
+if TYPE_CHECKING:  # the serve extra, imported by build_server once it is known to be installed
+    import litserve
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +43,9 @@ TORCH_BACKEND = CONF_DIR / "backend" / "torch.yaml"
 
 def _add_page(app) -> None:
     """``GET /`` is the page (LitServe's own ``/`` answers "litserve running"); its files under /page/."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
 
@@ -59,6 +57,8 @@ def _add_page(app) -> None:
 
 def _document_predict(app) -> None:
     """What ``POST /predict`` takes, for the OpenAPI page (the route reads the raw request, so FastAPI cannot see it)."""
+    from src.serving.uploads import RAW_TYPES
+
     binary = {"schema": {"type": "string", "format": "binary"}}
     for route in app.router.routes:
         if getattr(route, "path", None) == API_PATH:
@@ -106,9 +106,16 @@ def serve_settings(paths: DictConfig, **chosen) -> DictConfig:
     return settings
 
 
-def build_server(cfg: DictConfig, served: ServedModel) -> ls.LitServer:
+def build_server(cfg: DictConfig, served: ServedModel, command: str = "python -m src.serve") -> litserve.LitServer:
     """The LitServer of ``served`` with the settings ``cfg`` (see conf/serve.yaml), not yet running; raises on a
-    bad setting."""
+    bad setting. ``command`` names what asked for it in the message of a missing serve extra."""
+    # LitServe, FastAPI and Starlette come with the serve extra: imported once it is known to be there.
+    require_extra("serve", command)
+    import litserve as ls
+
+    from src.serving.api import ClassifierAPI
+    from src.serving.uploads import UploadGuard, UploadLimits
+
     limits = UploadLimits(cfg.max_upload_mb, cfg.max_files, cfg.max_image_pixels, cfg.upload_timeout_s)
     problems = limits.problems()
     if not isinstance(cfg.topk, int) or cfg.topk < 1:
@@ -159,9 +166,22 @@ def _sigterm_handler(server_pid: int) -> Callable[[int, FrameType | None], None]
     return stop
 
 
-def run_server(cfg: DictConfig, served: ServedModel) -> None:
+class ManagerGoneAtShutdown(logging.Filter):
+    """Drops LitServe's "Monitoring worker crashed" traceback when its cause is the multiprocessing manager
+    being gone: on Ctrl+C or SIGTERM LitServe shuts its manager down while its monitoring thread still polls
+    the manager's shutdown event (set only on the other ways it stops), and that poll then fails with a
+    connection error. The server is stopping as asked; any other error of the monitor is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage() == "Monitoring worker crashed"
+                    and isinstance(error, (ConnectionError, EOFError)))
+
+
+def run_server(cfg: DictConfig, served: ServedModel, command: str = "python -m src.serve") -> None:
     """Build the server of ``served`` and run it until interrupted (Ctrl+C or SIGTERM)."""
-    server = build_server(cfg, served)
+    server = build_server(cfg, served, command)
+    logging.getLogger("litserve.server").addFilter(ManagerGoneAtShutdown())
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     log.info("serving %s on http://%s:%d/ (the page), POST %s, docs at /docs", served.describe(), cfg.host, cfg.port,
              API_PATH)

@@ -37,6 +37,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from src.core.extras import install_command
+
 # What a file that is not a readable image raises in PIL: unidentified or truncated files are
 # OSErrors, a decompression bomb its own error; ValueError for modes PIL cannot convert (and
 # UnfaithfulImageError); broken PNG chunks raise SyntaxError and some cut-short headers EOFError
@@ -47,7 +49,6 @@ UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Dec
 MAX_IMAGE_PIXELS = 100_000_000
 
 HEIF_SUFFIXES = (".heic", ".heif")
-HEIF_INSTALL = 'pip install -e ".[heif]"'
 # ISO base media files start with a box "ftyp" and a brand; these brands are HEIF images.
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
@@ -94,7 +95,7 @@ def unidentified_reason(source: Path | IO[bytes]) -> str | None:
         head = source.read(12)
         source.seek(position)
     if is_heif(head) and not _heif_registered():
-        return f"a HEIC/HEIF image, and reading one needs pillow-heif: install the heif extra ({HEIF_INSTALL})"
+        return f"a HEIC/HEIF image, and reading one needs pillow-heif: install the heif extra ({install_command('heif')})"
     if head[:4] in TIFF_MAGIC:
         return ("a TIFF whose sample format Pillow cannot decode (such as float RGB, 16-bit float, 64-bit or "
                 "unsigned 32-bit big-endian samples); save it with 8- or 16-bit integer samples, or as 32-bit "

@@ -8,11 +8,11 @@ classes than a checkpoint was trained on. Each refusal names what differs and th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+from src.core.extras import extra_problems
 from src.core.problems import Problem
 
 MANIFEST = "manifest.json"
@@ -92,10 +92,8 @@ def litdata_problems(key: str = "data.format", value: Any = "litdata",
                      alternative: str = "or use data.format=folder") -> list[Problem]:
     """Reading shards (``data.format=litdata``) or writing them (``src.prepare``, ``key="output"``) needs the
     ``litdata`` extra; ``alternative``: what else the user may do, after the install command."""
-    if importlib.util.find_spec("litdata") is None:
-        return [Problem(key, value, "the litdata package (not installed)",
-                        f'pip install -e ".[litdata]" (litdata and boto3){", " + alternative if alternative else ""}')]
-    return []
+    return [Problem(p.key, p.value, p.expected, p.fix + (f", {alternative}" if alternative else ""))
+            for p in extra_problems("litdata", key, value)]
 
 
 def local_shards_problems(root: str | Path, size: Any) -> list[Problem]:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from src.core.extras import extra_problems, require_extra
+from src.core.problems import Problem
 from src.models.components.weights_file import load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -22,14 +25,19 @@ PREFIX = "timm/"
 # fastai's ResNet split cuts before layer3, the first stage at 1/16 of the input's resolution.
 # For any timm CNN: group 0 ends with the last stage whose output is at a reduction below this.
 GROUP_SPLIT_REDUCTION = 16
-INSTALL_HINT = 'timm backbones need the optional extra: pip install -e ".[timm]"'
+
+
+def timm_problems(name: Any) -> list[Problem]:
+    """A ``timm/<name>`` backbone without the timm extra installed (checked with the config, before the scan)."""
+    if isinstance(name, str) and name.startswith(PREFIX):
+        return extra_problems("timm", "model.backbone.name", name)
+    return []
 
 
 def _timm():
-    try:
-        import timm
-    except ImportError as error:
-        raise ImportError(f"model.backbone.name starts with {PREFIX!r}, but timm is not installed. {INSTALL_HINT}") from error
+    require_extra("timm", f"model.backbone.name={PREFIX}...")  # a checkpoint of a timm backbone, loaded to predict
+    import timm
+
     return timm
 
 
