@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,23 @@ def train_tiny_run(base: Path, overrides: list[str], classes: int = 3, per_class
         cfg.paths.output_dir = str(base / "run")
     train(cfg)
     return base / "run"
+
+
+@contextlib.contextmanager
+def conv_output_dtypes() -> Iterator[list]:
+    """The dtype of every convolution's output while inside: what the forward passes really computed in."""
+    from torch import nn
+
+    seen, forward = [], nn.Conv2d.forward
+
+    def recording(self, x):
+        out = forward(self, x)
+        seen.append(out.dtype)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nn.Conv2d, "forward", recording)
+        yield seen
 
 
 def _bomb_png(path: Path, side: int = 10_001) -> None:

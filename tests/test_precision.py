@@ -7,42 +7,21 @@ evaluating machine act as one with (1) or without (0) native bf16.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
-from torch import nn
-
 from PIL import Image
 
 from src import Predictor
 from src.evaluate import evaluate
 from src.inspect import inspect_model
-from tests.conftest import compose_config, train_tiny_run
-
+from tests.conftest import compose_config, conv_output_dtypes, train_tiny_run
 
 # Not marked `precision`: every test sets IFC_NATIVE_BF16 itself (or trains at an explicit precision), so a
 # second pass as the other kind of CPU would run the same thing again.
-
-
-@contextlib.contextmanager
-def conv_output_dtypes() -> Iterator[list[torch.dtype]]:
-    """The dtype of every convolution's output while inside: what the forward passes really computed in."""
-    seen: list[torch.dtype] = []
-    forward = nn.Conv2d.forward
-
-    def recording(self, x):
-        out = forward(self, x)
-        seen.append(out.dtype)
-        return out
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nn.Conv2d, "forward", recording)
-        yield seen
 
 
 @pytest.fixture(scope="module")

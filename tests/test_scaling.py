@@ -14,16 +14,19 @@ import torch
 from omegaconf import open_dict
 
 from src.runs.training import train
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config, conv_output_dtypes
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tiny_cfg):
     with open_dict(tiny_cfg):
         tiny_cfg.trainer.precision = "bf16-mixed"
         del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch
-    metrics = train(tiny_cfg)
+    with conv_output_dtypes() as conv_dtypes:
+        metrics = train(tiny_cfg)
     assert 0.0 <= metrics["val/error_rate"] <= 1.0 and math.isfinite(metrics["val/loss"])
-    # autocast computes in bf16; the weights (and so the checkpoint) stay fp32
+    # autocast computes in bf16: every convolution of training and validation; the weights (and so the
+    # checkpoint) stay fp32
+    assert len(conv_dtypes) > 100 and set(conv_dtypes) == {torch.bfloat16}
     state = torch.load(Path(tiny_cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert state["net.head.8.weight"].dtype == torch.float32
 

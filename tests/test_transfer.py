@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torchvision
@@ -52,12 +53,33 @@ def test_backbone_weights_from_a_checkpoint_with_another_class_count(resnet_run,
     assert saved["net.head.8.weight"].shape[0] == 3
 
 
+class BodyAtStart(L.Callback):
+    """Keeps a copy of the network's body as the Trainer starts fitting (before any step)."""
+
+    bodies: list[dict[str, torch.Tensor]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        BodyAtStart.bodies.append({k: v.detach().clone() for k, v in pl_module.net.backbone.state_dict().items()})
+
+
 def test_the_body_of_a_checkpoint_trains_on_new_classes(resnet_run, tmp_path):
     root = copy_sample(tmp_path / "two", classes=2, per_class=8)
-    cfg = new_run_cfg(root, tmp_path / "run", [f"model.backbone.weights={resnet_run / 'checkpoints' / 'best.ckpt'}"])
+    best = resnet_run / "checkpoints" / "best.ckpt"
+    cfg = new_run_cfg(root, tmp_path / "run", [f"model.backbone.weights={best}",
+                                                f"+callbacks.body._target_={__name__}.BodyAtStart"])
+    BodyAtStart.bodies.clear()
     metrics = train(cfg)
     assert 0.0 <= metrics["val/error_rate"] <= 1.0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    # the training started from the source's body, tensor for tensor
+    source = torch.load(best, weights_only=True)["state_dict"]
+    [body] = BodyAtStart.bodies
+    assert len(body) == len([k for k in source if k.startswith(BODY)]) > 100
+    for key, value in body.items():
+        assert torch.equal(value, source[BODY + key]), key
+    # ... and trained from there: the second stage moved the body
+    trained = checkpoint_state(tmp_path / "run")
+    assert not torch.equal(trained[BODY + "0.weight"], source[BODY + "0.weight"])
 
 
 @pytest.mark.parametrize("other", ["resnet34", "timm/resnet18"])
