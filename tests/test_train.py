@@ -16,17 +16,59 @@ from src.runs.training import train
 from tests.conftest import CONFIG_DIR, compose_config
 
 
+def _leaves(node: dict, prefix: str = "") -> dict[str, object]:
+    """The dotted keys and values of a YAML file's mapping, without its defaults list."""
+    out = {}
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _schedule_file(experiment: dict) -> Path:
+    """The schedule the experiment's defaults override to, else train.yaml's default (read from the files)."""
+    for group in (*experiment.get("defaults", []), *_yaml(CONFIG_DIR / "train.yaml")["defaults"]):
+        if isinstance(group, dict):
+            for key, name in group.items():
+                if key.removeprefix("override ").strip("/") == "schedule":
+                    return CONFIG_DIR / "schedule" / f"{name}.yaml"
+    raise AssertionError("no schedule in the defaults")
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
+    """Each value the experiment's file writes is the composed config's, and the objects built from it have
+    the sizes and epochs its files say: the expectation is read from the YAML files, not from the composition."""
     cfg = compose_config([f"experiment={experiment}", "model.backbone.weights=null"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
     from hydra.utils import instantiate
 
+    written = _yaml(CONFIG_DIR / "experiment" / f"{experiment}.yaml")
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    leaves = _leaves(written)
+    assert leaves, "the experiment sets nothing"
+    for key, value in leaves.items():
+        node = composed
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
     schedule = instantiate(cfg.schedule)
     datamodule = instantiate(cfg.data)
-    assert schedule.total_epochs >= 1
-    assert datamodule.size == cfg.data.size
+    data_defaults = _yaml(CONFIG_DIR / "data" / "image_folder.yaml")
+    for attribute in ("size", "batch_size"):
+        expected = leaves.get(f"data.{attribute}", data_defaults[attribute])
+        assert getattr(datamodule, attribute) == expected, attribute
+    stages = _yaml(_schedule_file(written))["stages"]
+    assert schedule.total_epochs == sum(stage["epochs"] for stage in stages) >= 1
 
 
 def test_resnet50_experiment_is_the_seed_recipe():
