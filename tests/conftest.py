@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -28,6 +31,37 @@ def copy_sample(dest: Path, classes: int = 3, per_class: int = 12) -> Path:
         for image in sorted(folder.iterdir())[:per_class]:
             shutil.copy(image, dest / folder.name / image.name)
     return dest
+
+
+def in_ci() -> bool:
+    """Whether the suite runs in CI (``CI=true``, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require_extra(module: str, extra: str) -> ModuleType:
+    """``module``, imported; where it is missing, the test skips naming the extra and its install command,
+    except in CI, where every dev extra is installed (``make install``): there a missing one fails the test
+    instead of letting it vanish from the run."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        message = f"{module} is missing ({error}): the {extra} extra, pip install -e '.[{extra}]' (make install adds every extra)"
+        if in_ci():
+            pytest.fail(f"CI=true: {message}; CI installs every dev extra, so this test must run", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
+def require_programs(*names: str) -> list[str]:
+    """The paths of the system programs ``names``; where one is missing, skip naming it, or fail in CI
+    (.ci/run installs them)."""
+    paths = [shutil.which(name) for name in names]
+    missing = [name for name, path in zip(names, paths) if path is None]
+    if missing:
+        message = f"needs {', '.join(missing)} (Debian's chromium and chromium-driver; .ci/run installs them)"
+        if in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+    return paths
 
 
 @pytest.fixture

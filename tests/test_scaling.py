@@ -14,7 +14,7 @@ import torch
 from omegaconf import open_dict
 
 from src.runs.training import train
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config, conv_output_dtypes
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, compose_config, conv_output_dtypes, require_extra
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tiny_cfg):
@@ -32,7 +32,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_cfg):
 
 
 def test_slurm_launcher_config_composes():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
+    require_extra("hydra_plugins.hydra_submitit_launcher", "slurm")
     cfg = compose_config(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=4",
                           "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.devices=4"],
                          return_hydra_config=True)

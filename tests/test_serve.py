@@ -23,9 +23,9 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config, train_tiny_run
+from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config, require_extra, train_tiny_run
 
-pytest.importorskip("litserve", reason="the serve extra: pip install -e '.[serve]'")
+require_extra("litserve", "serve")
 
 CLASSES = 4
 START_TIMEOUT_S = 240  # two cores shared with other jobs: importing torch in the worker and loading take a while
@@ -344,8 +344,8 @@ def test_a_client_that_disconnects_or_stalls_mid_upload_leaves_the_server_servin
 # export itself is checked in every run (tests/test_inference.py)
 @pytest.mark.slow
 def test_the_onnx_backend_serves_the_exported_model(trained, photos, tmp_path):
-    pytest.importorskip("onnxruntime")
-    psutil = pytest.importorskip("psutil")
+    require_extra("onnxruntime", "export")
+    import psutil
     with running_server(trained, tmp_path, ["backend=onnx", "max_batch_size=4"]) as (client, process):
         assert client.get_json("/info")["model"]["cam"] is False
         status, answer = client.post_files([(p.name, p.read_bytes()) for p in photos])
@@ -384,7 +384,7 @@ def test_bad_settings_are_named_before_anything_starts(trained, tmp_path):
 
 
 def test_sigterm_stops_the_server_and_its_processes_quietly(trained, tmp_path):
-    psutil = pytest.importorskip("psutil")
+    import psutil
     with running_server(trained, tmp_path) as (client, process):
         children = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(signal.SIGTERM)  # to the main process alone, as `docker stop` sends it

@@ -18,7 +18,7 @@ from src.core.problems import ConfigError
 from src.inference.exporting import export
 from src.runs.builder import build_run
 from src.runs.training import train
-from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config, copy_sample, train_tiny_run
+from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config, copy_sample, require_extra, train_tiny_run
 
 BODY = "net.backbone."
 
@@ -85,7 +85,7 @@ def test_the_body_of_a_checkpoint_trains_on_new_classes(resnet_run, tmp_path):
 @pytest.mark.parametrize("other", ["resnet34", "timm/resnet18"])
 def test_a_checkpoint_of_another_architecture_names_both(resnet_run, tmp_path, other):
     if other.startswith("timm/"):
-        pytest.importorskip("timm")
+        require_extra("timm", "timm")
     cfg = new_run_cfg(copy_sample(tmp_path / "two", classes=2), tmp_path / "run",
                       [f"model.backbone.name={other}", f"model.backbone.weights={resnet_run / 'checkpoints' / 'last.ckpt'}"])
     with pytest.raises(InstantiationException, match=rf"checkpoint of a resnet18 run, but model.backbone.name is {other}"):
@@ -140,7 +140,7 @@ def test_exported_body_loads_into_torchvision_resnet18_strictly(resnet_run, tmp_
 
 
 def test_timm_body_from_a_checkpoint_and_exported(tmp_path):
-    timm = pytest.importorskip("timm")
+    timm = require_extra("timm", "timm")
     source = train_tiny_run(tmp_path / "source", ["model.backbone.name=timm/resnet18"], classes=3, per_class=6)
     ckpt = source / "checkpoints" / "last.ckpt"
     saved = checkpoint_state(source)
