@@ -261,3 +261,32 @@ def test_the_compile_figures_are_the_ones_performance_md_measured():
                          (root / "docs" / "performance.md").read_text())
     comment = (root / "conf" / "model" / "resnet.yaml").read_text()
     assert measured and f"{measured[1]} faster" in comment and f"{measured[2]} of compiling" in comment
+
+
+def test_make_train_and_debug_fast_compose_to_the_values_they_set(tmp_path):
+    """`make train` is `python -m src.train experiment=demo`; debug=fast on top is the smoke run."""
+    from hydra.utils import instantiate
+
+    assert "$(BIN)/python -m src.train experiment=demo\n" in (CONFIG_DIR.parent / "Makefile").read_text()
+    demo = compose_config(["experiment=demo"])
+    # relative to where make runs, the project root: the committed sample
+    assert Path(demo.data.root) == Path("data/fashion-mnist-sample") and (CONFIG_DIR.parent / demo.data.root).is_dir()
+    assert (demo.model.backbone.name, demo.model.backbone.weights) == ("resnet18", None)  # nothing to download
+    assert (demo.data.size, demo.data.batch_size, demo.data.num_workers) == (32, 64, "auto")
+    augment = demo.data.augment
+    assert (augment.max_rotate, augment.max_zoom, augment.max_warp, augment.max_lighting, augment.p_affine) == (
+        5.0, 1.1, 0.0, 0.1, 0.5)
+    assert [(s.name, s.epochs, s.lr, s.freeze_to) for s in demo.schedule.stages] == [
+        ("all", 3, 1e-2, 0), ("fine-tune", 1, [1e-4, 1e-3], 0)]
+    assert demo.schedule.pct_start == 0.3  # the rest of the demo's schedule is fastai's
+    assert (demo.trainer.limit_train_batches, demo.trainer.limit_val_batches) == (None, None)
+
+    fast = compose_config(["experiment=demo", "debug=fast"])
+    assert [(s.name, s.epochs, s.lr, s.freeze_to) for s in fast.schedule.stages] == [
+        ("head", 1, [3e-3], -1), ("all", 1, [1e-6, 1e-4], 0)]
+    assert (fast.trainer.limit_train_batches, fast.trainer.limit_val_batches, fast.data.num_workers) == (2, 2, 0)
+    assert (fast.data.size, fast.data.batch_size, fast.data.root) == (32, 64, demo.data.root)  # the demo's data kept
+    with open_dict(fast):
+        fast.paths.output_dir = str(tmp_path)
+    assert instantiate(fast.schedule).total_epochs == 2
+    assert instantiate(fast.data).size == 32
