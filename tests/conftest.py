@@ -85,15 +85,16 @@ TINY_OVERRIDES = [
     "data.size=32",
     "data.batch_size=8",
     # Loader workers off: each worker process costs ~1 s to start, on every loader of the ~200 tiny runs.
-    # The default (num_workers=auto, persistent) has its own tests: test_resume.py (kill -9 with the
-    # defaults), test_scaling.py (DDP), test_progressive_resizing.py, test_samplers.py (auto vs 0).
+    # Runs with workers: test_resume.py (the default num_workers=auto, persistent, killed and resumed),
+    # test_scaling.py (DDP with one worker per process), test_progressive_resizing.py (two workers);
+    # test_samplers.py compares auto's first batch with no workers'.
     "data.num_workers=0",
     "schedule.stages=[{name:head,epochs:1,lr:[3e-3],freeze_to:-1},{name:all,epochs:1,lr:[1e-6,1e-4],freeze_to:0}]",
     "trainer.accelerator=cpu",
     "trainer.limit_train_batches=3",
     "trainer.log_every_n_steps=1",
-    # Terminal output only (no files, no state): off to keep the captured logs readable; the resume,
-    # DDP and test-subset tests run with every callback.
+    # Terminal output only (no files, no state): off to keep the captured logs readable; test_resume.py
+    # runs with every callback (the other subprocess runs, DDP and test-subset, drop these two too).
     "~callbacks.progress_bar",
     "~callbacks.model_summary",
 ]
