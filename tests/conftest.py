@@ -137,6 +137,13 @@ def conv_output_dtypes() -> Iterator[list]:
         yield seen
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run without overrides (3 classes x 10 images, under ``images/`` beside it), trained once for
+    the tests that only read it (its checkpoints, its images): its run directory. Copy what a test changes."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny-run"), [])
+
+
 def _bomb_png(path: Path, side: int = 10_001) -> None:
     """A valid 1-bit PNG of ``side`` x ``side`` pixels (100 MP) that is ~15 kB on disk: a decompression bomb."""
     import struct

@@ -194,13 +194,13 @@ def test_a_refused_ckpt_path_leaves_no_run_directory_behind(tmp_path, image_root
     assert (earlier / "train.log").read_text().startswith("the earlier run's log\n")
 
 
-def test_a_finished_checkpoint_is_refused_before_the_scan_with_how_to_train_more(tmp_path, started):
-    from tests.conftest import compose_config, train_tiny_run
+def test_a_finished_checkpoint_is_refused_before_the_scan_with_how_to_train_more(tmp_path, started, tiny_run):
+    from tests.conftest import compose_config
     from omegaconf import open_dict
     from src.runs.training import train
 
-    finished = train_tiny_run(tmp_path / "first", []) / "checkpoints" / "last.ckpt"
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={tmp_path / 'first' / 'images'}", f"ckpt_path={finished}"])
+    finished = tiny_run / "checkpoints" / "last.ckpt"
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={tiny_run.parent / 'images'}", f"ckpt_path={finished}"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "again")
     started.clear()

@@ -23,10 +23,10 @@ from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config, copy_sample, 
 BODY = "net.backbone."
 
 
-@pytest.fixture(scope="module")
-def resnet_run(module_tmp_path) -> Path:
-    """A tiny run on three classes: its run directory."""
-    return train_tiny_run(module_tmp_path / "source", [], classes=3)
+@pytest.fixture
+def resnet_run(tiny_run) -> Path:
+    """A tiny run on three classes (the session's, read only): its run directory."""
+    return tiny_run
 
 
 def checkpoint_state(run: Path) -> dict[str, torch.Tensor]:
