@@ -105,3 +105,23 @@ def test_ddp_with_loader_workers_and_an_odd_validation_count_is_reproduced_by_ev
     assert best["error_rate"] == pytest.approx(summary["best"]["val/error_rate"], abs=1e-6)
     assert last["error_rate"] == pytest.approx(summary["final"]["val/error_rate"], abs=1e-6)
     assert last["loss"] == pytest.approx(summary["final"]["val/loss"], abs=1e-4)
+
+
+def test_under_ddp_each_validation_image_is_on_one_process_and_the_end_of_run_figures_see_them_all(tmp_path):
+    from types import SimpleNamespace
+
+    from src.runs.builder import build_datamodule
+
+    root = copy_sample(tmp_path / "images", classes=3, per_class=12)
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", "data.valid_pct=0.25"])
+    with open_dict(cfg):
+        cfg.data.split_csv = cfg.data.bad_files_csv = None
+    datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")
+    shares = []
+    for rank in (0, 1):
+        datamodule.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0)
+        shares.append(list(datamodule.val_dataloader().sampler))
+    assert sorted(shares[0] + shares[1]) == list(range(9)) and [len(s) for s in shares] == [5, 4]  # no repeat
+    whole = datamodule.whole_valid_loader()  # rank 1's trainer still attached: every image all the same
+    assert sum(len(labels) for _, labels in whole) == 9

@@ -299,7 +299,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         return UnrepeatedDistributedSampler(dataset, num_replicas=self.trainer.world_size,
                                             rank=self.trainer.global_rank, shuffle=False)
 
-    def _loader(self, subset: str, shuffle: bool) -> DataLoader:
+    def _loader(self, subset: str, shuffle: bool, sharded: bool = True) -> DataLoader:
         self.use_epoch_data()  # progressive resizing: this epoch's stage's size and batch size
         if self.source.streams(subset):
             return self.source.loader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
@@ -307,7 +307,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         return EpochDataLoader(
             self.datasets[subset],
             batch_size=self.batch_size,
-            sampler=self.train_sampler() if shuffle else self._evaluation_sampler(self.datasets[subset]),
+            sampler=(self.train_sampler() if shuffle else
+                     self._evaluation_sampler(self.datasets[subset]) if sharded else None),
             # fastai drops the last partial batch in training: a batch of one breaks BatchNorm.
             drop_last=shuffle and len(self.datasets[subset]) > self.batch_size,
             num_workers=self.num_workers,
@@ -325,6 +326,11 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("valid", shuffle=False)
+
+    def whole_valid_loader(self) -> DataLoader:
+        """Every validation image, in order, in this process, also under DDP: for loops outside the
+        Trainer's (the end-of-run figures on rank 0); :meth:`val_dataloader` gives each process its share."""
+        return self._loader("valid", shuffle=False, sharded=False)
 
     def test_dataloader(self) -> DataLoader:
         if not self.datasets.get("test"):
