@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from src.runs.config_checks import ConfigError
 from src.runs.training import train
-from tests.conftest import CONFIG_DIR, compose_config
+from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, copy_sample
 
 
 def _leaves(node: dict, prefix: str = "") -> dict[str, object]:
@@ -85,9 +85,20 @@ def test_a_typo_in_a_key_fails():
         compose_config(["data.batchsize=8"])
 
 
-def test_short_training_run_writes_the_run_directory(tiny_cfg):
-    metrics = train(tiny_cfg)
-    run = Path(tiny_cfg.paths.output_dir)
+@pytest.fixture(scope="module")
+def default_run(module_tmp_path) -> tuple[Path, dict]:
+    """The tiny run as the tiny_cfg fixture writes it (3 classes x 12 images), trained once for the tests that
+    read its run directory: its directory and train's metrics. One batch of throughput warm-up (of the
+    3 an epoch) leaves batches to time, so perf/ scalars are logged."""
+    root = copy_sample(module_tmp_path / "images")
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", "callbacks.throughput.warmup_steps=1"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(module_tmp_path / "run")
+    return module_tmp_path / "run", train(cfg)
+
+
+def test_short_training_run_writes_the_run_directory(default_run):
+    run, metrics = default_run
     for name in ["config.yaml", "split.csv", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"]:
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -121,12 +132,10 @@ def test_the_model_summary_counts_the_flops_of_one_image_at_the_data_size(tiny_c
     assert summary.total_flops > 0  # "Total FLOPs: 0" without an example input
 
 
-def test_tensorboard_has_group_learning_rates_and_the_augmented_batch(tiny_cfg):
+def test_tensorboard_has_group_learning_rates_and_the_augmented_batch(default_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tiny_cfg.callbacks.throughput.warmup_steps = 1  # the tiny run's 3 batches an epoch: one left to time
-    train(tiny_cfg)
-    events = EventAccumulator(str(Path(tiny_cfg.paths.output_dir) / "tensorboard")).Reload()
+    events = EventAccumulator(str(default_run[0] / "tensorboard")).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"val/error_rate", "val/loss", "val/accuracy", "train/loss_step", "val/error_rate_best"} <= scalars
     assert {f"lr-AdamW/group{i}" for i in range(3)} <= scalars
@@ -232,11 +241,10 @@ def test_bad_inputs_fail_before_training_with_the_key_named(tiny_cfg, tmp_path):
     assert not Path(tiny_cfg.paths.output_dir).exists()  # nothing ran
 
 
-def test_checkpoint_rebuilds_the_trained_network_without_the_data(tiny_cfg):
+def test_checkpoint_rebuilds_the_trained_network_without_the_data(default_run):
     from src.models.loading import load_classifier
 
-    train(tiny_cfg)
-    run = Path(tiny_cfg.paths.output_dir)
+    run = default_run[0]
     loaded = load_classifier(run / "checkpoints" / "last.ckpt")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert loaded.classes == checkpoint["hyper_parameters"]["classes"]
