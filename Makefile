@@ -16,7 +16,7 @@ TORCH_VERSION = $(BIN)/python -c "from importlib.metadata import version; print(
 KEEP_TORCH = "torch==$$($(TORCH_VERSION))"
 
 .DEFAULT_GOAL := help
-.PHONY: help install train inspect inspect-demo test test-other-cpu test-both-cpus test-slow tensorboard sample bench bench-run bench-data config-reference clean
+.PHONY: help install train inspect inspect-demo test test-other-cpu test-both-cpus test-slow gpu-check tensorboard sample bench bench-run bench-data config-reference clean
 
 help: ## Show this list
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,11 @@ test-both-cpus: test ## The whole suite as this CPU and as a CPU without native 
 
 test-slow: $(DEV_STAMP) ## Run the slow tests too
 	$(BIN)/python -m pytest -m "slow or not slow"
+
+# No install step: on a machine without CUDA it stops at once (one line, exit 2), before any pip run.
+gpu-check: ## On one CUDA GPU: the GPU tests, then ResNet50 speeds per data path (benchmarks/gpu-check-<date>.json)
+	@test -x $(BIN)/python || { echo "no $(BIN): run make install first" >&2; exit 2; }
+	@$(BIN)/python scripts/gpu_check.py
 
 tensorboard: $(STAMP) ## Open TensorBoard on every run under outputs/
 	$(BIN)/tensorboard --logdir outputs

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -29,6 +33,39 @@ def copy_sample(dest: Path, classes: int = 3, per_class: int = 12) -> Path:
     return dest
 
 
+def in_ci() -> bool:
+    """Whether the suite runs in CI (``CI=true``, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require_extra(module: str, extra: str) -> ModuleType:
+    """``module``, imported; where it is missing, the test skips naming the extra and its install command,
+    except in CI, where every dev extra is installed (``make install``): there a missing one fails the test
+    instead of letting it vanish from the run."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        from src.core.extras import install_command
+
+        message = f"{module} is missing ({error}): the {extra} extra, {install_command(extra)} (make install adds every extra)"
+        if in_ci():
+            pytest.fail(f"CI=true: {message}; CI installs every dev extra, so this test must run", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
+def require_programs(*names: str) -> list[str]:
+    """The paths of the system programs ``names``; where one is missing, skip naming it, or fail in CI
+    (.ci/run installs them)."""
+    paths = [shutil.which(name) for name in names]
+    missing = [name for name, path in zip(names, paths) if path is None]
+    if missing:
+        message = f"needs {', '.join(missing)} (Debian's chromium and chromium-driver; .ci/run installs them)"
+        if in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+    return paths
+
+
 @pytest.fixture
 def image_root(tmp_path: Path) -> Path:
     """Three classes of twelve real 28x28 product photos."""
@@ -50,15 +87,16 @@ TINY_OVERRIDES = [
     "data.size=32",
     "data.batch_size=8",
     # Loader workers off: each worker process costs ~1 s to start, on every loader of the ~200 tiny runs.
-    # The default (num_workers=auto, persistent) has its own tests: test_resume.py (kill -9 with the
-    # defaults), test_scaling.py (DDP), test_progressive_resizing.py, test_samplers.py (auto vs 0).
+    # Runs with workers: test_resume.py (the default num_workers=auto, persistent, killed and resumed),
+    # test_scaling.py (DDP with one worker per process), test_progressive_resizing.py (two workers);
+    # test_samplers.py compares auto's first batch with no workers'.
     "data.num_workers=0",
     "schedule.stages=[{name:head,epochs:1,lr:[3e-3],freeze_to:-1},{name:all,epochs:1,lr:[1e-6,1e-4],freeze_to:0}]",
     "trainer.accelerator=cpu",
     "trainer.limit_train_batches=3",
     "trainer.log_every_n_steps=1",
-    # Terminal output only (no files, no state): off to keep the captured logs readable; the resume,
-    # DDP and test-subset tests run with every callback.
+    # Terminal output only (no files, no state): off to keep the captured logs readable; test_resume.py
+    # runs with every callback (the other subprocess runs, DDP and test-subset, drop these two too).
     "~callbacks.progress_bar",
     "~callbacks.model_summary",
 ]
@@ -82,6 +120,30 @@ def train_tiny_run(base: Path, overrides: list[str], classes: int = 3, per_class
         cfg.paths.output_dir = str(base / "run")
     train(cfg)
     return base / "run"
+
+
+@contextlib.contextmanager
+def conv_output_dtypes() -> Iterator[list]:
+    """The dtype of every convolution's output while inside: what the forward passes really computed in."""
+    from torch import nn
+
+    seen, forward = [], nn.Conv2d.forward
+
+    def recording(self, x):
+        out = forward(self, x)
+        seen.append(out.dtype)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nn.Conv2d, "forward", recording)
+        yield seen
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run without overrides (3 classes x 10 images, under ``images/`` beside it), trained once for
+    the tests that only read it (its checkpoints, its images): its run directory. Copy what a test changes."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny-run"), [])
 
 
 def _bomb_png(path: Path, side: int = 10_001) -> None:

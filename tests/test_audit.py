@@ -11,9 +11,9 @@ import pytest
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import compose_config, copy_sample, headless_chromium
+from tests.conftest import compose_config, copy_sample, headless_chromium, require_extra, require_programs
 
-pytest.importorskip("cleanlab", reason='the audit extra: pip install -e ".[audit]"')
+require_extra("cleanlab", "audit")
 
 # A random ResNet18 at 32 px (nothing to download): its centred embeddings separate these three classes
 # well enough for a moved label, and copies of one photo stay near 1.
@@ -173,12 +173,9 @@ def test_bad_input_is_refused_clearly_and_unreadable_files_are_reported(tmp_path
     assert "truncated.png" in bad and "truncated or corrupt" in bad
 
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver")
 def test_the_page_shows_a_duplicate_group_side_by_side_in_chromium(audited, tmp_path):
-    pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) drives Chromium")
+    require_programs("chromium", "chromedriver")
+    require_extra("selenium.webdriver", "dev")  # selenium drives Chromium
     from selenium.webdriver.common.by import By
 
     _, planted, first, _ = audited

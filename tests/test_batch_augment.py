@@ -169,7 +169,9 @@ def test_perspective_grid_of_the_identity_samples_pixel_centres():
 
 def test_placement_resolves_auto_and_refuses_gpu_decode_without_cuda():
     assert DataPlacement.resolve("auto", cuda=True).augment_on == "device"
-    assert DataPlacement.resolve("auto", cuda=False).augment_on in ("workers", "device")
+    # without a GPU, auto is the device path: the measured faster one on a CPU (docs/performance.md)
+    assert DataPlacement.resolve("auto", cuda=False) == DataPlacement("device", "workers")
+    assert DataPlacement.resolve("auto") == DataPlacement("device", "workers")  # torch's answer on this machine
     assert DataPlacement.resolve("device", cuda=False) == DataPlacement("device", "workers")
     with pytest.raises(ConfigError, match=r"data.decode_on='device'.*CUDA.*set data.decode_on=workers"):
         DataPlacement.resolve("device", "device", cuda=False)

@@ -65,35 +65,41 @@ def test_empty_class_folder_is_left_out_with_a_warning(image_root, caplog):
     assert "zz-empty" in caplog.text
 
 
-def test_missing_root_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does-not-exist"):
-        scan_class_folders(tmp_path / "does-not-exist")
+def _missing(tmp_path: Path) -> Path:
+    return tmp_path / "does-not-exist"
 
 
-def test_root_that_is_a_file_is_refused(tmp_path):
+def _a_file(tmp_path: Path) -> Path:
     (tmp_path / "photo.jpg").write_bytes(b"x")
-    with pytest.raises(NotADirectoryError, match="is a file"):
-        scan_class_folders(tmp_path / "photo.jpg")
+    return tmp_path / "photo.jpg"
 
 
-def test_root_without_class_folders_is_refused(tmp_path):
+def _no_class_folders(tmp_path: Path) -> Path:
     Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
-    with pytest.raises(ValueError, match="no class folders"):
-        scan_class_folders(tmp_path)
+    return tmp_path
 
 
-def test_root_with_one_class_is_refused(tmp_path):
-    copy_sample(tmp_path / "images", classes=1)
-    with pytest.raises(ValueError, match="only one class"):
-        scan_class_folders(tmp_path / "images")
+def _one_class(tmp_path: Path) -> Path:
+    return copy_sample(tmp_path / "images", classes=1)
 
 
-def test_root_with_no_images_is_refused(tmp_path):
+def _no_images(tmp_path: Path) -> Path:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "readme.txt").write_text("hi")
-    with pytest.raises(ValueError, match="no images"):
-        scan_class_folders(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("make_root, error, message", [
+    (_missing, FileNotFoundError, "does-not-exist"),
+    (_a_file, NotADirectoryError, "is a file"),
+    (_no_class_folders, ValueError, "no class folders"),
+    (_one_class, ValueError, "only one class"),
+    (_no_images, ValueError, "no images"),
+], ids=["missing", "a file", "no class folders", "one class", "no images"])
+def test_a_root_that_is_no_folder_of_classes_is_refused_naming_why(tmp_path, make_root, error, message):
+    with pytest.raises(error, match=message):
+        scan_class_folders(make_root(tmp_path))
 
 
 # Every mode, EXIF orientation and colour profile, read back as the picture it holds: tests/test_image_fidelity.py

@@ -1,4 +1,5 @@
-"""data.augment.on=device through the real entry points: src.train, then src.evaluate on its checkpoint."""
+"""The data paths through the real entry points: src.train, then src.evaluate on its checkpoint (the worker
+path), the device path's uint8 loaders, and the two paths' error rates side by side."""
 
 from __future__ import annotations
 
@@ -19,18 +20,21 @@ pytestmark = pytest.mark.precision
 
 
 @pytest.fixture(scope="module")
-def device_run(module_tmp_path) -> Path:
-    return train_tiny_run(module_tmp_path / "device", ["data.augment.on=device"])
+def workers_run(module_tmp_path) -> Path:
+    # The device path is what every other tiny run takes (data.augment.on=auto without a GPU), and their
+    # evaluate tests reproduce its losses (tests/test_precision.py, tests/test_inference.py): this run is the
+    # worker path's.
+    return train_tiny_run(module_tmp_path / "workers", ["data.augment.on=workers"])
 
 
-def test_the_device_path_trains_and_evaluate_reproduces_its_logged_loss(device_run, tmp_path):
-    logged = json.loads((device_run / "metrics.json").read_text())
+def test_the_worker_path_trains_and_evaluate_reproduces_its_logged_loss(workers_run, tmp_path):
+    logged = json.loads((workers_run / "metrics.json").read_text())
     assert logged["epochs"] == 2 and 0.0 <= logged["final"]["val/error_rate"] <= 1.0
     # recorded as run (the key quoted: YAML 1.1 reads a bare `on` as true)
-    assert OmegaConf.load(device_run / "config.yaml").data.augment["on"] == "device"
+    assert OmegaConf.load(workers_run / "config.yaml").data.augment["on"] == "workers"
     # evaluate's loader workers off as in the other evaluate tests (TINY_OVERRIDES' reason); the loss compared
     # does not depend on them
-    cfg = compose_config([f"ckpt_path={device_run / 'checkpoints' / 'last.ckpt'}", "data.num_workers=0"],
+    cfg = compose_config([f"ckpt_path={workers_run / 'checkpoints' / 'last.ckpt'}", "data.num_workers=0"],
                          config_name="evaluate")
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 
 from src.runs.experiment_trackers import flat_params
 from src.runs.training import train
-from tests.conftest import TINY_OVERRIDES, compose_config
+from tests.conftest import TINY_OVERRIDES, compose_config, require_extra
 from tests.test_sweeps import SWEEP_OVERRIDES, run_sweep
 
 # figures the callbacks log during a run (show_batch at the start, interpretation at the end)
@@ -37,7 +37,7 @@ def test_params_are_the_flat_resolved_config_without_paths(tiny_cfg):
 
 
 def test_many_records_tensorboard_csv_and_mlflow(tmp_path, image_root, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = require_extra("mlflow", "mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tiny_run_cfg(tmp_path, image_root, ["logger=many", f"paths.log_dir={tmp_path}"])
     result = train(cfg)
@@ -105,7 +105,7 @@ def wandb_records(path: Path):
 
 
 def test_wandb_offline_without_login_never_prompts_and_says_so(tmp_path, image_root, monkeypatch, caplog):
-    wandb = pytest.importorskip("wandb")
+    wandb = require_extra("wandb", "wandb")
     for name in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no `wandb login` either
@@ -139,8 +139,8 @@ def test_wandb_offline_without_login_never_prompts_and_says_so(tmp_path, image_r
 
 
 def test_a_sweep_is_one_mlflow_experiment_and_one_wandb_group_with_a_run_per_job(tmp_path, image_root, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
-    pytest.importorskip("wandb")
+    mlflow = require_extra("mlflow", "mlflow")
+    require_extra("wandb", "wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: an earlier in-process run must not choose the store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

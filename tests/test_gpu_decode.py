@@ -63,16 +63,30 @@ def test_decode_on_device_without_cuda_is_a_config_error_naming_the_fix(tiny_cfg
         check_train_config(tiny_cfg)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="decode_on=device decodes with nvJPEG on a CUDA GPU; none here")
-def test_decode_on_device_trains_on_a_gpu(tmp_path):
+def test_decode_on_device_trains_on_a_gpu(tmp_path, monkeypatch):
+    import torchvision.io
+
     root = copy_sample(tmp_path / "images", classes=3, per_class=10)
     for i, png in enumerate(sorted(root.rglob("*.png"))):
         if i % 5:  # most as JPEG (decoded on the GPU), every fifth left a PNG (decoded by the workers)
             load_rgb(png).resize((64, 64)).save(png.with_suffix(".jpg"), quality=90)
             png.unlink()
+    decoded = []  # (device asked for, the devices of the images returned) of every decode_jpeg call
+    decode_jpeg = torchvision.io.decode_jpeg
+
+    def spied(data, *args, **kwargs):
+        images = decode_jpeg(data, *args, **kwargs)
+        decoded.append((torch.device(kwargs.get("device", "cpu")).type, {image.device.type for image in images}))
+        return images
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", spied)
     cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", "data.decode_on=device", "trainer.accelerator=gpu",
                           "trainer.devices=1"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     metrics = train(cfg)
     assert 0.0 <= metrics["val/error_rate"] <= 1.0
+    # the JPEGs were decoded by nvJPEG, on the GPU, in every training and validation batch that held one
+    assert len(decoded) >= 6 and all(asked == "cuda" and got == {"cuda"} for asked, got in decoded), decoded

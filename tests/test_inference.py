@@ -16,7 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from src.evaluate import evaluate
 from src.inference.interpretation import Interpretation
-from tests.conftest import compose_config, copy_sample, train_tiny_run
+from tests.conftest import compose_config, copy_sample, require_extra, train_tiny_run
 
 # What `auto` resolves to changes these results: `make test-other-cpu` runs them as the other kind of CPU.
 pytestmark = pytest.mark.precision
@@ -469,7 +469,7 @@ def real_images_at_training_size(trained) -> torch.Tensor:
 
 
 def test_onnx_export_matches_pytorch_on_real_images(trained, tmp_path, real_images_at_training_size):
-    ort = pytest.importorskip("onnxruntime")
+    ort = require_extra("onnxruntime", "export")
     from PIL import Image
 
     from src import Predictor

@@ -19,6 +19,7 @@ from src.optim.freezing import freeze_layer_groups, trainable_parameter_ids
 from src.visualize.cam import grad_cam
 from src.visualize.data_urls import heatmap_png
 from src.visualize.walkthrough import inside_view, multiply_add, output_size
+from tests.conftest import require_extra
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 SIZE = 64
@@ -247,7 +248,7 @@ def test_a_body_whose_stages_cannot_be_found_says_so_and_the_rest_is_shown(trans
 
 
 def test_a_timm_body_shows_its_feature_info_stages(transform):
-    pytest.importorskip("timm")
+    require_extra("timm", "timm")
     net = ImageClassifier(build_backbone("timm/resnet10t", None), len(CLASSES)).eval()
     view = inside_view(net, transform, hand_made_image(), classes=CLASSES)
     stages = net.backbone.stages()

@@ -113,7 +113,12 @@ def test_lr_find_cli_prints_the_suggestions_and_writes_the_plot(image_root, tmp_
     assert "lr_find" in EventAccumulator(str(run / "tensorboard")).Reload().Tags()["images"]
 
 
-def test_lr_find_true_trains_the_first_stage_at_the_suggestion(tiny_cfg):
+def test_lr_find_true_trains_the_first_stage_at_the_suggestion_scanning_and_building_once(tiny_cfg, monkeypatch):
+    """One run for both promises of lr_find=true: the first stage trains at the finder's suggestion (what
+    config.yaml and the checkpoint record), and the folder is scanned and the backbone built once."""
+    import src.data.labels.sources
+    import src.models.components.backbones
+
     with open_dict(tiny_cfg):
         tiny_cfg.lr_finder.num_steps, tiny_cfg.lr_finder.end_lr = FINDER_STEPS, FINDER_END_LR
         del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch  # figures: slow, not under test
@@ -122,17 +127,6 @@ def test_lr_find_true_trains_the_first_stage_at_the_suggestion(tiny_cfg):
         tiny_cfg.trainer.precision = "32-true"
     suggestions = lr_find(copy.deepcopy(tiny_cfg), stage_index=0)
     assert set(suggestions) == {"valley", "minimum", "steep"}
-
-    tiny_cfg.lr_find = True
-    train(tiny_cfg)  # seeded: the finder sees the same batches and suggests the same rate
-    first_lr = OmegaConf.load(Path(tiny_cfg.paths.output_dir) / "config.yaml").schedule.stages[0].lr
-    assert list(first_lr) == pytest.approx([suggestions["valley"]])
-    assert suggestions["valley"] != pytest.approx(3e-3)  # the configured rate was replaced
-
-
-def test_lr_find_true_scans_the_folder_and_builds_the_backbone_once(tiny_cfg, monkeypatch):
-    import src.data.labels.sources
-    import src.models.components.backbones
 
     calls = {"scan": 0, "backbone": 0}
 
@@ -147,19 +141,15 @@ def test_lr_find_true_scans_the_folder_and_builds_the_backbone_once(tiny_cfg, mo
     monkeypatch.setattr(src.data.labels.sources.FolderLabels, "index", counted("scan", src.data.labels.sources.FolderLabels.index))
     monkeypatch.setattr(src.models.components.backbones, "build_backbone",
                         counted("backbone", src.models.components.backbones.build_backbone))
-    with open_dict(tiny_cfg):
-        tiny_cfg.lr_find = True
-        tiny_cfg.lr_finder.num_steps = 12
-        tiny_cfg.lr_finder.end_lr = 1.0
-        tiny_cfg.schedule.stages = [{"name": "head", "epochs": 1, "lr": [3e-3], "freeze_to": -1}]
-        tiny_cfg.trainer.limit_val_batches = 1
-        del tiny_cfg.callbacks.interpretation, tiny_cfg.callbacks.show_batch
-    train(tiny_cfg)
+    tiny_cfg.lr_find = True
+    train(tiny_cfg)  # seeded: the finder sees the same batches and suggests the same rate
     assert calls == {"scan": 1, "backbone": 1}
     run = Path(tiny_cfg.paths.output_dir)
     assert (run / "lr_find.png").is_file()
+    first_lr = OmegaConf.load(run / "config.yaml").schedule.stages[0].lr
+    assert list(first_lr) == pytest.approx([suggestions["valley"]])
+    assert suggestions["valley"] != pytest.approx(3e-3)  # the configured rate was replaced
     # the suggestion is what trained, and what config.yaml and the checkpoint record
-    trained_lr = OmegaConf.load(run / "config.yaml").schedule.stages[0].lr
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert OmegaConf.create(checkpoint["hyper_parameters"]["run_config"]).schedule.stages[0].lr == trained_lr
-    assert list(trained_lr) != [3e-3]
+    assert OmegaConf.create(checkpoint["hyper_parameters"]["run_config"]).schedule.stages[0].lr == first_lr
+    assert list(first_lr) != [3e-3]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from src.core.extras import EXTRA_MODULES, install_command
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, copy_sample, train_tiny_run
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, copy_sample, require_extra, train_tiny_run
 
 HIDER = Path(__file__).resolve().parent / "hidden_modules"
 # What the hidden packages of an extra bring besides the modules the project imports.
@@ -92,7 +92,7 @@ def test_a_command_without_its_extra_ends_in_one_line_naming_the_install_command
 
 
 def test_a_heic_photo_without_the_heif_extra_is_an_error_row_naming_the_install_command(ckpt, tmp_path):
-    pillow_heif = pytest.importorskip("pillow_heif", reason='writes the HEIC file: pip install -e ".[heif]"')
+    pillow_heif = require_extra("pillow_heif", "heif")  # writes the HEIC file the command then reads without it
     from PIL import Image
 
     pillow_heif.register_heif_opener()

@@ -11,20 +11,47 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf, open_dict
+from PIL import Image
 
 from src import Predictor
 from src.evaluate import evaluate
 from src.inspect import inspect_model
-from tests.conftest import compose_config, train_tiny_run
+from tests.conftest import compose_config, conv_output_dtypes, train_tiny_run
 
 # Not marked `precision`: every test sets IFC_NATIVE_BF16 itself (or trains at an explicit precision), so a
 # second pass as the other kind of CPU would run the same thing again.
 
 
 @pytest.fixture(scope="module")
-def bf16_run(module_tmp_path) -> Path:
-    return train_tiny_run(module_tmp_path / "bf16", ["trainer.precision=bf16-mixed"], classes=4)
+def bf16_training(module_tmp_path) -> tuple[Path, list[torch.dtype]]:
+    """The bf16 run's directory and the dtypes its convolutions computed in, training and validating."""
+    with conv_output_dtypes() as seen:
+        run = train_tiny_run(module_tmp_path / "bf16", ["trainer.precision=bf16-mixed"], classes=4)
+    return run, seen
+
+
+@pytest.fixture(scope="module")
+def bf16_run(bf16_training) -> Path:
+    return bf16_training[0]
+
+
+def _reference_probabilities(ckpt: Path, images: torch.Tensor, autocast: bool) -> torch.Tensor:
+    """Softmax of the checkpoint's weights on ``images``, built here from the checkpoint's own tensors and
+    run in fp32 (NCHW), or as Lightning's bf16-mixed ran it with ``model.channels_last=auto``: in bf16
+    autocast, channels_last; without the project's precision wrapper."""
+    from src.models.network import build_network
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    config = OmegaConf.create(checkpoint["hyper_parameters"]["run_config"])
+    net = build_network(config.model, num_classes=len(checkpoint["hyper_parameters"]["classes"]))
+    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+    net.eval()
+    memory_format = torch.channels_last if autocast else torch.contiguous_format
+    net, images = net.to(memory_format=memory_format), images.contiguous(memory_format=memory_format)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return net(images).float().softmax(1)
 
 
 def _evaluate(run: Path, out: Path, checkpoint: str, *overrides: str) -> dict:
@@ -34,8 +61,11 @@ def _evaluate(run: Path, out: Path, checkpoint: str, *overrides: str) -> dict:
     return evaluate(cfg)
 
 
-def test_the_run_records_the_precision_it_trained_with(bf16_run):
-    assert OmegaConf.load(bf16_run / "config.yaml").trainer.precision == "bf16-mixed"
+def test_the_run_records_the_precision_it_trained_with_and_trained_in_bf16(bf16_training):
+    run, conv_dtypes = bf16_training
+    assert OmegaConf.load(run / "config.yaml").trainer.precision == "bf16-mixed"
+    # every convolution of training and validation computed in bf16 (autocast), none in fp32
+    assert len(conv_dtypes) > 100 and set(conv_dtypes) == {torch.bfloat16}
 
 
 @pytest.mark.parametrize("checkpoint, logged", [("last.ckpt", "final"), ("best.ckpt", "best")])
@@ -63,11 +93,17 @@ def test_a_cpu_without_bf16_falls_back_to_fp32_with_one_warning(bf16_run, tmp_pa
 
 def test_an_explicit_precision_overrides_the_recorded_one(bf16_run, tmp_path, monkeypatch):
     monkeypatch.setenv("IFC_NATIVE_BF16", "1")
-    metrics = _evaluate(bf16_run, tmp_path, "last.ckpt", "precision=32-true")
+    with conv_output_dtypes() as fp32_dtypes:
+        metrics = _evaluate(bf16_run, tmp_path, "last.ckpt", "precision=32-true")
     assert metrics["precision"] == "32-true"
+    assert fp32_dtypes and set(fp32_dtypes) == {torch.float32}  # the override really ran in fp32
     # fp32 and bf16 give close but not equal probabilities on the same weights
-    bf16 = _evaluate(bf16_run, tmp_path / "bf16", "last.ckpt")
+    with conv_output_dtypes() as bf16_dtypes:
+        bf16 = _evaluate(bf16_run, tmp_path / "bf16", "last.ckpt")
+    assert set(bf16_dtypes) == {torch.bfloat16}
     assert metrics["loss"] == pytest.approx(bf16["loss"], abs=0.05)
+    # ... and not the same: further apart than evaluate's reproduction of the training's own loss (1e-4)
+    assert abs(metrics["loss"] - bf16["loss"]) > 1e-4
 
 
 def test_predictor_and_inspect_run_at_the_trained_precision(bf16_run, tmp_path, monkeypatch):
@@ -75,10 +111,20 @@ def test_predictor_and_inspect_run_at_the_trained_precision(bf16_run, tmp_path, 
     ckpt = bf16_run / "checkpoints" / "last.ckpt"
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     assert predictor.precision == "bf16-mixed"
-    image = next((bf16_run.parent / "images").rglob("*.png"))
-    probabilities = predictor.predict(image).probabilities
+    images = sorted((bf16_run.parent / "images").rglob("*.png"))[:6]
+    probabilities = predictor.predict(images[0]).probabilities
     assert probabilities.dtype.is_floating_point and float(probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
-    assert Predictor.from_checkpoint(ckpt, device="cpu", precision="32-true").precision == "32-true"
+    fp32_predictor = Predictor.from_checkpoint(ckpt, device="cpu", precision="32-true")
+    assert fp32_predictor.precision == "32-true"
+    # the probabilities are those of a reference forward pass at each precision, and the two precisions differ
+    batch = torch.stack([predictor.transform(Image.open(path).convert("RGB")) for path in images])
+    bf16_reference = _reference_probabilities(ckpt, batch, autocast=True)
+    fp32_reference = _reference_probabilities(ckpt, batch, autocast=False)
+    bf16_got = torch.stack([p.probabilities for p in predictor.predict_batch(images)])
+    fp32_got = torch.stack([p.probabilities for p in fp32_predictor.predict_batch(images)])
+    torch.testing.assert_close(fp32_got, fp32_reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(bf16_got, bf16_reference, atol=1e-6, rtol=0)
+    assert (bf16_got - fp32_got).abs().max() > 1e-3
 
     cfg = compose_config([f"ckpt_path={ckpt}", "cam_layer=layer2", "top_losses=2", "batch_count=2"],
                          config_name="inspect")

@@ -132,11 +132,60 @@ def test_bad_regulariser_settings_are_named_at_once():
         assert key in text
 
 
-def test_mixup_and_label_smoothing_train_for_real(tmp_path):
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+def test_training_step_hands_the_mixed_images_and_their_soft_targets_to_the_criterion(kind):
+    module = module_of([f"model.mixup.{kind}_alpha={0.4 if kind == 'mixup' else 1.0}"]).eval()  # no dropout
+    seen = {}
+    module.net.register_forward_pre_hook(lambda net, args: seen.update(images=args[0].clone()))
+    module.train_criterion.register_forward_pre_hook(lambda loss, args: seen.update(targets=args[1].clone()))
+    images, labels = numbered_batch()
+    torch.manual_seed(4)
+    loss = module.training_step((images, labels), 0)
+    mixed, targets = seen["images"], seen["targets"]
+    assert targets.shape == (CLASSES, CLASSES) and targets.dtype == torch.float32
+    torch.testing.assert_close(targets.sum(1), torch.ones(CLASSES))
+    if kind == "mixup":  # image 0 (zeros) blended with image 4 (fours) with the labels' lambda
+        lam = float(targets[0, 0])
+        assert 0.0 < lam < 1.0
+        torch.testing.assert_close(targets[0, CLASSES - 1], torch.tensor(1 - lam))
+        torch.testing.assert_close(mixed[0], torch.full((3, 16, 16), (1 - lam) * (CLASSES - 1)))
+    else:  # image 1 (ones) with a box of image 0's zeros pasted in: the box's area is the label weight
+        assert set(mixed[1].unique().tolist()) == {0.0, 1.0}
+        torch.testing.assert_close(targets[1, 1], 1 - (mixed[1] == 0).float().mean())
+    # the step's loss is the criterion of the network's logits on those images against those targets
+    torch.testing.assert_close(loss, F.cross_entropy(module(mixed), targets))
+
+
+@pytest.fixture
+def training_targets(monkeypatch) -> list[torch.Tensor]:
+    """The targets every training loss of a run was computed against (spied on the criterion training_step calls)."""
+    from src.models import classifier_module
+
+    seen, build = [], classifier_module.training_loss
+
+    def spied(**kwargs):
+        criterion = build(**kwargs)
+        criterion.register_forward_pre_hook(lambda loss, args: seen.append(args[1].detach().clone()))
+        return criterion
+
+    monkeypatch.setattr(classifier_module, "training_loss", spied)
+    return seen
+
+
+def _soft_rows(targets: list[torch.Tensor]) -> int:
+    """The rows of the targets that are no 0/1 vector: mixed labels."""
+    return sum(int(((t > 0) & (t < 1)).any(1).sum()) for t in targets)
+
+
+def test_mixup_and_label_smoothing_train_for_real(tmp_path, training_targets):
     run = train_tiny_run(tmp_path, ["model.label_smoothing=0.1", "model.mixup.mixup_alpha=0.4",
                                     "model.mixup.cutmix_alpha=1.0"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(metrics["final"]["val/loss"])
+    # every training batch of the 2 epochs x 3 batches reached the criterion as soft targets, mixed ones among them
+    assert len(training_targets) == 6 and all(t.ndim == 2 and t.shape[1] == 3 for t in training_targets)
+    assert _soft_rows(training_targets) > 0
     logged = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
     assert logged["label_smoothing"] == 0.1 and logged["mixup"]["cutmix_alpha"] == 1.0
 
@@ -167,7 +216,7 @@ def test_ema_weights_are_validated_and_saved(tmp_path):
     assert abs(evaluated(raw_ckpt)["loss"] - logged["val/loss"]) > 1e-3
 
 
-def test_multi_label_mixup_and_smoothing_train_for_real(tmp_path):
+def test_multi_label_mixup_and_smoothing_train_for_real(tmp_path, training_targets):
     from src.runs.training import train
     from tests.test_labels import flat_images, run_cfg, write_rows
 
@@ -180,5 +229,7 @@ def test_multi_label_mixup_and_smoothing_train_for_real(tmp_path):
         "data.labels.label_column=tags", "data.labels.label_delim=' '", "data.valid_pct=0.25",
         "model.label_smoothing=0.1", "model.mixup.mixup_alpha=0.4", "model.mixup.cutmix_alpha=1.0"]))
     assert np.isfinite(metrics["val/loss"]) and 0.0 <= metrics["val/fbeta"] <= 1.0
+    assert training_targets and all(t.ndim == 2 and t.shape[1] == 4 for t in training_targets)  # 3 classes + "even"
+    assert _soft_rows(training_targets) > 0  # mixed multi-hot vectors reached the criterion
     hparams = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
     assert hparams["multi_label"] is True and hparams["label_smoothing"] == 0.1

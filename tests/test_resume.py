@@ -64,9 +64,16 @@ def _final_metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())["final"]
 
 
+def _best(run: Path) -> tuple[dict, int]:
+    """metrics.json's best metrics and the epoch of the best checkpoint: a resume that forgot the best so
+    far (or the checkpoint callback's state) would choose another."""
+    best_ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    return json.loads((run / "metrics.json").read_text())["best"], best_ckpt["epoch"]
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(module_tmp_path) -> tuple[Path, dict]:
-    """The image folder and the final metrics of the run never killed."""
+def uninterrupted(module_tmp_path) -> tuple[Path, dict, tuple[dict, int]]:
+    """The image folder, the final metrics and the best (metrics, checkpoint epoch) of the run never killed."""
     base = module_tmp_path / "resume"
     root = copy_sample(base / "images")
     whole = _train(base / "whole", root)
@@ -74,7 +81,7 @@ def uninterrupted(module_tmp_path) -> tuple[Path, dict]:
     config = (base / "whole" / "config.yaml").read_text()
     assert "num_workers: auto" in config and "show_batch" in config and "interpretation" in config  # the defaults
     assert OmegaConf.create(config).data.augment["on"] == "device"  # data.augment.on=auto as resolved on a CPU
-    return root, _final_metrics(base / "whole")
+    return root, _final_metrics(base / "whole"), _best(base / "whole")
 
 
 def _kill_and_resume(run: Path, root: Path, kill_at: int, *extra: str) -> dict:
@@ -97,10 +104,11 @@ def _kill_and_resume(run: Path, root: Path, kill_at: int, *extra: str) -> dict:
 # seeded sampler and per-sample seeding, with loader workers, the resumed run's val/loss differed in
 # the second digit (the shuffle and the workers' augmentation streams restarted differently).
 def test_kill_9_in_the_first_stage_then_ckpt_path_last_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
-    root, expected = uninterrupted
+    root, expected, expected_best = uninterrupted
     got = _kill_and_resume(tmp_path / "killed", root, kill_at=4)
     assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
     assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
+    assert _best(tmp_path / "killed") == expected_best
 
 
 # Beside the default run above: data.augment.on=workers augments each image in the loader workers, seeded
@@ -113,25 +121,27 @@ def test_kill_9_in_the_first_stage_then_ckpt_path_last_gives_the_uninterrupted_m
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["data.augment.on=workers", "callbacks=[default,ema]"])
 def test_a_resumed_run_ends_as_the_uninterrupted_one_with(setting, tmp_path, uninterrupted):
-    root, _ = uninterrupted
+    root, _, _ = uninterrupted
     whole = _train(tmp_path / "whole", root, setting)
     assert whole.returncode == 0, whole.stderr[-2000:]
     expected = _final_metrics(tmp_path / "whole")
     got = _kill_and_resume(tmp_path / "killed", root, 4, setting)
     assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
     assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
+    assert _best(tmp_path / "killed") == _best(tmp_path / "whole")
 
 
 @pytest.mark.slow  # the same promise at a second point; the first kill point keeps it in the default suite
 def test_kill_9_in_the_second_stage_then_ckpt_path_last_gives_the_uninterrupted_metrics(tmp_path, uninterrupted):
-    root, expected = uninterrupted
+    root, expected, expected_best = uninterrupted
     got = _kill_and_resume(tmp_path / "killed", root, kill_at=10)
     assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
     assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
+    assert _best(tmp_path / "killed") == expected_best
 
 
 def test_sigterm_mid_epoch_exits_143_naming_the_checkpoint_and_the_command_that_resumes(tmp_path, uninterrupted):
-    root, expected = uninterrupted
+    root, expected, expected_best = uninterrupted
     run = tmp_path / "terminated"
     stopped = _train(run, root, f"+callbacks.term._target_={__name__}.TermAt", "+callbacks.term.at_step=4")
     assert stopped.returncode == 128 + signal.SIGTERM, (stopped.returncode, stopped.stderr[-2000:])
@@ -150,6 +160,7 @@ def test_sigterm_mid_epoch_exits_143_naming_the_checkpoint_and_the_command_that_
     got = _final_metrics(run)  # from the end of epoch 0, as a kill -9 there: the uninterrupted run's metrics
     assert got["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-6)
     assert got["val/error_rate"] == pytest.approx(expected["val/error_rate"], abs=1e-6)
+    assert _best(run) == expected_best
 
 
 def test_ckpt_path_last_names_the_run_directory_when_there_is_none(tmp_path):
@@ -183,13 +194,13 @@ def test_a_refused_ckpt_path_leaves_no_run_directory_behind(tmp_path, image_root
     assert (earlier / "train.log").read_text().startswith("the earlier run's log\n")
 
 
-def test_a_finished_checkpoint_is_refused_before_the_scan_with_how_to_train_more(tmp_path, started):
-    from tests.conftest import compose_config, train_tiny_run
+def test_a_finished_checkpoint_is_refused_before_the_scan_with_how_to_train_more(tmp_path, started, tiny_run):
+    from tests.conftest import compose_config
     from omegaconf import open_dict
     from src.runs.training import train
 
-    finished = train_tiny_run(tmp_path / "first", []) / "checkpoints" / "last.ckpt"
-    cfg = compose_config([*TINY_OVERRIDES, f"data.root={tmp_path / 'first' / 'images'}", f"ckpt_path={finished}"])
+    finished = tiny_run / "checkpoints" / "last.ckpt"
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={tiny_run.parent / 'images'}", f"ckpt_path={finished}"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "again")
     started.clear()

@@ -23,9 +23,9 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config, copy_sample, train_tiny_run
+from tests.conftest import PROJECT_ROOT, _bomb_png, compose_config, copy_sample, require_extra, train_tiny_run
 
-pytest.importorskip("litserve", reason="the serve extra: pip install -e '.[serve]'")
+require_extra("litserve", "serve")
 
 CLASSES = 4
 START_TIMEOUT_S = 240  # two cores shared with other jobs: importing torch in the worker and loading take a while
@@ -358,8 +358,8 @@ def test_a_client_that_disconnects_or_stalls_mid_upload_leaves_the_server_servin
 # export itself is checked in every run (tests/test_inference.py)
 @pytest.mark.slow
 def test_the_onnx_backend_serves_the_exported_model(trained, photos, tmp_path):
-    pytest.importorskip("onnxruntime")
-    psutil = pytest.importorskip("psutil")
+    require_extra("onnxruntime", "export")
+    import psutil
     with running_server(trained, tmp_path, ["backend=onnx", "max_batch_size=4"]) as (client, process):
         assert client.get_json("/info")["model"]["cam"] is False
         status, answer = client.post_files([(p.name, p.read_bytes()) for p in photos])
@@ -421,7 +421,8 @@ def mixed_uploads(photos: list[Path], tmp_path: Path) -> tuple[list[tuple], list
 def test_twenty_concurrent_uploads_good_and_bad_then_sigterm_leaves_no_process(trained, photos, tmp_path):
     """At the default settings: every good upload answered with its prediction, every bad one a 4xx with a
     message, all twenty in flight at once; then SIGTERM stops the server and every process it started."""
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     good, bad = mixed_uploads(photos, tmp_path)
     calls = [("good", call) for call in good] + [("bad", call) for call in bad]
     calls = calls[::2] + calls[1::2]  # good and bad interleaved
@@ -490,7 +491,8 @@ def test_inspect_serve_true_serves_the_untrained_network_it_inspects(tmp_path):
     from src.inspect import load_subject
     from src.models.loading import eval_transform_for
 
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     root = copy_sample(tmp_path / "images", classes=CLASSES, per_class=4)
     overrides = ["model.backbone.name=resnet18", "model.backbone.weights=null", f"data.root={root}", "data.size=32",
                  "seed=7"]

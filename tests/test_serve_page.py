@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import headless_chromium
+from tests.conftest import headless_chromium, require_extra, require_programs
 from tests.test_serve import (CLASSES, first_conv_as_served, photos, predictor_probabilities,  # noqa: F401 (fixtures)
                               running_server, trained)
 
-pytest.importorskip("litserve", reason="the serve extra: pip install -e '.[serve]'")
-webdriver = pytest.importorskip("selenium.webdriver", reason="the serve extra: pip install -e '.[serve]'")
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+require_extra("litserve", "serve")
+webdriver = require_extra("selenium.webdriver", "dev")
+CHROMIUM, CHROMEDRIVER = require_programs("chromium", "chromedriver")
 
 DESKTOP, PHONE = (1280, 900), (390, 844)  # CSS pixels: a laptop window and an iPhone 12-14's
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, require_extra
 
 # The tiny run, smaller still: one stage, no figures, a single validation batch.
 SWEEP_OVERRIDES = [
@@ -66,7 +66,7 @@ def test_multirun_writes_a_summary_and_survives_a_failed_job(tmp_path, image_roo
 
 
 def test_optuna_sweep_of_three_trials(tmp_path, image_root):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optuna extra")
+    require_extra("hydra_plugins.hydra_optuna_sweeper", "optuna")
     sweep_dir = tmp_path / "optuna"
     # data.batch_size is searched: a command-line value would fix it for every trial
     overrides = [o for o in SWEEP_OVERRIDES if not o.startswith("data.batch_size=")]

@@ -9,7 +9,9 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
-timm = pytest.importorskip("timm")
+from tests.conftest import require_extra
+
+timm = require_extra("timm", "timm")
 
 from src.callbacks.staged_finetuning import StagedFineTuning  # noqa: E402
 from src.runs.config_checks import model_layer_groups  # noqa: E402

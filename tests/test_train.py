@@ -13,20 +13,62 @@ from omegaconf import OmegaConf, open_dict
 
 from src.runs.config_checks import ConfigError
 from src.runs.training import train
-from tests.conftest import CONFIG_DIR, compose_config
+from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, copy_sample
+
+
+def _leaves(node: dict, prefix: str = "") -> dict[str, object]:
+    """The dotted keys and values of a YAML file's mapping, without its defaults list."""
+    out = {}
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _schedule_file(experiment: dict) -> Path:
+    """The schedule the experiment's defaults override to, else train.yaml's default (read from the files)."""
+    for group in (*experiment.get("defaults", []), *_yaml(CONFIG_DIR / "train.yaml")["defaults"]):
+        if isinstance(group, dict):
+            for key, name in group.items():
+                if key.removeprefix("override ").strip("/") == "schedule":
+                    return CONFIG_DIR / "schedule" / f"{name}.yaml"
+    raise AssertionError("no schedule in the defaults")
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
+    """Each value the experiment's file writes is the composed config's, and the objects built from it have
+    the sizes and epochs its files say: the expectation is read from the YAML files, not from the composition."""
     cfg = compose_config([f"experiment={experiment}", "model.backbone.weights=null"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
     from hydra.utils import instantiate
 
+    written = _yaml(CONFIG_DIR / "experiment" / f"{experiment}.yaml")
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    leaves = _leaves(written)
+    assert leaves, "the experiment sets nothing"
+    for key, value in leaves.items():
+        node = composed
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
     schedule = instantiate(cfg.schedule)
     datamodule = instantiate(cfg.data)
-    assert schedule.total_epochs >= 1
-    assert datamodule.size == cfg.data.size
+    data_defaults = _yaml(CONFIG_DIR / "data" / "image_folder.yaml")
+    for attribute in ("size", "batch_size"):
+        expected = leaves.get(f"data.{attribute}", data_defaults[attribute])
+        assert getattr(datamodule, attribute) == expected, attribute
+    stages = _yaml(_schedule_file(written))["stages"]
+    assert schedule.total_epochs == sum(stage["epochs"] for stage in stages) >= 1
 
 
 def test_resnet50_experiment_is_the_seed_recipe():
@@ -43,9 +85,20 @@ def test_a_typo_in_a_key_fails():
         compose_config(["data.batchsize=8"])
 
 
-def test_short_training_run_writes_the_run_directory(tiny_cfg):
-    metrics = train(tiny_cfg)
-    run = Path(tiny_cfg.paths.output_dir)
+@pytest.fixture(scope="module")
+def default_run(module_tmp_path) -> tuple[Path, dict]:
+    """The tiny run as the tiny_cfg fixture writes it (3 classes x 12 images), trained once for the tests that
+    read its run directory: its directory and train's metrics. One batch of throughput warm-up (of the
+    3 an epoch) leaves batches to time, so perf/ scalars are logged."""
+    root = copy_sample(module_tmp_path / "images")
+    cfg = compose_config([*TINY_OVERRIDES, f"data.root={root}", "callbacks.throughput.warmup_steps=1"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(module_tmp_path / "run")
+    return module_tmp_path / "run", train(cfg)
+
+
+def test_short_training_run_writes_the_run_directory(default_run):
+    run, metrics = default_run
     for name in ["config.yaml", "split.csv", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"]:
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -79,12 +132,10 @@ def test_the_model_summary_counts_the_flops_of_one_image_at_the_data_size(tiny_c
     assert summary.total_flops > 0  # "Total FLOPs: 0" without an example input
 
 
-def test_tensorboard_has_group_learning_rates_and_the_augmented_batch(tiny_cfg):
+def test_tensorboard_has_group_learning_rates_and_the_augmented_batch(default_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tiny_cfg.callbacks.throughput.warmup_steps = 1  # the tiny run's 3 batches an epoch: one left to time
-    train(tiny_cfg)
-    events = EventAccumulator(str(Path(tiny_cfg.paths.output_dir) / "tensorboard")).Reload()
+    events = EventAccumulator(str(default_run[0] / "tensorboard")).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"val/error_rate", "val/loss", "val/accuracy", "train/loss_step", "val/error_rate_best"} <= scalars
     assert {f"lr-AdamW/group{i}" for i in range(3)} <= scalars
@@ -190,11 +241,10 @@ def test_bad_inputs_fail_before_training_with_the_key_named(tiny_cfg, tmp_path):
     assert not Path(tiny_cfg.paths.output_dir).exists()  # nothing ran
 
 
-def test_checkpoint_rebuilds_the_trained_network_without_the_data(tiny_cfg):
+def test_checkpoint_rebuilds_the_trained_network_without_the_data(default_run):
     from src.models.loading import load_classifier
 
-    train(tiny_cfg)
-    run = Path(tiny_cfg.paths.output_dir)
+    run = default_run[0]
     loaded = load_classifier(run / "checkpoints" / "last.ckpt")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert loaded.classes == checkpoint["hyper_parameters"]["classes"]
@@ -219,3 +269,32 @@ def test_the_compile_figures_are_the_ones_performance_md_measured():
                          (root / "docs" / "performance.md").read_text())
     comment = (root / "conf" / "model" / "resnet.yaml").read_text()
     assert measured and f"{measured[1]} faster" in comment and f"{measured[2]} of compiling" in comment
+
+
+def test_make_train_and_debug_fast_compose_to_the_values_they_set(tmp_path):
+    """`make train` is `python -m src.train experiment=demo`; debug=fast on top is the smoke run."""
+    from hydra.utils import instantiate
+
+    assert "$(BIN)/python -m src.train experiment=demo\n" in (CONFIG_DIR.parent / "Makefile").read_text()
+    demo = compose_config(["experiment=demo"])
+    # relative to where make runs, the project root: the committed sample
+    assert Path(demo.data.root) == Path("data/fashion-mnist-sample") and (CONFIG_DIR.parent / demo.data.root).is_dir()
+    assert (demo.model.backbone.name, demo.model.backbone.weights) == ("resnet18", None)  # nothing to download
+    assert (demo.data.size, demo.data.batch_size, demo.data.num_workers) == (32, 64, "auto")
+    augment = demo.data.augment
+    assert (augment.max_rotate, augment.max_zoom, augment.max_warp, augment.max_lighting, augment.p_affine) == (
+        5.0, 1.1, 0.0, 0.1, 0.5)
+    assert [(s.name, s.epochs, s.lr, s.freeze_to) for s in demo.schedule.stages] == [
+        ("all", 3, 1e-2, 0), ("fine-tune", 1, [1e-4, 1e-3], 0)]
+    assert demo.schedule.pct_start == 0.3  # the rest of the demo's schedule is fastai's
+    assert (demo.trainer.limit_train_batches, demo.trainer.limit_val_batches) == (None, None)
+
+    fast = compose_config(["experiment=demo", "debug=fast"])
+    assert [(s.name, s.epochs, s.lr, s.freeze_to) for s in fast.schedule.stages] == [
+        ("head", 1, [3e-3], -1), ("all", 1, [1e-6, 1e-4], 0)]
+    assert (fast.trainer.limit_train_batches, fast.trainer.limit_val_batches, fast.data.num_workers) == (2, 2, 0)
+    assert (fast.data.size, fast.data.batch_size, fast.data.root) == (32, 64, demo.data.root)  # the demo's data kept
+    with open_dict(fast):
+        fast.paths.output_dir = str(tmp_path)
+    assert instantiate(fast.schedule).total_epochs == 2
+    assert instantiate(fast.data).size == 32

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torchvision
@@ -17,15 +18,15 @@ from src.core.problems import ConfigError
 from src.inference.exporting import export
 from src.runs.builder import build_run
 from src.runs.training import train
-from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config, copy_sample, train_tiny_run
+from tests.conftest import SAMPLE, TINY_OVERRIDES, compose_config, copy_sample, require_extra, train_tiny_run
 
 BODY = "net.backbone."
 
 
-@pytest.fixture(scope="module")
-def resnet_run(module_tmp_path) -> Path:
-    """A tiny run on three classes: its run directory."""
-    return train_tiny_run(module_tmp_path / "source", [], classes=3)
+@pytest.fixture
+def resnet_run(tiny_run) -> Path:
+    """A tiny run on three classes (the session's, read only): its run directory."""
+    return tiny_run
 
 
 def checkpoint_state(run: Path) -> dict[str, torch.Tensor]:
@@ -52,18 +53,39 @@ def test_backbone_weights_from_a_checkpoint_with_another_class_count(resnet_run,
     assert saved["net.head.8.weight"].shape[0] == 3
 
 
+class BodyAtStart(L.Callback):
+    """Keeps a copy of the network's body as the Trainer starts fitting (before any step)."""
+
+    bodies: list[dict[str, torch.Tensor]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        BodyAtStart.bodies.append({k: v.detach().clone() for k, v in pl_module.net.backbone.state_dict().items()})
+
+
 def test_the_body_of_a_checkpoint_trains_on_new_classes(resnet_run, tmp_path):
     root = copy_sample(tmp_path / "two", classes=2, per_class=8)
-    cfg = new_run_cfg(root, tmp_path / "run", [f"model.backbone.weights={resnet_run / 'checkpoints' / 'best.ckpt'}"])
+    best = resnet_run / "checkpoints" / "best.ckpt"
+    cfg = new_run_cfg(root, tmp_path / "run", [f"model.backbone.weights={best}",
+                                                f"+callbacks.body._target_={__name__}.BodyAtStart"])
+    BodyAtStart.bodies.clear()
     metrics = train(cfg)
     assert 0.0 <= metrics["val/error_rate"] <= 1.0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    # the training started from the source's body, tensor for tensor
+    source = torch.load(best, weights_only=True)["state_dict"]
+    [body] = BodyAtStart.bodies
+    assert len(body) == len([k for k in source if k.startswith(BODY)]) > 100
+    for key, value in body.items():
+        assert torch.equal(value, source[BODY + key]), key
+    # ... and trained from there: the second stage moved the body
+    trained = checkpoint_state(tmp_path / "run")
+    assert not torch.equal(trained[BODY + "0.weight"], source[BODY + "0.weight"])
 
 
 @pytest.mark.parametrize("other", ["resnet34", "timm/resnet18"])
 def test_a_checkpoint_of_another_architecture_names_both(resnet_run, tmp_path, other):
     if other.startswith("timm/"):
-        pytest.importorskip("timm")
+        require_extra("timm", "timm")
     cfg = new_run_cfg(copy_sample(tmp_path / "two", classes=2), tmp_path / "run",
                       [f"model.backbone.name={other}", f"model.backbone.weights={resnet_run / 'checkpoints' / 'last.ckpt'}"])
     with pytest.raises(InstantiationException, match=rf"checkpoint of a resnet18 run, but model.backbone.name is {other}"):
@@ -118,7 +140,7 @@ def test_exported_body_loads_into_torchvision_resnet18_strictly(resnet_run, tmp_
 
 
 def test_timm_body_from_a_checkpoint_and_exported(tmp_path):
-    timm = pytest.importorskip("timm")
+    timm = require_extra("timm", "timm")
     source = train_tiny_run(tmp_path / "source", ["model.backbone.name=timm/resnet18"], classes=3, per_class=6)
     ckpt = source / "checkpoints" / "last.ckpt"
     saved = checkpoint_state(source)

@@ -113,9 +113,11 @@ def _threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def data_speed(dataset: Dataset, batch_size: int, warmup: int = 1, batches: int = 10, seed: int = 0) -> Speed:
-    """Images/second of one loader worker: ``dataset``'s items batched by PyTorch's default
-    collate, in this process with one thread (as DataLoader runs each worker)."""
+def data_speed(dataset: Dataset, batch_size: int, warmup: int = 1, batches: int = 10, seed: int = 0,
+               collate_fn: Callable | None = None) -> Speed:
+    """Images/second of one loader worker: ``dataset``'s items batched by ``collate_fn`` (PyTorch's default
+    collate when None; ``data.decode_on=device`` batches JPEG bytes its own way), in this process with one
+    thread (as DataLoader runs each worker)."""
     if warmup < 0 or batches < 1:
         raise ValueError(f"bench.data_batches must be >= 1, got {batches}")
     needed = (warmup + batches) * batch_size
@@ -124,7 +126,7 @@ def data_speed(dataset: Dataset, batch_size: int, warmup: int = 1, batches: int 
             f"the data benchmark reads {warmup + batches} batches of {batch_size} = {needed} images, the training "
             f"set has {len(dataset)}; lower bench.data_batches or data.batch_size"
         )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0, collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(seed))
     batches_iter = iter(loader)
     with _threads(1):

@@ -107,7 +107,8 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         "warmup_steps": bench.warmup_steps, "steps": bench.steps,
     }
     log.info("bench: data pipeline, %d batches", bench.data_batches)
-    data = data_speed(datamodule.datasets["train"], batch_size, warmup=1, batches=bench.data_batches, seed=cfg.seed)
+    data = data_speed(datamodule.datasets["train"], batch_size, warmup=1, batches=bench.data_batches, seed=cfg.seed,
+                      collate_fn=datamodule.placed.collate_fn)
 
     torch_device = torch.device(device)
 

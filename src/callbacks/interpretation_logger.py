@@ -93,7 +93,7 @@ class InterpretationFigures(L.Callback):
             pl_module.eval()
             # The module and the precision plugin's context, as in validation (memory format, autocast).
             with trainer.precision_plugin.forward_context():
-                batches = datamodule.model_batches(datamodule.val_dataloader(), pl_module.device, train=False)
+                batches = datamodule.model_batches(datamodule.whole_valid_loader(), pl_module.device, train=False)
                 log_probs, targets = run_loader(pl_module, batches, pl_module.device)
             pl_module.train(was_training)
         interpretation = Interpretation(datamodule.classes, log_probs, targets)

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.loading.balanced_sampler import BalancedSampler
@@ -289,7 +290,19 @@ class ImageFolderDataModule(L.LightningDataModule):
             return BalancedSampler([s.label for s in self.index.train], seed=self.loader_seed)
         return EpochShuffleSampler(len(self.datasets["train"]), seed=self.loader_seed)
 
-    def _loader(self, subset: str, shuffle: bool) -> DataLoader:
+    def _evaluation_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each validation or test image on exactly one process. Lightning's default (torch's
+        DistributedSampler) pads a set that does not split evenly with repeated images, which the metrics
+        then count twice; the metrics here sum their states across processes, so uneven shares are exact."""
+        if self.trainer is None or self.trainer.world_size < 2:
+            return None
+        if len(dataset) < self.trainer.world_size:
+            raise ValueError(f"{len(dataset)} validation or test image(s) for {self.trainer.world_size} processes: "
+                             "each process needs one; hold out more images (data.valid_pct) or train on fewer devices")
+        return UnrepeatedDistributedSampler(dataset, num_replicas=self.trainer.world_size,
+                                            rank=self.trainer.global_rank, shuffle=False)
+
+    def _loader(self, subset: str, shuffle: bool, sharded: bool = True) -> DataLoader:
         self.use_epoch_data()  # progressive resizing: this epoch's stage's size and batch size
         if self.source.streams(subset):
             return self.source.loader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
@@ -297,7 +310,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         return EpochDataLoader(
             self.datasets[subset],
             batch_size=self.batch_size,
-            sampler=self.train_sampler() if shuffle else None,
+            sampler=(self.train_sampler() if shuffle else
+                     self._evaluation_sampler(self.datasets[subset]) if sharded else None),
             # fastai drops the last partial batch in training: a batch of one breaks BatchNorm.
             drop_last=shuffle and len(self.datasets[subset]) > self.batch_size,
             num_workers=self.num_workers,
@@ -315,6 +329,11 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("valid", shuffle=False)
+
+    def whole_valid_loader(self) -> DataLoader:
+        """Every validation image, in order, in this process, also under DDP: for loops outside the
+        Trainer's (the end-of-run figures on rank 0); :meth:`val_dataloader` gives each process its share."""
+        return self._loader("valid", shuffle=False, sharded=False)
 
     def test_dataloader(self) -> DataLoader:
         if not self.datasets.get("test"):
