@@ -31,7 +31,7 @@ from src.auditing.findings import Findings
 from src.auditing.image_pass import read_images
 from src.auditing.label_issues import MissingExtraError, find_issues, out_of_fold_probabilities, require_cleanlab
 from src.auditing.neighbours import centred, nearest_neighbours
-from src.auditing.pixel_match import pixel_agreement
+from src.auditing.pixel_match import pixel_agreement, pixel_neighbours
 from src.auditing.outliers import PropertyLimits, modified_z, ood_scores, property_flags
 from src.auditing.report import summary_lines, write_csvs
 from src.auditing.report_page import write_page
@@ -136,16 +136,18 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
                                                   weight_decay=cfg.label_issues.weight_decay,
                                                   steps=cfg.label_issues.steps)
         timer.done("out-of-fold probabilities")
-        issues = find_issues(label_array, probabilities)
+        issues = find_issues(label_array, probabilities, cfg.label_issues.filter_by)
         timer.done("label issues")
     k = max(cfg.duplicates.candidates, cfg.outliers.neighbours)
     sims, neighbours = nearest_neighbours(centred(embeddings), k, block=cfg.duplicates.block, device=device)
     timer.done("nearest neighbours")
-    proposed = proposed_pairs(sims, neighbours, cfg.duplicates.threshold, cfg.duplicates.candidates)
-    agreement = pixel_agreement(thumbnails, list(proposed))
-    confirmed = {pair: float(a) for pair, a in zip(proposed, agreement) if a >= cfg.duplicates.pixel_threshold}
-    log.info("near duplicates: %d pair(s) proposed by the embeddings, %d confirmed by the pixels", len(proposed),
-             len(confirmed))
+    proposed = set(proposed_pairs(sims, neighbours, cfg.duplicates.threshold, cfg.duplicates.candidates))
+    by_pixels = pixel_neighbours(thumbnails, cfg.duplicates.candidates, block=cfg.duplicates.block, device=device)
+    candidates = sorted(proposed | by_pixels)
+    agreement = pixel_agreement(thumbnails, candidates)
+    confirmed = {pair: float(a) for pair, a in zip(candidates, agreement) if a >= cfg.duplicates.pixel_threshold}
+    log.info("near duplicates: %d pair(s) proposed (%d by the embeddings, %d by the thumbnails), %d confirmed by "
+             "the pixels", len(candidates), len(proposed), len(by_pixels), len(confirmed))
     pairs = duplicate_pairs(digests, confirmed)
     groups = group_duplicates(pairs, digests, labels, subsets)
     timer.done("duplicates")
