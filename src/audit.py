@@ -24,12 +24,13 @@ from omegaconf import DictConfig
 
 from src.auditing.body import load_body
 from src.auditing.decisions import write_decisions
-from src.auditing.duplicates import duplicate_pairs, group_duplicates, valid_in_leaks
+from src.auditing.duplicates import duplicate_pairs, group_duplicates, proposed_pairs, valid_in_leaks
 from src.auditing.embedding_cache import cached_read
 from src.auditing.findings import Findings
 from src.auditing.image_pass import read_images
 from src.auditing.label_issues import find_issues, out_of_fold_probabilities, require_cleanlab
 from src.auditing.neighbours import centred, nearest_neighbours
+from src.auditing.pixel_match import pixel_agreement, pixel_neighbours
 from src.auditing.outliers import PropertyLimits, modified_z, ood_scores, property_flags
 from src.auditing.report import summary_lines, write_csvs
 from src.auditing.report_page import write_page
@@ -49,10 +50,14 @@ def audit_problems(cfg: DictConfig) -> list[Problem]:
         found.append(Problem("label_issues.folds", cfg.label_issues.folds, "a whole number >= 2",
                              "label_issues.folds=5: each image is scored by a head that did not see it"))
     threshold = cfg.duplicates.threshold
-    if not (is_number(threshold) and 0 < threshold <= 1):
-        found.append(Problem("duplicates.threshold", threshold, "a cosine similarity in (0, 1]",
-                             "e.g. duplicates.threshold=0.97; higher finds fewer, closer copies"))
-    for key in ("duplicates.mutual", "outliers.neighbours", "duplicates.block"):
+    if not (is_number(threshold) and -1 <= threshold <= 1):
+        found.append(Problem("duplicates.threshold", threshold, "a cosine similarity in [-1, 1]",
+                             "e.g. duplicates.threshold=0.9; lower lets the pixel check look at more pairs"))
+    pixels = cfg.duplicates.pixel_threshold
+    if not (is_number(pixels) and -1 <= pixels <= 1):
+        found.append(Problem("duplicates.pixel_threshold", pixels, "a correlation in [-1, 1]",
+                             "e.g. duplicates.pixel_threshold=0.9; higher confirms fewer, closer copies"))
+    for key in ("duplicates.candidates", "outliers.neighbours", "duplicates.block"):
         group, name = key.split(".")
         if not is_whole_number(cfg[group][name], minimum=1):
             found.append(Problem(key, cfg[group][name], "a whole number >= 1", f"e.g. {key}=2"))
@@ -116,7 +121,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     paths = [paths[i] for i in keep]
     labels = [samples[i][0].label for i in keep]
     subsets = [samples[i][1] for i in keep]
-    embeddings, properties = facts.embeddings[keep], facts.properties[keep]
+    embeddings, properties, thumbnails = facts.embeddings[keep], facts.properties[keep], facts.thumbnails[keep]
     digests = [facts.digests[i] for i in keep]
 
     notes = []
@@ -130,12 +135,19 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
                                                   weight_decay=cfg.label_issues.weight_decay,
                                                   steps=cfg.label_issues.steps)
         timer.done("out-of-fold probabilities")
-        issues = find_issues(label_array, probabilities)
+        issues = find_issues(label_array, probabilities, cfg.label_issues.filter_by)
         timer.done("label issues")
-    k = max(cfg.duplicates.mutual, cfg.outliers.neighbours)
+    k = max(cfg.duplicates.candidates, cfg.outliers.neighbours)
     sims, neighbours = nearest_neighbours(centred(embeddings), k, block=cfg.duplicates.block, device=device)
     timer.done("nearest neighbours")
-    pairs = duplicate_pairs(digests, sims, neighbours, cfg.duplicates.threshold, cfg.duplicates.mutual)
+    proposed = set(proposed_pairs(sims, neighbours, cfg.duplicates.threshold, cfg.duplicates.candidates))
+    by_pixels = pixel_neighbours(thumbnails, cfg.duplicates.candidates, block=cfg.duplicates.block, device=device)
+    candidates = sorted(proposed | by_pixels)
+    agreement = pixel_agreement(thumbnails, candidates)
+    confirmed = {pair: float(a) for pair, a in zip(candidates, agreement) if a >= cfg.duplicates.pixel_threshold}
+    log.info("near duplicates: %d pair(s) proposed (%d by the embeddings, %d by the thumbnails), %d confirmed by "
+             "the pixels", len(candidates), len(proposed), len(by_pixels), len(confirmed))
+    pairs = duplicate_pairs(digests, confirmed)
     groups = group_duplicates(pairs, digests, labels, subsets)
     timer.done("duplicates")
     ood = ood_scores(sims, cfg.outliers.neighbours)

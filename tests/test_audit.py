@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import open_dict
 from PIL import Image
@@ -201,8 +202,6 @@ def test_the_page_shows_a_duplicate_group_side_by_side_in_chromium(audited, tmp_
 
 
 def test_blocked_nearest_neighbours_are_those_of_the_whole_similarity_matrix():
-    import numpy as np
-
     from src.auditing.neighbours import nearest_neighbours
 
     vectors = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
@@ -216,12 +215,51 @@ def test_blocked_nearest_neighbours_are_those_of_the_whole_similarity_matrix():
 
 
 def test_exact_copies_pair_by_their_bytes_whatever_their_embeddings_say():
-    import numpy as np
-
-    from src.auditing.duplicates import duplicate_pairs, group_duplicates
+    from src.auditing.duplicates import duplicate_pairs, group_duplicates, proposed_pairs
 
     neighbours = np.array([[1, 2], [0, 2], [0, 1], [0, 1]])
-    pairs = duplicate_pairs(["a", "b", "a", ""], np.zeros((4, 2)), neighbours, threshold=0.97)
+    assert proposed_pairs(np.zeros((4, 2)), neighbours, threshold=0.9, candidates=2) == {}
+    pairs = duplicate_pairs(["a", "b", "a", ""], {})
     assert pairs == {(0, 2): 1.0}  # same bytes; 3 could not be read (no digest)
     (group,) = group_duplicates(pairs, ["a", "b", "a", ""], [0, 0, 1, 0], ["train", "train", "valid", "train"])
     assert group.members == (0, 2) and group.exact and group.flags == ("leak", "label conflict")
+
+
+def pixel_threshold() -> float:
+    return compose_config(["data.num_workers=0"], config_name="audit").duplicates.pixel_threshold
+
+
+SAMPLE = PROJECT_ROOT / "data" / "fashion-mnist-sample"
+
+
+def test_resized_recompressed_and_cropped_copies_of_a_real_photo_are_confirmed_by_their_pixels():
+    import io
+
+    from src.auditing.pixel_match import grey_thumbnail, pixel_agreement
+
+    photo = Image.open(sorted((SAMPLE / "t-shirt_top").glob("*.png"))[0]).convert("RGB")
+    side = photo.width
+    buffer = io.BytesIO()
+    photo.resize((side * 3 // 2, side * 3 // 2), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=75)
+    resized_recompressed = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    cropped = photo.crop((2, 2, side - 2, side - 2)).resize((side, side), Image.Resampling.BICUBIC)
+    thumbnails = np.stack([grey_thumbnail(image) for image in (photo, resized_recompressed, cropped)])
+    assert thumbnails.shape == (3, 32, 32) and thumbnails.dtype == np.uint8
+    agreement = pixel_agreement(thumbnails, [(0, 1), (0, 2), (2, 0)])
+    assert agreement.min() >= pixel_threshold(), agreement
+    assert agreement[1] == pytest.approx(agreement[2], abs=1e-6)  # either image of a pair may be the cropped one
+
+
+def test_two_distinct_photos_of_one_product_type_with_the_same_silhouette_are_not_confirmed():
+    from src.auditing.pixel_match import grey_thumbnail, pixel_agreement
+
+    photos = sorted((SAMPLE / "t-shirt_top").glob("*.png"))[:100]
+    thumbnails = np.stack([grey_thumbnail(Image.open(p).convert("RGB")) for p in photos])
+    plain = thumbnails.reshape(len(photos), -1).astype(np.float32)
+    plain -= plain.mean(1, keepdims=True)
+    plain /= np.linalg.norm(plain, axis=1, keepdims=True)
+    correlation = plain @ plain.T
+    np.fill_diagonal(correlation, -1)
+    first, second = np.unravel_index(correlation.argmax(), correlation.shape)
+    assert correlation[first, second] > 0.98  # the most alike two: their grey levels nearly agree
+    assert pixel_agreement(thumbnails, [(first, second)])[0] < pixel_threshold()

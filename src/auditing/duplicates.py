@@ -1,8 +1,10 @@
-"""Copies of one photo: exact (the same bytes) and near (embeddings nearly parallel), grouped.
+"""Copies of one photo: exact (the same bytes) and near (resized, re-compressed, slightly cropped), grouped.
 
-Pairs come from the content hashes and from mutual nearest neighbours (:mod:`src.auditing.neighbours`)
-at cosine similarity ``threshold`` or more; a union-find joins them into
-groups (a copy of a copy is in the group too). A group is flagged by what it does to training:
+Exact pairs come from the content hashes. Near pairs are proposed by the embeddings (each image's
+``candidates`` nearest neighbours, :mod:`src.auditing.neighbours`, at cosine similarity ``threshold`` or
+more) and confirmed by the pixels (:mod:`src.auditing.pixel_match`): an embedding alone cannot tell a copy
+from a distinct photo of the same kind of product. A union-find joins the pairs into groups (a copy of a
+copy is in the group too). A group is flagged by what it does to training:
 
 - ``within class``: copies with one label (they weigh that photo twice);
 - ``label conflict``: copies with different labels (at least one label is wrong);
@@ -46,7 +48,7 @@ class UnionFind:
 class DuplicateGroup:
     members: tuple[int, ...]  # image rows, sorted
     exact: bool  # every member has the same bytes
-    similarity: float  # the lowest similarity of the pairs that joined it (1.0 for exact copies)
+    similarity: float  # the lowest pixel agreement of the pairs that joined it (1.0 for exact copies)
     flags: tuple[str, ...]  # LEAK and/or CONFLICT, or WITHIN
 
     @property
@@ -54,14 +56,20 @@ class DuplicateGroup:
         return ", ".join(self.flags)
 
 
-def duplicate_pairs(digests: Sequence[str], sims: np.ndarray, neighbours: np.ndarray,
-                    threshold: float, mutual: int = 2) -> dict[tuple[int, int], float]:
-    """(i, j) with i < j -> similarity, for exact copies (1.0) and for images at ``threshold`` or more that
-    are among each other's ``mutual`` nearest neighbours.
+def proposed_pairs(sims: np.ndarray, neighbours: np.ndarray, threshold: float,
+                   candidates: int) -> dict[tuple[int, int], float]:
+    """(i, j) with i < j -> cosine similarity, for each image and those of its ``candidates`` nearest
+    neighbours at ``threshold`` or more: the pairs the pixel check looks at (at most N x candidates)."""
+    pairs: dict[tuple[int, int], float] = {}
+    for i, column in np.argwhere(sims[:, :candidates] >= threshold):
+        j = int(neighbours[i, column])
+        pairs.setdefault((min(int(i), j), max(int(i), j)), float(sims[i, column]))
+    return pairs
 
-    Mutual: in a dense region (a body trained on the folder puts every photo of a plain class close
-    together) a threshold alone joins one pair after another into one group of thousands; a copy is
-    its original's nearest neighbour and the reverse, distinct look-alikes mostly are not."""
+
+def duplicate_pairs(digests: Sequence[str], confirmed: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
+    """(i, j) with i < j -> similarity: the exact copies (the same bytes, 1.0) and the ``confirmed`` near pairs
+    (with their pixel agreement)."""
     pairs: dict[tuple[int, int], float] = {}
     by_digest: dict[str, list[int]] = defaultdict(list)
     for i, digest in enumerate(digests):
@@ -70,13 +78,8 @@ def duplicate_pairs(digests: Sequence[str], sims: np.ndarray, neighbours: np.nda
     for rows in by_digest.values():
         for j in rows[1:]:
             pairs[(rows[0], j)] = 1.0
-    close = np.argwhere(sims[:, :mutual] >= threshold)
-    for i, column in close:
-        j = int(neighbours[i, column])
-        if i not in neighbours[j, :mutual]:
-            continue
-        key = (min(int(i), j), max(int(i), j))
-        pairs.setdefault(key, float(sims[i, column]))
+    for key, similarity in confirmed.items():
+        pairs.setdefault(key, similarity)
     return pairs
 
 

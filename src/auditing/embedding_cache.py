@@ -1,4 +1,5 @@
-"""The image pass's results kept between audits, beside the scan cache: a second audit embeds nothing.
+"""The image pass's results (embeddings, hashes, pixel properties, thumbnails) kept between audits, beside
+the scan cache: a second audit embeds nothing.
 
 One file per (data folder, body, eval transform) in ``paths.cache_dir``, named like the scan cache by a
 hash of what the results depend on (the resolved root, the body's identity: architecture and weights
@@ -27,7 +28,7 @@ from src.core.atomic_write import atomic_open
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what a row holds or how it is computed changes
+CACHE_FORMAT = 2  # bump when what a row holds or how it is computed changes
 
 
 def cache_path(cache_dir: Path, root: Path, body_identity: str) -> Path:
@@ -41,7 +42,8 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in ("paths", "sizes", "mtimes", "digests", "embeddings", "properties")}
+            arrays = {name: stored[name] for name in ("paths", "sizes", "mtimes", "digests", "embeddings", "properties",
+                                                         "thumbnails")}
         if len({len(a) for a in arrays.values()}) != 1:
             raise ValueError("columns of different lengths")
         return arrays
@@ -74,18 +76,22 @@ def cached_read(paths: Sequence[Path], root: Path, cache_dir: Path | None, body_
     if stored is not None and fresh is not None and fresh.embeddings.shape[1] != stored["embeddings"].shape[1]:
         raise ValueError(f"embedding cache {path} holds {stored['embeddings'].shape[1]}-wide rows, the body gives "
                          f"{fresh.embeddings.shape[1]}; delete the file")
-    source = (fresh.embeddings, fresh.properties) if fresh is not None else (
-        (stored["embeddings"], stored["properties"]) if stored is not None else (np.zeros((0, 1)), np.zeros((0, 1))))
+    source = (fresh.embeddings, fresh.properties, fresh.thumbnails) if fresh is not None else (
+        (stored["embeddings"], stored["properties"], stored["thumbnails"]) if stored is not None else (
+            np.zeros((0, 1)), np.zeros((0, 1)), np.zeros((0, 1, 1))))
     embeddings = np.zeros((len(paths), source[0].shape[1]), np.float32)
     properties = np.zeros((len(paths), source[1].shape[1]), np.float32)
+    thumbnails = np.zeros((len(paths), *source[2].shape[1:]), np.uint8)
     digests = [""] * len(paths)
     for j, i in enumerate(hit):
         if i is not None:
-            embeddings[j], properties[j], digests[j] = stored["embeddings"][i], stored["properties"][i], str(
-                stored["digests"][i])
+            embeddings[j], properties[j], thumbnails[j] = (stored["embeddings"][i], stored["properties"][i],
+                                                           stored["thumbnails"][i])
+            digests[j] = str(stored["digests"][i])
     for k, j in enumerate(missing):
-        embeddings[j], properties[j], digests[j] = fresh.embeddings[k], fresh.properties[k], fresh.digests[k]
-    facts = ImageFacts(embeddings, digests, properties)
+        embeddings[j], properties[j], thumbnails[j] = fresh.embeddings[k], fresh.properties[k], fresh.thumbnails[k]
+        digests[j] = fresh.digests[k]
+    facts = ImageFacts(embeddings, digests, properties, thumbnails)
     if missing or stored is None or len(rows) != len(paths):
         keep = [j for j, s in enumerate(stats) if digests[j] and s.st_mtime_ns < started - RACY_NS]
         try:
@@ -94,7 +100,7 @@ def cached_read(paths: Sequence[Path], root: Path, cache_dir: Path | None, body_
                          sizes=np.array([stats[j].st_size for j in keep], dtype=np.int64),
                          mtimes=np.array([stats[j].st_mtime_ns for j in keep], dtype=np.int64),
                          digests=np.array([digests[j] for j in keep], dtype=str),
-                         embeddings=embeddings[keep], properties=properties[keep])
+                         embeddings=embeddings[keep], properties=properties[keep], thumbnails=thumbnails[keep])
             log.info("embedding cache: %d image(s) written to %s", len(keep), path)
         except OSError as error:  # the cache only saves time
             log.warning("could not write the embedding cache %s (%s); the next audit embeds every image again",

@@ -5,7 +5,11 @@ the network) is fitted k times, each time predicting the fold it did not see, so
 probabilities from a model that never saw its label. cleanlab's ``find_label_issues`` (Northcutt et al.,
 "Confident Learning", JAIR 2021) then picks the images whose given label those probabilities do not
 support, ranked by its label-quality score (the probability of the given label, "self_confidence"):
-the lowest first. cleanlab is kept by the people who wrote the method; it is the ``audit`` extra.
+the lowest first. How many: confident learning's estimate of the number of wrong labels (from the
+confident joint); which: with ``filter_by="low_self_confidence"`` that many of the images whose given label's
+probability is under its class's average self-confidence, lowest first (on the measured folder it
+flagged fewer images that are right, and missed fewer that are wrong, than ``prune_by_noise_rate`` or
+``both``: docs/audit.md). cleanlab is kept by the people who wrote the method; it is the ``audit`` extra.
 """
 
 from __future__ import annotations
@@ -77,12 +81,12 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: np.ndarray, num_cl
     return probabilities
 
 
-def find_issues(labels: np.ndarray, probabilities: np.ndarray) -> list[LabelIssue]:
-    """cleanlab's label issues, most likely wrong first."""
+def find_issues(labels: np.ndarray, probabilities: np.ndarray, filter_by: str = "low_self_confidence") -> list[LabelIssue]:
+    """cleanlab's label issues (``filter_by``: its ``find_label_issues`` rule), most likely wrong first."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    ranked = find_label_issues(labels, probabilities, filter_by=filter_by, return_indices_ranked_by="self_confidence")
     scores = get_label_quality_scores(labels, probabilities, method="self_confidence")
     suggested = probabilities.argmax(1)
     return [LabelIssue(int(i), int(labels[i]), int(suggested[i]), float(scores[i])) for i in ranked]

@@ -21,19 +21,22 @@ def centred(embeddings: np.ndarray) -> np.ndarray:
     return shifted / np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_neighbours(embeddings: np.ndarray, k: int, *, block: int = 4096,
-                       device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(embeddings: np.ndarray, k: int, *, block: int = 4096, device: torch.device | str = "cpu",
+                       queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each row of the L2-normalised ``embeddings`` (N, D), the similarities (N, k) and row indices
-    (N, k) of its ``k`` most similar other rows, most similar first (``k`` is cut to N - 1)."""
+    (N, k) of its ``k`` most similar other rows, most similar first (``k`` is cut to N - 1). With
+    ``queries`` (N, D), another view of each row (row i of it is image i too), the rows most similar to
+    each query instead, image i itself left out as before."""
     count = len(embeddings)
     k = min(k, count - 1)
     if k < 1:
         return np.zeros((count, 0), np.float32), np.zeros((count, 0), np.int64)
     vectors = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+    asked = vectors if queries is None else torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     best_sims = torch.full((count, k), -torch.inf, device=device)
     best_index = torch.zeros((count, k), dtype=torch.long, device=device)
     for start in range(0, count, block):
-        rows = vectors[start:start + block]
+        rows = asked[start:start + block]
         row_ids = torch.arange(start, start + len(rows), device=device)
         sims_kept, index_kept = best_sims[start:start + len(rows)], best_index[start:start + len(rows)]
         for column in range(0, count, block):
