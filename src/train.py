@@ -22,6 +22,17 @@ from src.core.user_errors import one_line_user_errors
 register_resolvers()  # conf/schedule/fine_tune.yaml's ${fine_tune_stages:}, before Hydra composes a config
 
 
+def final_result_line(metrics: dict) -> str:
+    """The validation result; a run that stopped before its first validation (``+trainer.max_steps``
+    inside epoch 1, ``trainer.limit_val_batches=0``) says so instead of printing nan."""
+    if "val/error_rate" not in metrics:
+        return ("final val/error_rate: none (no validation ran before the run stopped: trainer.max_steps, "
+                "trainer.limit_val_batches or trainer.check_val_every_n_epoch ended it first; "
+                "checkpoints/last.ckpt holds the weights)")
+    return (f"final val/error_rate: {metrics['val/error_rate']:.4f} "
+            f"(best {metrics.get('val/error_rate_best', math.nan):.4f})")
+
+
 @one_line_user_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
@@ -36,8 +47,7 @@ def main(cfg: DictConfig) -> float | None:
         return metrics.get(cfg.get("optimized_metric"))
     # The command's result, for people and scripts (the rest goes to train.log).
     print(f"run directory: {metrics['output_dir']}")
-    print(f"final val/error_rate: {metrics.get('val/error_rate', math.nan):.4f} "
-          f"(best {metrics.get('val/error_rate_best', math.nan):.4f})")
+    print(final_result_line(metrics))
     if "test/error_rate" in metrics:
         print(f"test/error_rate: {metrics['test/error_rate']:.4f}  test/loss: {metrics['test/loss']:.4f} "
               f"({metrics['test_images']} images of test/)")

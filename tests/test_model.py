@@ -99,10 +99,32 @@ def test_imagenet_weights_offline_names_the_offline_overrides(monkeypatch, tmp_p
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(OSError) as error:
         ResNetBody("resnet18", weights="imagenet")
     assert requested == [RESNET18_IMAGENET_URL]  # the patched loader, not a real download, failed
     message = str(error.value)
     assert "Temporary failure in name resolution" in message
     assert "model.backbone.weights=null" in message
     assert "model.backbone.weights=/path/to/resnet18.pth" in message
+
+
+def test_src_audit_offline_ends_in_the_offline_hint_with_exit_status_2(tmp_path):
+    # src.audit's body is ImageNet's ResNet50 by default: offline, its one line names the overrides,
+    # as src.train's does, instead of a traceback of urllib's error
+    pytest.importorskip("cleanlab", reason='src.audit needs the audit extra: pip install -e ".[audit]"')
+    import os
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    from tests.conftest import copy_sample
+
+    root = copy_sample(tmp_path / "photos", classes=2, per_class=4)
+    closed_port = "http://127.0.0.1:9"  # every download fails at once, as without a network
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": closed_port, "HTTPS_PROXY": closed_port}
+    done = subprocess.run([sys.executable, "-m", "src.audit", f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "could not fetch torchvision's ImageNet weights for resnet50" in last and "model.backbone.weights=null" in last, last

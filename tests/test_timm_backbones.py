@@ -128,7 +128,7 @@ def test_imagenet_weights_offline_names_the_offline_overrides(monkeypatch):
         raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr("timm.models._builder.load_pretrained", no_network)  # never downloads
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(OSError) as error:
         build_backbone("timm/resnet18", weights="imagenet")
     message = str(error.value)
     assert "model.backbone.weights=null" in message

@@ -50,7 +50,8 @@ def build_resnet(name: str, weights: str | Path | None) -> nn.Module:
         try:
             return torchvision.models.get_model(name, weights="DEFAULT")
         except (OSError, RuntimeError) as error:  # URLError is an OSError; hash/partial downloads raise RuntimeError
-            raise RuntimeError(
+            # an OSError, as the failed download is: every command reports it in one line, exit status 2
+            raise OSError(
                 f"could not fetch torchvision's ImageNet weights for {name} ({error}). " + _offline_hint(name)
             ) from error
     model = torchvision.models.get_model(name, weights=None)

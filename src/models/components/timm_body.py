@@ -63,7 +63,8 @@ def create_timm_model(arch: str, weights: str | Path | None) -> nn.Module:
     except (OSError, RuntimeError) as error:  # hub/URL errors are OSErrors; partial downloads RuntimeErrors
         if not pretrained:
             raise
-        raise RuntimeError(
+        # an OSError, as the failed download is: every command reports it in one line, exit status 2
+        raise OSError(
             f"could not fetch timm's pretrained weights for {arch} ({error}). " + _offline_hint(arch)
         ) from error
     if pretrained:
