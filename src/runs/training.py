@@ -7,7 +7,6 @@ sweeps call :func:`train` directly.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +120,8 @@ def _train_in(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "skipped_during_training": skipped,
         "final": {k: v for k, v in metrics.items() if k.startswith("val/") and not k.endswith("_best")},
         "performance": {k: v for k, v in metrics.items() if k.startswith("perf/")},  # the last epoch's
-        "best": {"val/error_rate": metrics.get("val/error_rate_best", math.nan)},
+        # none before a first validation (+trainer.max_steps inside epoch 1): JSON has no NaN
+        "best": {"val/error_rate": metrics["val/error_rate_best"]} if "val/error_rate_best" in metrics else {},
         "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
         "epochs": trainer.current_epoch,
         "stopped_early_after_epoch": stopped_after,
