@@ -5,6 +5,7 @@ import torchvision
 from src.callbacks.staged_finetuning import StagedFineTuning, count_parameters
 from src.models.components.backbones import ResNetBody
 from src.models.components.classifier import ImageClassifier
+from tests.conftest import require_extra
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_imagenet_weights_offline_names_the_offline_overrides(monkeypatch, tmp_p
 def test_src_audit_offline_ends_in_the_offline_hint_with_exit_status_2(tmp_path):
     # src.audit's body is ImageNet's ResNet50 by default: offline, its one line names the overrides,
     # as src.train's does, instead of a traceback of urllib's error
-    pytest.importorskip("cleanlab", reason='src.audit needs the audit extra: pip install -e ".[audit]"')
+    require_extra("cleanlab", "audit")  # src.audit needs it before it reaches the download
     import os
     from pathlib import Path
     import subprocess

@@ -15,7 +15,7 @@ OUTCOMES = (pytest.fail.Exception, pytest.skip.Exception)
 
 def test_a_missing_extra_skips_locally_and_fails_in_ci(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match=r"no_such_module is missing .*the audit extra, pip install -e '\.\[audit\]'"):
+    with pytest.raises(pytest.skip.Exception, match=r'no_such_module is missing .*the audit extra, pip install -e "\.\[audit\]"'):
         require_extra("no_such_module", "audit")
     monkeypatch.setenv("CI", "true")
     with pytest.raises(OUTCOMES) as outcome:  # a skip is caught too, so that it fails this test rather than skip it
