@@ -12,7 +12,7 @@ import pytest
 from omegaconf import open_dict
 from PIL import Image
 
-from tests.conftest import compose_config, copy_sample, headless_chromium, require_extra, require_programs
+from tests.conftest import PROJECT_ROOT, compose_config, copy_sample, headless_chromium, require_extra, require_programs
 
 require_extra("cleanlab", "audit")
 

@@ -247,7 +247,6 @@ def first_conv_as_served(image: torch.Tensor, weight: torch.Tensor, precision: s
 def test_the_inside_view_is_the_served_models_own_numbers(server, trained, photos):
     """?inside=true: one image's walk through the served network; its numbers equal the checkpoint's."""
     import numpy as np
-    import torch.nn.functional as F
 
     from src.optim.freezing import trainable_parameter_ids
     from src.models.loading import load_classifier, saved_stage_index
