@@ -285,3 +285,11 @@ def test_shards_are_decoded_where_they_are_read_not_on_the_device(tmp_path):
     cfg = compose_config([*TINY_OVERRIDES, "data.format=litdata", f"data.root={tmp_path}", "data.decode_on=device"])
     with pytest.raises(ConfigError, match=r"data.decode_on='device': expected workers with data.format=litdata"):
         check_train_config(cfg, num_layer_groups=3)
+
+
+def test_a_data_key_left_out_takes_its_default_in_the_check():
+    # e.g. a data config written before data.decode_on existed: the check uses the DataModule's default
+    cfg = compose_config(TINY_OVERRIDES)
+    with open_dict(cfg):
+        del cfg.data["decode_on"]
+    check_train_config(cfg, num_layer_groups=3)

@@ -72,6 +72,8 @@ class _Settings(Mapping):
         self.node = node
 
     def __getitem__(self, key: str) -> Any:
+        if key not in self.node.keys():  # so that Mapping.get gives its default for an absent key
+            raise KeyError(key)
         return _plain(OmegaConf.select(self.node, key, throw_on_missing=False))
 
     def __iter__(self) -> Iterator[str]:
