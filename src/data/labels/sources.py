@@ -116,9 +116,8 @@ class _RowLabels(LabelSource):
         rows = self.rows(root, scan)
         if scan is not None:
             readable = set(scan.keep_readable([row.path for row in rows]))
-            left_out = [bad for bad in scan.bad if not bad.ignored]
             if rows and not readable:  # said here in full: a run directory holding bad_files.csv may be removed
-                example = left_out[0]
+                example = scan.unreadable[0]
                 raise ValueError(f"none of the {len(rows)} image(s) labelled by data/labels={self.name} under "
                                  f"data.root={str(root)!r} can be read ({scan.summary()}), e.g. "
                                  f"{relative_posix(example.path, root)!r} ({example.kind}: {example.reason}); "
