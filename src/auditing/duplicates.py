@@ -3,7 +3,8 @@
 Exact pairs come from the content hashes. Near pairs are proposed by the embeddings (each image's
 ``candidates`` nearest neighbours, :mod:`src.auditing.neighbours`, at cosine similarity ``threshold`` or
 more) and confirmed by the pixels (:mod:`src.auditing.pixel_match`): an embedding alone cannot tell a copy
-from a distinct photo of the same kind of product. A union-find joins the pairs into groups (a copy of a
+from a distinct photo of the same kind of product. A copy also stands out from the image's look-alikes
+(:func:`confirmed_pairs`: a ratio test, as Lowe's for matching image features). A union-find joins the pairs into groups (a copy of a
 copy is in the group too). A group is flagged by what it does to training:
 
 - ``within class``: copies with one label (they weigh that photo twice);
@@ -65,6 +66,28 @@ def proposed_pairs(sims: np.ndarray, neighbours: np.ndarray, threshold: float,
         j = int(neighbours[i, column])
         pairs.setdefault((min(int(i), j), max(int(i), j)), float(sims[i, column]))
     return pairs
+
+
+def confirmed_pairs(candidates: Sequence[tuple[int, int]], agreement: np.ndarray, threshold: float,
+                    distinct_ratio: float) -> dict[tuple[int, int], float]:
+    """The candidate pairs whose pixels agree at ``threshold`` or more and stand out from their look-alikes:
+    ``(1 - agreement) <= distinct_ratio * (1 - look-alike)``, where the look-alike is the best agreement either
+    image has with a candidate under ``threshold`` (a copy of a copy is above it, so it does not count).
+
+    Why: distinct photos of a plain product shot the same way (every plain trouser front-on) agree almost as
+    well as a copy does, but so do many others of them; a copy agrees far better with its original than
+    with anything else (Lowe, IJCV 2004, for matching image features: the nearest against the second). An
+    image with no candidate under ``threshold`` has no look-alike to beat."""
+    look_alike: dict[int, float] = {}
+    for (i, j), a in zip(candidates, agreement):
+        if a < threshold:
+            look_alike[i] = max(look_alike.get(i, -1.0), float(a))
+            look_alike[j] = max(look_alike.get(j, -1.0), float(a))
+    confirmed = {}
+    for (i, j), a in zip(candidates, agreement):
+        if a >= threshold and 1 - a <= distinct_ratio * (1 - max(look_alike.get(i, -1.0), look_alike.get(j, -1.0))):
+            confirmed[(i, j)] = float(a)
+    return confirmed
 
 
 def duplicate_pairs(digests: Sequence[str], confirmed: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
