@@ -24,13 +24,14 @@ from omegaconf import DictConfig
 
 from src.auditing.body import load_body
 from src.auditing.decisions import write_decisions
-from src.auditing.duplicates import duplicate_pairs, group_duplicates, proposed_pairs, valid_in_leaks
+from src.auditing.duplicates import confirmed_pairs, duplicate_pairs, group_duplicates, proposed_pairs, valid_in_leaks
 from src.auditing.embedding_cache import cached_read
 from src.auditing.findings import Findings
 from src.auditing.image_pass import read_images
 from src.auditing.label_issues import find_issues, out_of_fold_probabilities, require_cleanlab
 from src.auditing.neighbours import centred, nearest_neighbours
 from src.auditing.pixel_match import pixel_agreement, pixel_neighbours
+from src.auditing.report_tensorboard import write_tensorboard
 from src.auditing.outliers import PropertyLimits, modified_z, ood_scores, property_flags
 from src.auditing.report import summary_lines, write_csvs
 from src.auditing.report_page import write_page
@@ -49,6 +50,10 @@ def audit_problems(cfg: DictConfig) -> list[Problem]:
     if not is_whole_number(cfg.label_issues.folds, minimum=2):
         found.append(Problem("label_issues.folds", cfg.label_issues.folds, "a whole number >= 2",
                              "label_issues.folds=5: each image is scored by a head that did not see it"))
+    min_odds = cfg.label_issues.min_odds
+    if not (is_number(min_odds) and min_odds >= 0):
+        found.append(Problem("label_issues.min_odds", min_odds, "a number >= 0",
+                             "e.g. label_issues.min_odds=20; 0 keeps every image confident learning picks"))
     threshold = cfg.duplicates.threshold
     if not (is_number(threshold) and -1 <= threshold <= 1):
         found.append(Problem("duplicates.threshold", threshold, "a cosine similarity in [-1, 1]",
@@ -57,6 +62,10 @@ def audit_problems(cfg: DictConfig) -> list[Problem]:
     if not (is_number(pixels) and -1 <= pixels <= 1):
         found.append(Problem("duplicates.pixel_threshold", pixels, "a correlation in [-1, 1]",
                              "e.g. duplicates.pixel_threshold=0.9; higher confirms fewer, closer copies"))
+    ratio = cfg.duplicates.distinct_ratio
+    if not (is_number(ratio) and ratio > 0):
+        found.append(Problem("duplicates.distinct_ratio", ratio, "a number > 0",
+                             "e.g. duplicates.distinct_ratio=0.5; 1 or more lets look-alikes through"))
     for key in ("duplicates.candidates", "outliers.neighbours", "duplicates.block"):
         group, name = key.split(".")
         if not is_whole_number(cfg[group][name], minimum=1):
@@ -125,7 +134,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     digests = [facts.digests[i] for i in keep]
 
     notes = []
-    issues = []
+    issues, set_aside, probabilities = [], 0, None
     if datamodule.multi_label:
         notes.append("label issues are looked for in single-label data only (multi-label: skipped)")
     else:
@@ -135,7 +144,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
                                                   weight_decay=cfg.label_issues.weight_decay,
                                                   steps=cfg.label_issues.steps)
         timer.done("out-of-fold probabilities")
-        issues = find_issues(label_array, probabilities, cfg.label_issues.filter_by)
+        issues, set_aside = find_issues(label_array, probabilities, cfg.label_issues.filter_by,
+                                        cfg.label_issues.min_odds)
         timer.done("label issues")
     k = max(cfg.duplicates.candidates, cfg.outliers.neighbours)
     sims, neighbours = nearest_neighbours(centred(embeddings), k, block=cfg.duplicates.block, device=device)
@@ -144,7 +154,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     by_pixels = pixel_neighbours(thumbnails, cfg.duplicates.candidates, block=cfg.duplicates.block, device=device)
     candidates = sorted(proposed | by_pixels)
     agreement = pixel_agreement(thumbnails, candidates)
-    confirmed = {pair: float(a) for pair, a in zip(candidates, agreement) if a >= cfg.duplicates.pixel_threshold}
+    confirmed = confirmed_pairs(candidates, agreement, cfg.duplicates.pixel_threshold, cfg.duplicates.distinct_ratio)
     log.info("near duplicates: %d pair(s) proposed (%d by the embeddings, %d by the thumbnails), %d confirmed by "
              "the pixels", len(candidates), len(proposed), len(by_pixels), len(confirmed))
     pairs = duplicate_pairs(digests, confirmed)
@@ -157,19 +167,23 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     odd = {i: f for i, f in enumerate(flags) if f}
     timer.done("outliers and image properties")
     findings = Findings(datamodule.root, paths, labels, subsets, index.classes, issues, groups, ood, outliers,
-                        properties, odd, datamodule.scan.unreadable, valid_in_leaks(groups, subsets), notes)
+                        properties, odd, datamodule.scan.unreadable, valid_in_leaks(groups, subsets), notes,
+                        label_issues_set_aside=set_aside, min_odds=cfg.label_issues.min_odds)
     summary = summary_lines(findings)
     files = write_csvs(output_dir, findings)
     decisions = write_decisions(output_dir / "decisions.csv", findings)
     write_page(output_dir / "report.html", findings, summary, max_items=cfg.report.max_items,
                side=cfg.report.thumbnail)
+    if cfg.report.tensorboard_items:
+        write_tensorboard(output_dir / "tensorboard", findings, [f"body: {body.description}", *summary],
+                          limit=cfg.report.tensorboard_items)
     timer.done("report")
     for line in summary:
         log.info("%s", line)
     return {"output_dir": str(output_dir), "summary": summary, "findings": findings, "images": len(paths),
             "embedded": embedded, "decisions": str(output_dir / "decisions.csv"), "decision_rows": decisions,
             "report": str(output_dir / "report.html"), "csvs": {k: str(v) for k, v in files.items()},
-            "steps": timer.steps, "device": str(device)}
+            "steps": timer.steps, "device": str(device), "label_probabilities": probabilities}
 
 
 @one_line_user_errors

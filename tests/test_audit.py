@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 from pathlib import Path
@@ -263,3 +264,116 @@ def test_two_distinct_photos_of_one_product_type_with_the_same_silhouette_are_no
     first, second = np.unravel_index(correlation.argmax(), correlation.shape)
     assert correlation[first, second] > 0.98  # the most alike two: their grey levels nearly agree
     assert pixel_agreement(thumbnails, [(first, second)])[0] < pixel_threshold()
+
+
+def aligned_by_convolution(moving, fixed):
+    """The definition of the pixel agreement written out plainly (zoom by grid sampling, the Laplacian of
+    Gaussian by convolution, every shift's correlation by a grouped convolution): what the matrix form in
+    src/auditing/pixel_match.py must equal."""
+    import torch
+    import torch.nn.functional as F
+
+    from src.auditing import pixel_match as pm
+
+    gaussian = torch.outer(pm.GAUSSIAN_TAPS, pm.GAUSSIAN_TAPS).view(1, 1, 5, 5)
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    log_filter = lambda t: F.conv2d(F.conv2d(t, gaussian, padding=2), laplacian, padding=1)[:, 0]  # noqa: E731
+    pairs, zooms, inner = len(moving), len(pm.ZOOMS), pm.SIDE - 2 * pm.SHIFT
+    details = log_filter(pm._zoomed(moving, pm.ZOOMS))[:, None]
+    centre = log_filter(fixed)[:, pm.SHIFT:pm.SIDE - pm.SHIFT, pm.SHIFT:pm.SIDE - pm.SHIFT].reshape(pairs, -1)
+    centre = centre - centre.mean(1, keepdim=True)
+    centre = centre / centre.norm(dim=1, keepdim=True)
+    kernels = centre.repeat_interleave(zooms, 0).view(pairs * zooms, 1, inner, inner)
+    dots = F.conv2d(details.view(1, pairs * zooms, pm.SIDE, pm.SIDE), kernels, groups=pairs * zooms)[0]
+    sums = F.avg_pool2d(details, inner, stride=1)[:, 0] * inner ** 2
+    squares = F.avg_pool2d(details.square(), inner, stride=1)[:, 0] * inner ** 2
+    spread = (squares - sums.square() / inner ** 2).clamp_min(1e-12).sqrt()
+    return (dots / spread).view(pairs, -1).amax(1)
+
+
+def test_the_pixel_agreement_is_the_best_correlation_over_zooms_and_shifts_either_way_round():
+    import torch
+
+    from src.auditing.pixel_match import grey_thumbnail, pixel_agreement
+
+    photos = sorted((SAMPLE / "dress").glob("*.png"))[:40] + sorted((SAMPLE / "sandal").glob("*.png"))[:40]
+    thumbnails = np.stack([grey_thumbnail(Image.open(p).convert("RGB")) for p in photos])
+    rows = np.random.default_rng(0).integers(0, len(photos), (300, 2))
+    pairs = [(int(a), int(b)) for a, b in rows if a != b]
+    first = torch.from_numpy(thumbnails[[a for a, _ in pairs]].astype(np.float32) / 255)[:, None]
+    second = torch.from_numpy(thumbnails[[b for _, b in pairs]].astype(np.float32) / 255)[:, None]
+    expected = torch.maximum(aligned_by_convolution(second, first), aligned_by_convolution(first, second)).numpy()
+    assert expected.max() - expected.min() > 0.5  # pairs from alike to unlike photos
+    assert np.abs(pixel_agreement(thumbnails, pairs, chunk=64) - expected).max() < 1e-5
+
+
+def test_a_cropped_copy_among_plain_trousers_is_confirmed_and_the_look_alike_trousers_are_not():
+    """Distinct plain trousers shot the same way agree in their pixels nearly as well as a copy does; what
+    tells them apart is that each has several such look-alikes, where a copy agrees with its original far
+    better than with anything else (the ratio test)."""
+    from src.auditing.duplicates import confirmed_pairs
+    from src.auditing.pixel_match import grey_thumbnail, pixel_agreement, pixel_neighbours
+
+    cfg = compose_config(["data.num_workers=0"], config_name="audit").duplicates
+    photos = [Image.open(p).convert("RGB") for p in sorted((SAMPLE / "trouser").glob("*.png"))]
+    original = photos[7]
+    side = original.width
+    photos.append(original.crop((2, 2, side - 2, side - 2)).resize((side, side), Image.Resampling.BICUBIC))
+    thumbnails = np.stack([grey_thumbnail(photo) for photo in photos])
+    copy = len(photos) - 1
+    candidates = sorted(pixel_neighbours(thumbnails, cfg.candidates, block=256, device="cpu"))
+    assert (7, copy) in candidates
+    agreement = pixel_agreement(thumbnails, candidates)
+    above = {pair for pair, a in zip(candidates, agreement) if a >= cfg.pixel_threshold}
+    assert len(above - {(7, copy)}) >= 2  # distinct trousers the threshold alone would take for copies
+    assert set(confirmed_pairs(candidates, agreement, cfg.pixel_threshold, cfg.distinct_ratio)) == {(7, copy)}
+
+
+def test_label_issues_keep_confident_learnings_picks_whose_odds_against_the_given_label_are_high():
+    """Out-of-fold probabilities of three classes, the first two alike (the head confuses them: 30 % of
+    each is put in the other), the third apart: a photo of class 2 filed as 0 (odds 95:1 against its label)
+    is an issue; photos of 0 and 1 the head half-confuses (odds 2:1) are picked by confident learning too,
+    and set aside by the odds."""
+    from src.auditing.label_issues import find_issues
+
+    rng = np.random.default_rng(0)
+    labels, rows = [], []
+    for label in range(3):
+        for n in range(60):
+            p = np.full(3, 0.02)
+            if label == 2:
+                p[2] = 0.96
+            else:
+                alike = 1 - label
+                p[label], p[alike] = (0.30, 0.66) if n < 18 else (0.66, 0.30)  # 30 % lean to the other class
+            labels.append(label)
+            rows.append(p + rng.uniform(0, 0.01, 3))
+    labels.append(0)
+    rows.append(np.array([0.01, 0.02, 0.95]))  # a photo of class 2 filed under 0
+    labels = np.array(labels)
+    probabilities = np.array(rows) / np.array(rows).sum(1, keepdims=True)
+
+    every, none_aside = find_issues(labels, probabilities, min_odds=0)
+    assert none_aside == 0 and len(every) > 1 and len(labels) - 1 in {x.index for x in every}
+    kept, set_aside = find_issues(labels, probabilities, min_odds=20)
+    assert [(x.index, x.given, x.suggested) for x in kept] == [(len(labels) - 1, 0, 2)]
+    assert kept[0].odds == pytest.approx(95, rel=0.05)
+    assert set_aside == len(every) - 1
+
+
+def test_the_audit_writes_its_pictures_and_summary_for_tensorboard(audited):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, first, _ = audited
+    log_dir = Path(first["output_dir"]) / "tensorboard"
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    images = set(events.Tags()["images"])
+    assert {"audit/label_issues", "audit/duplicate_groups"} <= images
+    for tag in images:
+        (picture,) = events.Images(tag)
+        pixels = np.array(Image.open(io.BytesIO(picture.encoded_image_string)).convert("L"), dtype=np.float32)
+        assert pixels.shape[1] >= 200 and pixels.std() > 20  # photos drawn, not a blank card
+    (text,) = events.Tensors("audit/summary/text_summary")
+    summary = text.tensor_proto.string_val[0].decode()
+    assert "body: resnet18" in summary and first["summary"][1] in summary

@@ -39,7 +39,7 @@ def propose(findings: Findings) -> dict[int, tuple[str, str, list[str]]]:
     for issue in findings.label_issues:
         add(issue.index, "relabel", findings.classes[issue.suggested],
             f"label issue: given {findings.classes[issue.given]}, the folder suggests "
-            f"{findings.classes[issue.suggested]} (label quality {issue.score:.3f})")
+            f"{findings.classes[issue.suggested]} (label quality {issue.score:.3f}, odds {issue.odds:.0f}:1)")
     for number, group in enumerate(findings.groups, start=1):
         members = list(group.members)
         if LEAK in group.flags:

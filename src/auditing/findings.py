@@ -28,6 +28,8 @@ class Findings:
     unreadable: list[BadFile] = field(default_factory=list)
     valid_in_leaks: int = 0
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
+    label_issues_set_aside: int = 0  # confident learning's picks under the odds
+    min_odds: float = 0.0
 
     def label_name(self, i: int) -> str:
         label = self.labels[i]

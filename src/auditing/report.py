@@ -25,9 +25,10 @@ def write_csvs(output_dir: Path, findings: Findings) -> dict[str, Path]:
     """label_issues.csv, duplicates.csv, outliers.csv and odd_images.csv in ``output_dir``."""
     name = lambda i: relative_posix(findings.paths[i], findings.root)  # noqa: E731
     files = {kind: output_dir / f"{kind}.csv" for kind in ("label_issues", "duplicates", "outliers", "odd_images")}
-    _write(files["label_issues"], ["rank", "path", "subset", "given_label", "suggested_label", "label_quality"],
+    _write(files["label_issues"], ["rank", "path", "subset", "given_label", "suggested_label", "label_quality",
+                                    "odds"],
            ([rank, name(x.index), findings.subsets[x.index], findings.classes[x.given], findings.classes[x.suggested],
-             f"{x.score:.4f}"] for rank, x in enumerate(findings.label_issues, start=1)))
+             f"{x.score:.4f}", f"{x.odds:.1f}"] for rank, x in enumerate(findings.label_issues, start=1)))
     _write(files["duplicates"], ["group", "kind", "exact", "similarity", "path", "label", "subset"],
            ([number, group.kind, str(group.exact).lower(), f"{group.similarity:.4f}", name(i), findings.label_name(i),
              findings.subsets[i]] for number, group in enumerate(findings.groups, start=1) for i in group.members))
@@ -49,7 +50,10 @@ def summary_lines(findings: Findings) -> list[str]:
         f"{len(findings.paths)} images of {len(findings.classes)} classes under {findings.root} "
         f"({findings.subsets.count('train')} training, {valid} validation)"
         + (f"; {len(findings.unreadable)} unreadable (bad_files.csv)" if findings.unreadable else ""),
-        f"label issues: {len(findings.label_issues)}",
+        f"label issues: {len(findings.label_issues)}" + (
+            f" ({findings.label_issues_set_aside} more that confident learning picks at odds under "
+            f"{findings.min_odds:g}:1 against the given label, mostly classes the model confuses anyway: "
+            "label_issues.min_odds)" if findings.label_issues_set_aside else ""),
         (f"duplicate groups: {len(findings.groups)} ({sum(len(g.members) for g in findings.groups)} images; "
          f"{sum(g.exact for g in findings.groups)} exact): {kinds[LEAK]} leak, {kinds[CONFLICT]} label conflict, "
          f"{kinds[WITHIN]} within one class"),

@@ -62,7 +62,7 @@ def write_page(path: Path, findings: Findings, summary: list[str], *, max_items:
     label = findings.label_name
     issues = [f'<div class="item"><div class="title">#{rank}: {html.escape(findings.classes[x.given])} &rarr; '
               f"{html.escape(findings.classes[x.suggested])}</div>"
-              + _figure(findings, x.index, f"{findings.subsets[x.index]}, label quality {x.score:.3f}", side) + "</div>"
+              + _figure(findings, x.index, f"{findings.subsets[x.index]}, label quality {x.score:.3f}, odds {x.odds:.0f}:1", side) + "</div>"
               for rank, x in enumerate(findings.label_issues[:max_items], start=1)]
     groups = []
     for number, group in enumerate(findings.groups[:max_items], start=1):
