@@ -120,6 +120,18 @@ def test_split_folders_layout_with_val_and_test(tmp_path):
     assert index.classes == sorted(p.name for p in (tmp_path / "train").iterdir())
 
 
+def test_a_valid_folder_is_shuffled_once_so_its_first_batches_hold_every_class(tmp_path):
+    # valid/ is listed class by class: in that order limit_val_batches would see the first class alone
+    copy_sample(tmp_path / "train", classes=3, per_class=4)
+    copy_sample(tmp_path / "valid", classes=3, per_class=12)
+    index = index_folder(tmp_path, valid_pct=0.2, seed=0)
+    labels = [s.label for s in index.valid]
+    assert sorted(labels) == [0] * 12 + [1] * 12 + [2] * 12  # every image once
+    assert set(labels[:8]) == {0, 1, 2}  # what limit_val_batches=1 at batch size 8 sees
+    assert index_folder(tmp_path, valid_pct=0.2, seed=0).valid == index.valid  # the same order every time
+    assert index_folder(tmp_path, valid_pct=0.2, seed=1).valid != index.valid  # the seed's order
+
+
 def test_validation_class_unknown_to_training_is_named(tmp_path):
     copy_sample(tmp_path / "train", classes=2, per_class=3)
     copy_sample(tmp_path / "valid", classes=3, per_class=3)

@@ -239,6 +239,26 @@ def test_bad_label_tables_are_named_with_the_fix(labelled, table, source, messag
         CsvLabels(csv_path="labels.csv", **source).index(labelled, valid_pct=0.2, seed=0)
 
 
+@pytest.mark.parametrize("valid_column", ["is_valid", None])
+def test_a_tables_validation_images_come_in_a_seeded_random_order(tmp_path, valid_column):
+    # a table sorted by class (its paths too) lists its validation rows class by class: in that order
+    # limit_val_batches would see the first class alone
+    root = tmp_path / "photos"
+    images = flat_images(root, classes=3, per_class=12)
+    write_rows(root / "labels.csv", ["name", "label", "is_valid"],
+               [[name, label, "true" if i % 2 else "false"] for i, (name, label) in enumerate(images)])
+    source = CsvLabels(csv_path="labels.csv", valid_column=valid_column)
+    index = source.index(root, valid_pct=0.5, seed=0)
+    valid_names = sorted(Path(s.path).relative_to(root).as_posix() for s in index.valid)
+    if valid_column:
+        assert valid_names == [name for i, (name, _) in enumerate(images) if i % 2]
+    assert len(valid_names) == 18
+    labels = [s.label for s in index.valid]
+    assert labels != sorted(labels) and len(set(labels[:6])) > 1  # in table order the first 6 are one class
+    assert source.index(root, valid_pct=0.5, seed=0).valid == index.valid  # the same order every time
+    assert source.index(root, valid_pct=0.5, seed=1).valid != index.valid
+
+
 def test_a_table_whose_every_file_is_missing_names_one_and_why(labelled):
     from src.data.files.scan import FileScan
 

@@ -11,6 +11,7 @@ import pytest
 
 import src.evaluate
 import src.export
+import src.train
 from src.core.user_errors import missing_plugin_hint, user_error_message
 
 # every python -m src.X: the modules at the top of src/ with a Hydra main, and src/bench/__main__.py
@@ -73,6 +74,10 @@ def test_a_sweeper_or_launcher_of_a_missing_extra_names_the_install_command(monk
     monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)
     assert 'the optuna extra, not installed: pip install -e ".[optuna]"' in user_error_message(optuna)
     assert 'the slurm extra, not installed: pip install -e ".[slurm]"' in user_error_message(slurm)
+    # one line, as every missing extra gets: not the search path listing with the hint at its end
+    assert user_error_message(optuna) == ("Could not find 'hydra/sweeper/optuna': it comes with the optuna extra, "
+                                          'not installed: pip install -e ".[optuna]"')
+    assert len(user_error_message(slurm).splitlines()) == 1
     monkeypatch.undo()  # installed: the message stays Hydra's
     assert missing_plugin_hint(str(optuna)) == ""
 
@@ -82,3 +87,23 @@ def test_every_entry_point_is_wrapped():
     for name in ENTRY_POINTS:
         text = (root / f"{name}.py").read_text()
         assert "@one_line_user_errors\n@hydra.main(" in text, name
+
+
+def test_imagenet_weights_offline_are_one_line_not_hydras_wrapping(monkeypatch, tmp_path, capsys):
+    # the backbone's OSError reaches the wrapper inside Hydra's InstantiationException ("Error in call to
+    # target ...", the error's repr, full_key): the user sees the OSError's own message, one line
+    from tests.conftest import copy_sample
+
+    root = copy_sample(tmp_path / "photos", classes=2, per_class=4)
+    closed_port = "http://127.0.0.1:9"  # every download fails at once, as without a network
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, closed_port)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    stopped = run_main(src.train, monkeypatch, tmp_path, "experiment=demo", f"data.root={root}",
+                       "model.backbone.weights=imagenet", f"paths.cache_dir={tmp_path / 'cache'}")
+    err = capsys.readouterr().err
+    assert stopped.code == 2, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Error executing job")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("OSError: could not fetch torchvision's ImageNet weights for resnet18"), err
+    assert "model.backbone.weights=null" in lines[0]

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, InstantiationException
 
 from src.core.extras import EXTRA_MODULES, MissingExtraError, install_command, is_installed
 
@@ -55,7 +56,7 @@ def missing_plugin_hint(message: str) -> str:
     provides and that plugin is not installed; else an empty string."""
     for group, extra in PLUGIN_EXTRAS.items():
         if f"'{group}" in message and not all(map(is_installed, EXTRA_MODULES[extra])):
-            return f" ({group} comes with the {extra} extra, not installed: {install_command(extra)})"
+            return f"it comes with the {extra} extra, not installed: {install_command(extra)}"
     return ""
 
 
@@ -63,9 +64,21 @@ def user_error_message(error: Exception) -> str | None:
     """What to print for ``error`` when it is a user's error (see the module), else None."""
     if isinstance(error, MissingExtraError):
         return str(error)
+    if isinstance(error, InstantiationException) and isinstance(error.__cause__, Exception):
+        # Hydra wraps what a constructor raised in three lines ("Error in call to target ...", the error's
+        # repr, full_key); a user's error in there is printed as itself, in its one line
+        cause = user_error_message(error.__cause__)
+        if cause is not None:
+            return cause
     if isinstance(error, CompactHydraException):
         message = str(error)
-        return message + missing_plugin_hint(message)
+        hint = missing_plugin_hint(message)
+        if hint:
+            # one line, as for every missing extra: Hydra's "Could not find 'hydra/sweeper/optuna'" and the
+            # extra, without its list of the options and the config search path
+            missing = re.search(r"Could not find '[^']+'", message)
+            return f"{missing.group(0) if missing else message.splitlines()[0]}: {hint}"
+        return message
     if isinstance(error, (ValueError, OSError)) and raised_in_project(error):
         return f"{type(error).__name__}: {error}"
     return None

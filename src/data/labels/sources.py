@@ -34,7 +34,7 @@ from omegaconf import DictConfig, open_dict
 
 from src.data.files.listing import IMAGE_EXTENSIONS, Sample, list_images, relative_posix, scan_class_folders
 from src.data.files.scan import BadFile, FileScan
-from src.data.labels.split import random_split, stratified_split
+from src.data.labels.split import random_split, shuffled_once, stratified_split
 from src.core.problems import Problem, raise_problems
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def index_folder(root: Path, valid_pct: float, seed: int, scan: FileScan | None 
     valid_dir = next((root / n for n in VALID_FOLDER_NAMES if (root / n).is_dir()), None)
     if train_dir.is_dir() and valid_dir is not None:
         classes, train = scan_class_folders(train_dir, scan)
-        valid = _scan_subset(valid_dir, classes, "validation", scan)
+        valid = shuffled_once(_scan_subset(valid_dir, classes, "validation", scan), seed)
         test = _scan_subset(root / "test", classes, "test", scan) if (root / "test").is_dir() else []
         return SampleIndex("split_folders", classes, train, valid, test)
     classes, samples = scan_class_folders(root, scan)
@@ -374,7 +374,7 @@ def _index_rows(rows: list[LabelledFile], source: _RowLabels, valid_pct: float, 
 
     if source.valid_column is not None:
         train = [sample(r) for r in rows if not r.is_valid]
-        valid = [sample(r) for r in rows if r.is_valid]
+        valid = shuffled_once([sample(r) for r in rows if r.is_valid], seed)
     else:
         split = random_split if source.multi_label else stratified_split
         train, valid = split([sample(r) for r in rows], valid_pct, seed)
@@ -385,5 +385,6 @@ def _index_rows(rows: list[LabelledFile], source: _RowLabels, valid_pct: float, 
                else "change seed or data.valid_pct")
         raise ValueError(f"label(s) {', '.join(untrained)} have no training image, only validation ones, so the model "
                          f"cannot learn them; add training images of them, or {fix}")
-    return SampleIndex(source.name, classes, sorted(train, key=lambda s: str(s.path)),
-                       sorted(valid, key=lambda s: str(s.path)))
+    # validation keeps its seeded order (sorted, a table listed class by class would give its first class alone
+    # to trainer.limit_val_batches)
+    return SampleIndex(source.name, classes, sorted(train, key=lambda s: str(s.path)), valid)

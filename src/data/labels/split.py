@@ -50,6 +50,18 @@ def stratified_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> 
     return train, valid
 
 
+def shuffled_once(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    """``samples`` in a seeded random order that depends only on their paths and ``seed``.
+
+    For a validation set given whole (a ``valid/`` folder, a table's ``is_valid`` column), which comes
+    class by class: shuffled, a part of it (``trainer.limit_val_batches``) holds every class, as the
+    stratified split's validation does.
+    """
+    items = sorted(samples, key=lambda s: str(s.path))
+    random.Random(seed).shuffle(items)
+    return items
+
+
 def random_split(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """``round(valid_pct * n)`` samples (at least one, at most ``n - 1``) to validation, at random.
 
