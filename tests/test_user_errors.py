@@ -107,3 +107,23 @@ def test_imagenet_weights_offline_are_one_line_not_hydras_wrapping(monkeypatch, 
     assert len(lines) == 1, err
     assert lines[0].startswith("OSError: could not fetch torchvision's ImageNet weights for resnet18"), err
     assert "model.backbone.weights=null" in lines[0]
+
+
+def test_the_slurm_launcher_off_a_cluster_is_one_line_that_says_where_to_run_it(monkeypatch, tmp_path, capsys):
+    # The command of docs/lr-find-sweeps-and-scaling.md on a machine without SLURM: submitit stops while it
+    # sets the launcher up (before anything is submitted or trained), which is where it was run, not a bug.
+    from tests.conftest import require_extra
+
+    require_extra("submitit", "slurm")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # no srun, whatever this machine has
+    monkeypatch.setattr(sys, "argv", ["src.train", "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                                      "experiment=demo", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        src.train.main()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Error executing job")]
+    assert stopped.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "no srun" in lines[0] and "login node" in lines[0] and "hydra/launcher=submitit_local" in lines[0]
+    assert not (tmp_path / "sweep" / "0").exists()  # nothing ran

@@ -10,8 +10,8 @@ tells the two kinds apart:
   the install command), a ``ValueError`` (``ConfigError`` among them) or an ``OSError``
   (``FileNotFoundError``, a full disk) raised by the project's own code in ``src/`` (the innermost
   frame of its traceback), or a Hydra error about the command line (a missing config group option,
-  an override it cannot parse). It becomes its own message on stderr and exit status 2, as a bad
-  command line gets from ``argparse``;
+  an override it cannot parse), or the SLURM launcher started on a machine without SLURM. It becomes
+  its own message on stderr and exit status 2, as a bad command line gets from ``argparse``;
 - anything else (a bug, or an error raised inside a library) goes on as a traceback, exit status 1.
 
 Hydra still sees the exception first, so its job callbacks run as before (``RemoveRunDirOfRefusedStart``).
@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,25 @@ def raised_in_project(error: BaseException) -> bool:
     return Path(innermost.tb_frame.f_code.co_filename).resolve().is_relative_to(PROJECT_CODE)
 
 
+def raised_in_module(error: BaseException, package: str) -> bool:
+    """Whether a frame of ``error``'s traceback is in ``package`` (a top-level module name)."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__", "").split(".")[0] == package:
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def off_cluster_message(error: BaseException) -> str | None:
+    """One line for the SLURM launcher started where SLURM is not (no ``srun`` on PATH): submitit stops
+    while it sets the launcher up, before anything is submitted; that is where the command is run, not a bug."""
+    if isinstance(error, RuntimeError) and raised_in_module(error, "submitit") and shutil.which("srun") is None:
+        return (f"hydra/launcher=submitit_slurm submits to a SLURM cluster, and this machine has no srun ({error}): "
+                "run the command on the cluster's login node, or try the sweep here with hydra/launcher=submitit_local")
+    return None
+
+
 def missing_plugin_hint(message: str) -> str:
     """The install command, when ``message`` (Hydra's) is about a config group that an extra's plugin
     provides and that plugin is not installed; else an empty string."""
@@ -64,6 +84,9 @@ def user_error_message(error: Exception) -> str | None:
     """What to print for ``error`` when it is a user's error (see the module), else None."""
     if isinstance(error, MissingExtraError):
         return str(error)
+    off_cluster = off_cluster_message(error)
+    if off_cluster is not None:
+        return off_cluster
     if isinstance(error, InstantiationException) and isinstance(error.__cause__, Exception):
         # Hydra wraps what a constructor raised in three lines ("Error in call to target ...", the error's
         # repr, full_key); a user's error in there is printed as itself, in its one line
