@@ -14,6 +14,7 @@ near 1; two photos of one product type score far lower (docs/audit.md has the fi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,15 +93,23 @@ def _zoom_matrix(zoom: float) -> torch.Tensor:
     return _zoomed(basis, [zoom])[:, 0, 0, :].T.contiguous()
 
 
+@functools.cache
 def _detail_matrices() -> tuple[torch.Tensor, torch.Tensor]:
     """(G, A): G X G^T is the Gaussian blur of a thumbnail X (:data:`GAUSSIAN_TAPS` along rows and columns, zero
     padding) and A = D G with D the second difference, so that the Laplacian (the 3 x 3 one: 4 neighbours less
     4 times the pixel) of the blur, the details, is A X G^T + G X A^T."""
-    weights = GAUSSIAN_TAPS
     offsets = torch.arange(SIDE)[None, :] - torch.arange(SIDE)[:, None]
-    blur = torch.where(offsets.abs() <= 2, weights[(offsets + 2).clamp(0, 4)], torch.zeros(()))
+    blur = torch.where(offsets.abs() <= 2, GAUSSIAN_TAPS[(offsets + 2).clamp(0, 4)], torch.zeros(()))
     second = -2 * torch.eye(SIDE) + torch.diag(torch.ones(SIDE - 1), 1) + torch.diag(torch.ones(SIDE - 1), -1)
     return blur, second @ blur
+
+
+@functools.cache
+def _zoomed_detail_matrices() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """For each zoom of :data:`ZOOMS`, (A Z, G Z): the details of the zoomed thumbnail Z X Z^T are
+    (A Z) X (G Z)^T + (G Z) X (A Z)^T. Constants of the module, made once."""
+    blur, detail = _detail_matrices()
+    return tuple((detail @ _zoom_matrix(zoom), blur @ _zoom_matrix(zoom)) for zoom in ZOOMS)
 
 
 def _alignment_maps(thumbnails: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,15 +118,12 @@ def _alignment_maps(thumbnails: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     their windows of the inner size (M, Z, W, W = (2 SHIFT + 1)^2 shifts), and the zero-mean unit vector of
     the image's own centre details placed at each shift in a SIDE x SIDE frame (M, W, SIDE^2)."""
     # Zoom, blur and Laplacian are each linear and separable, so a zoom's details are four small matrix
-    # products: 30x faster on a CPU than grid_sample and two 1-channel convolutions, which oneDNN runs slowly.
+    # products, where grid_sample and two 1-channel convolutions (which oneDNN runs slowly) made the pixel
+    # check six times slower (docs/audit.md).
     images, inner, shifts = len(thumbnails), SIDE - 2 * SHIFT, 2 * SHIFT + 1
     blur, detail = _detail_matrices()
-    zoomed_details = []
-    for zoom in ZOOMS:
-        zoom_matrix = _zoom_matrix(zoom)
-        first, second = detail @ zoom_matrix, blur @ zoom_matrix
-        zoomed_details.append(first @ thumbnails @ second.T + second @ thumbnails @ first.T)
-    details = torch.stack(zoomed_details, 1)  # (M, Z, SIDE, SIDE)
+    details = torch.stack([first @ thumbnails @ second.T + second @ thumbnails @ first.T
+                           for first, second in _zoomed_detail_matrices()], 1)  # (M, Z, SIDE, SIDE)
     window = lambda t: F.avg_pool2d(t.flatten(0, 1)[:, None], inner, stride=1).view(images, len(ZOOMS), -1) * inner ** 2  # noqa: E731
     spread = (window(details.square()) - window(details).square() / inner ** 2).clamp_min(1e-12).sqrt()
     own = detail @ thumbnails @ blur.T + blur @ thumbnails @ detail.T
