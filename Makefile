@@ -78,6 +78,7 @@ sample: $(STAMP) ## Rebuild data/fashion-mnist-sample from Debian's dataset-fash
 	$(BIN)/python scripts/make_fashion_mnist_folder.py data/fashion-mnist-sample --per-class 500
 
 BENCH_DATA := data/fashion-mnist-full data/fashion-mnist-jpeg400
+SEED_DATA := data/fashion-mnist-seed440
 
 data/fashion-mnist-full: | $(STAMP)
 	$(BIN)/python scripts/make_fashion_mnist_folder.py $@.tmp && mv $@.tmp $@
@@ -85,10 +86,14 @@ data/fashion-mnist-full: | $(STAMP)
 data/fashion-mnist-jpeg400: | $(STAMP)
 	$(BIN)/python scripts/make_fashion_mnist_folder.py $@.tmp --per-class 300 --image-size 400 --format jpeg && mv $@.tmp $@
 
-bench-data: $(BENCH_DATA) ## Write the benchmark folders (all 60,000 PNGs; 3,000 400x400 JPEGs)
+$(SEED_DATA): | $(STAMP)
+	$(BIN)/python scripts/make_fashion_mnist_folder.py $@.tmp --per-class 44 --image-size 400 --format jpeg && mv $@.tmp $@
 
-bench-run: $(STAMP) ## Whole src.train runs of the fastai-comparison recipe, both data paths (wall clock, Train/Floor)
+bench-data: $(BENCH_DATA) $(SEED_DATA) ## Write the benchmark folders (all 60,000 PNGs; 3,000 and 440 400x400 JPEGs)
+
+bench-run: $(STAMP) $(SEED_DATA) ## Whole src.train runs: the fastai-comparison recipe (both data paths), then the seed's ResNet50 at 300 px
 	$(BIN)/python -m src.bench bench=fastai_recipe
+	$(BIN)/python -m src.bench bench=seed_recipe
 
 bench: $(STAMP) $(BENCH_DATA) ## Benchmark training speed against the bare-loop floor and the data pipeline
 	$(BIN)/python -m src.bench bench=resnet18_64

@@ -71,8 +71,9 @@ def test_smoke_benchmark_writes_table_and_json(tmp_path):
     assert set(runs) == {"workers", "device"}
     for run in runs.values():
         assert run["epochs"] == 2 and run["train_images"] == 2 * 2 * 8  # bench.whole_run's 2 epochs of 2 batches
-        phases = [run[k] for k in ("to_first_step_s", "train_s", "val_s", "end_s", "other_s")]
-        assert all(p >= 0 for p in phases[:4]) and sum(phases) == pytest.approx(run["wall_s"])
+        phases = [run[k] for k in ("to_first_step_s", "train_s", "val_s", "checkpoints_s", "end_s", "other_s")]
+        assert all(p >= 0 for p in phases[:5]) and sum(phases) == pytest.approx(run["wall_s"])
+        assert run["checkpoints_s"] > 0  # best.ckpt and last.ckpt written after each of the 2 validations
         assert run["sanity_check_s"] <= run["to_first_step_s"]
         # compared with its own Floor, measured just before and after it
         assert run["floor"]["images_per_s"] == pytest.approx((run["floor"]["before"] + run["floor"]["after"]) / 2)

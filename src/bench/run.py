@@ -94,7 +94,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     device = device_type(accelerator)
     precision = resolve_precision(cfg.trainer.precision, accelerator)
     channels_last = resolve_channels_last(cfg.model.channels_last, precision)
-    compile_net = bool(cfg.model.compile)
+    compile_net = cfg.model.compile is True  # the Floor of `auto` is the eager loop its stages start with
     batch_size, size = cfg.data.batch_size, cfg.data.size
 
     datamodule = build_datamodule(cfg.data)
@@ -304,10 +304,13 @@ def whole_run_breakdown(timeline: dict[str, Any], start: float, end: float, floo
     images_per_s = timeline["train_images"] / train_s if train_s else None
     epoch_images_per_s = [images / (stop - begin) for (begin, stop), images in zip(epochs, timeline["epoch_images"])]
     loaded = timeline["train_images"] + timeline["val_images"]
+    checkpoints = timeline.get("checkpoints", [])
+    last_epoch_end = max([last_epoch_end] + [stop for _, stop in checkpoints])
     phases = {
         "to_first_step_s": timeline["first_step"] - start,
         "train_s": train_s,
         "val_s": sum(validations),
+        "checkpoints_s": sum(stop - begin for begin, stop in checkpoints),
         "end_s": end - last_epoch_end,
     }
     return {

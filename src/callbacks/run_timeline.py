@@ -1,8 +1,8 @@
 """Where a whole run's wall clock goes: written by ``src.bench``'s whole-run measurement.
 
 :class:`TrainThroughput` measures a window inside each epoch; this records the run's phases end
-to end (time to the first training step, each training epoch, each validation, what follows the
-last epoch), the images each phase loaded, and the CPU time the loader worker processes used,
+to end (time to the first training step, each training epoch, each validation, the checkpoint
+writes after it, what follows the last epoch), the images each phase loaded, and the CPU time the loader worker processes used,
 and writes them as ``timeline.json`` for the bench to read (it is not in the default callbacks).
 Times are ``time.perf_counter()`` values of this process; the bench subtracts its own start.
 """
@@ -39,9 +39,9 @@ class RunTimeline(L.Callback):
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self.events: dict[str, Any] = {"train_epochs": [], "epoch_images": [], "validations": [], "train_images": 0,
-                                       "val_images": 0}
-        self._epoch_start = self._val_start = None
+        self.events: dict[str, Any] = {"train_epochs": [], "epoch_images": [], "validations": [], "checkpoints": [],
+                                       "train_images": 0, "val_images": 0}
+        self._epoch_start = self._val_start = self._val_end = None
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -78,6 +78,19 @@ class RunTimeline(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize(pl_module.device)
         self.events["validations"].append([self._val_start, time.perf_counter(), bool(trainer.sanity_checking)])
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning runs the checkpoint callbacks' on_validation_end after every other callback's: from here to
+        # the epoch's end is what writing best.ckpt and last.ckpt took.
+        if not trainer.sanity_checking:
+            self._val_end = time.perf_counter()
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._val_end is not None:
+            self.events["checkpoints"].append([self._val_end, time.perf_counter()])
+            self._val_end = None
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

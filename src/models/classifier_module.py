@@ -27,6 +27,22 @@ from src.optim.param_groups import layer_group_param_groups
 from src.optim.stages import StageSchedule, layer_group_lrs
 
 
+def compile_problems(compile: Any) -> list[Problem]:
+    """``model.compile`` must be true, false or ``auto``."""
+    if isinstance(compile, bool) or compile == "auto":
+        return []
+    return [Problem("model.compile", compile, "true, false or auto",
+                    "auto compiles a stage where the time it saves is more than the compile costs (docs/performance.md)")]
+
+
+def sanity_check_problems(images: Any) -> list[Problem]:
+    """``model.sanity_check_images`` must be a whole number of at least 1, or null (every image)."""
+    if images is None or (isinstance(images, int) and not isinstance(images, bool) and images >= 1):
+        return []
+    return [Problem("model.sanity_check_images", images, "a whole number >= 1, or null",
+                    "2 (the default) runs the validation code on 2 images of each sanity-check batch; null on all")]
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite: training cannot recover, so it stops, naming where."""
 
@@ -53,14 +69,20 @@ class ImageClassifierModule(L.LightningModule):
         threshold: multi-label only: a class is predicted when its probability is above it.
         channels_last: run the network in NHWC memory format (``auto``: with bf16/fp16 precision,
             see :mod:`src.core.hardware`).
-        compile: ``torch.compile`` the network when training starts (the weights and checkpoint
-            keys stay those of the plain network).
+        compile: ``auto``: ``torch.compile`` the training forward of each stage where it pays;
+            ``true``: in every stage; ``false``: never. The
+            :class:`~src.callbacks.compile_when_it_pays.CompileWhenItPays` callback decides, after a
+            stage's first eager steps, and calls :meth:`use_compiled_network`. The weights and
+            checkpoint keys stay those of the plain network.
         label_smoothing: of the training loss (fastai's ``LabelSmoothingCrossEntropy`` is 0.1), see
             :mod:`src.models.losses`; validation reports the plain loss.
         mixup: MixUp/CutMix of training batches (:class:`~src.models.batch_mixing.BatchMixing`'s
             keyword arguments; None or zero alphas: off).
         class_weights: one training-loss weight per class, or None (``balanced`` is resolved from
             the DataModule's class counts by :func:`src.runs.builder.build_run`).
+        sanity_check_images: the images of each sanity-check batch that go through the network (None:
+            all). Lightning's sanity check runs validation on two batches before training, to find a
+            bug in it before the first epoch; a few images per batch run the same code.
     """
 
     def __init__(
@@ -75,13 +97,15 @@ class ImageClassifierModule(L.LightningModule):
         multi_label: bool = False,
         threshold: float = DEFAULT_THRESHOLD,
         channels_last: bool | str = False,
-        compile: bool = False,
+        compile: bool | str = False,
         label_smoothing: float = 0.0,
         mixup: dict[str, float] | None = None,
         class_weights: Sequence[float] | None = None,
+        sanity_check_images: int | None = 2,
     ) -> None:
         super().__init__()
         check_threshold("model.threshold", threshold)
+        raise_problems(compile_problems(compile) + sanity_check_problems(sanity_check_images))
         raise_problems(self.problems(label_smoothing, mixup, class_weights, len(classes), multi_label))
         self.save_hyperparameters(ignore=["backbone", "optimizer", "schedule"], logger=False)
         self.net = ImageClassifier(backbone, num_classes=len(classes), **head)
@@ -106,7 +130,10 @@ class ImageClassifierModule(L.LightningModule):
         self.val_error_rate_best = MinMetric()
         self.val_error_rate_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best
         self.memory_format = torch.contiguous_format  # set from channels_last once the precision is known
-        self._compiled = False
+        # `auto`'s compiled training forward: kept in a tuple, not as an attribute, so that it is not registered
+        # as a submodule (its parameters are self.net's; the state dict keeps the plain keys)
+        self._compiled_training_net: tuple[nn.Module, ...] = ()
+        self._training_compiled = False
 
     @staticmethod
     def problems(label_smoothing: Any, mixup: Any, class_weights: Any, num_classes: int | None = None,
@@ -121,9 +148,6 @@ class ImageClassifierModule(L.LightningModule):
         if resolve_channels_last(self.hparams.channels_last, self.trainer.precision):
             self.memory_format = torch.channels_last
             self.net.to(memory_format=self.memory_format)
-        if self.hparams.compile and not self._compiled:
-            self.net.compile()  # in place: parameter names and checkpoints are unchanged
-            self._compiled = True
 
     @property
     def classes(self) -> list[str]:
@@ -133,8 +157,16 @@ class ImageClassifierModule(L.LightningModule):
     def multi_label(self) -> bool:
         return bool(self.hparams.multi_label)
 
+    def use_compiled_network(self, compiled: bool) -> None:
+        """Train with the compiled network (``torch.compile(self.net)``, made the first time) or the plain one;
+        validation, the lr finder and inference always run the plain one."""
+        if compiled and not self._compiled_training_net:
+            self._compiled_training_net = (torch.compile(self.net),)
+        self._training_compiled = compiled
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.contiguous(memory_format=self.memory_format))
+        net = self._compiled_training_net[0] if self._training_compiled and self.training else self.net
+        return net(images.contiguous(memory_format=self.memory_format))
 
     def _accuracy_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Probabilities, not logits: torchmetrics only applies the sigmoid when a value is outside [0, 1].
@@ -182,6 +214,8 @@ class ImageClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
+        if self.trainer.sanity_checking and self.hparams.sanity_check_images is not None:
+            images, labels = images[:self.hparams.sanity_check_images], labels[:self.hparams.sanity_check_images]
         logits = self(images)
         self.val_loss(self.criterion(logits, labels), weight=len(labels))
         self.val_accuracy(*self._accuracy_inputs(logits, labels))
