@@ -44,9 +44,14 @@ def test_records_are_kept_per_network_shape_and_survive_a_damaged_file(tmp_path)
     images = torch.zeros(8, 3, 32, 32)
     key = network_shape_key(net, images, torch.device("cpu"), "32-true torch.contiguous_format")
     assert find_record(tmp_path, key) is None
-    write_record(tmp_path, key, CompileRecord(4.3, 0.95, 0.88), "Sequential")
+    write_record(tmp_path, key, CompileRecord(65.0, 0.95, 0.88), "Sequential")
     record = find_record(tmp_path, key)
-    assert record == CompileRecord(4.3, 0.95, 0.88) and record.speedup == pytest.approx(0.95 / 0.88)
+    assert record == CompileRecord(65.0, 0.95, 0.88, compiles=1) and record.speedup == pytest.approx(0.95 / 0.88)
+    # the first compile was cold: the next finds torch's caches filled, a tenth of the warm-up (65 s -> 4.3 s measured)
+    assert record.expected_warmup_s == pytest.approx(6.5)
+    write_record(tmp_path, key, CompileRecord(4.3, 0.95, 0.87), "Sequential")
+    record = find_record(tmp_path, key)
+    assert record.compiles == 2 and record.expected_warmup_s == pytest.approx(4.3)  # measured warm: as it is
     # what a compiled graph depends on changes the key: the frozen set, the image size, the precision
     net[0].weight.requires_grad_(False)
     assert network_shape_key(net, images, torch.device("cpu"), "32-true torch.contiguous_format") != key
@@ -135,7 +140,7 @@ def test_auto_compiles_where_a_record_says_it_pays_and_records_what_it_measured(
     assert len(records) == 2
     for entry in records.values():
         assert entry["network"] == "ImageClassifier" and entry["eager_step_s"] > 0 and entry["compiled_step_s"] > 0
-        assert entry["warmup_s"] >= 0
+        assert entry["warmup_s"] >= 0 and entry["compiles"] == 1
 
 
 class _Module:

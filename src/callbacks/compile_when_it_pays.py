@@ -113,7 +113,8 @@ class CompileWhenItPays(L.Callback):
         if record is None:
             warmup_s, speedup, source = UNRECORDED_WARMUP_S, UNRECORDED_SPEEDUP, "assumed (no record for this network)"
         else:
-            warmup_s, speedup, source = record.warmup_s, record.speedup, "measured before on this machine"
+            warmup_s, speedup = record.expected_warmup_s, record.speedup
+            source = f"from {record.compiles} compile(s) before on this machine"
         if pl_module.hparams.get("compile") is True:
             decided, source = remaining > 0, source + ", model.compile=true"
         else:
