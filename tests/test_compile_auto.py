@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from torch import nn
 
 import src.models.classifier_module as classifier_module
 from src.core.compile_records import (
-    RECORDS_FILE, UNRECORDED_SPEEDUP, UNRECORDED_WARMUP_S, CompileRecord, compile_cache_dir, compile_pays,
+    RECORDS_FILE, UNRECORDED_SPEEDUP, UNRECORDED_WARMUP_S, WARM_CACHE_FRACTION, CompileRecord, compile_cache_dir, compile_pays,
     find_record, network_shape_key, write_record)
 from src.runs.training import train
 
@@ -37,6 +38,18 @@ def test_compile_pays_only_when_the_steps_left_save_more_than_the_warm_up():
     # a compiled step measured slower than the eager one never pays, however long the stage
     assert not compile_pays(10**9, eager_s, warmup_s=0.0, speedup=0.97)
     assert not compile_pays(0, eager_s, warmup_s=0.0, speedup=2.0)
+
+
+def test_the_manual_states_the_assumptions_the_rule_uses():
+    """docs/performance.md tells users when `auto` compiles without a record: its figures are the code's."""
+    manual = " ".join((Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text().split())
+    assumed = re.search(r"Without a record the warm-up is taken as (\d+) s and the speed-up as ([\d.]+)x, "
+                        r"so a network is compiled cold only for a stage of at least \1 / ([\d.]+) = about ([\d,]+) s", manual)
+    assert assumed, "the paragraph on model.compile: auto no longer states the assumed warm-up and speed-up"
+    assert (float(assumed[1]), float(assumed[2])) == (UNRECORDED_WARMUP_S, UNRECORDED_SPEEDUP)
+    assert float(assumed[3]) == pytest.approx(1 - 1 / UNRECORDED_SPEEDUP, abs=0.005)
+    assert float(assumed[4].replace(",", "")) == pytest.approx(UNRECORDED_WARMUP_S / (1 - 1 / UNRECORDED_SPEEDUP), rel=0.05)
+    assert f"with a {'tenth' if WARM_CACHE_FRACTION == 0.1 else WARM_CACHE_FRACTION} of the warm-up" in manual
 
 
 def test_records_are_kept_per_network_shape_and_survive_a_damaged_file(tmp_path):

@@ -169,11 +169,19 @@ def _task(name: str, output_dir: Path, overrides: list[str]):
     return cfg
 
 
+def one_number_per_image(image):
+    """A transform the loader's workers can unpickle whatever the start method (an earlier test's library
+    may have set spawn or forkserver, which cannot pickle a lambda)."""
+    import torch
+
+    return torch.zeros(1)
+
+
 def test_failures_in_dataloader_workers_are_counted_in_the_main_process(image_root):
     from torch.utils.data import DataLoader
 
     paths = sorted((image_root / "coat").glob("*.png"))[:6]
-    dataset = ImageDataset([Sample(p, 0) for p in paths], lambda image: __import__("torch").zeros(1))
+    dataset = ImageDataset([Sample(p, 0) for p in paths], one_number_per_image)
     paths[2].unlink()
     paths[4].write_bytes(b"GIF89a")
     batches = list(DataLoader(dataset, batch_size=2, num_workers=2))

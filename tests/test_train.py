@@ -263,14 +263,6 @@ def test_stage_description_for_tensorboard_accepts_stages_without_freeze_to():
     )
 
 
-def test_the_compile_figures_are_the_ones_performance_md_measured():
-    root = Path(__file__).resolve().parents[1]
-    measured = re.search(r"`torch.compile` made the ResNet18 step ([\d.]+x) faster on [^,]+,\s+but costs (\d+ s)",
-                         (root / "docs" / "performance.md").read_text())
-    comment = (root / "conf" / "model" / "resnet.yaml").read_text()
-    assert measured and f"{measured[1]} faster" in comment and f"{measured[2]} of compiling" in comment
-
-
 def test_make_train_and_debug_fast_compose_to_the_values_they_set(tmp_path):
     """`make train` is `python -m src.train experiment=demo`; debug=fast on top is the smoke run."""
     from hydra.utils import instantiate
