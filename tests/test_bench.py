@@ -156,3 +156,17 @@ def test_benchmark_folders_are_written_at_photo_size(tmp_path):
     assert [p.name for p in written] == ["train_00001.jpg", "train_00003.jpg"]
     with Image.open(written[0]) as image:
         assert image.format == "JPEG" and image.size == (400, 400)
+
+
+def test_the_seed_recipe_case_is_the_seeds_workload_as_one_whole_run_on_the_default_path():
+    """`make bench-run`'s second case: ResNet50 at 300 px, 2 frozen epochs then 1 of everything, as fastai's recipe."""
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["bench=seed_recipe"], config_name="bench")
+    assert (cfg.model.backbone.name, cfg.model.backbone.weights, cfg.data.size, cfg.data.batch_size) == (
+        "resnet50", None, 300, 64)
+    assert [(s.epochs, list(s.lr), s.freeze_to) for s in cfg.schedule.stages] == [
+        (2, [3.0e-3], -1), (1, [1.0e-6, 1.0e-4], 0)]
+    assert Path(cfg.data.root).name == "fashion-mnist-seed440"
+    assert "$(SEED_DATA)" in (PROJECT_ROOT / "Makefile").read_text()  # made by make bench-data
+    assert (list(cfg.bench.whole_run.paths), cfg.bench.whole_run.epochs, cfg.bench.case) == (["device"], None, "seed_recipe")
