@@ -47,7 +47,7 @@ inspect-demo: $(STAMP) ## The same from the latest demo checkpoint (run `make tr
 	$(BIN)/python -m src.inspect ckpt_path=$$(ls -td outputs/train/runs/*/ | head -1)checkpoints/best.ckpt
 
 # Two pytest processes, one test file each at a time (a module's shared runs stay in one process), each with
-# half the cores for torch (tests/conftest.py): on 2 cores the suite took 13 minutes this way, 17 in one process.
+# half the cores for torch (tests/conftest.py): what keeps CI within its 20 minutes (docs/testing.md).
 PYTEST_PARALLEL := -n 2 --dist loadfile
 test: $(DEV_STAMP) ## Run the test suite (CI runs this)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)

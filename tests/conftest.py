@@ -15,8 +15,9 @@ import pytest
 # Under pytest-xdist (`make test`: two processes) each process gets its share of the cores for torch and
 # for the commands it starts: two processes of two threads each on two cores, spinning for each other,
 # made the training tests several times slower.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1").isdigit() and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+_TEST_PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _TEST_PROCESSES > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _TEST_PROCESSES)))
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
